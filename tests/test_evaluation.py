@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from bidsrecon.evaluation import pairwise_identification, pixel_correlation
+
+
+def test_perfect_reconstructions_are_always_identified():
+    truths = np.random.default_rng(0).random((6, 8, 8, 3))
+    np.testing.assert_array_equal(pairwise_identification(truths, truths), np.ones(6))
+
+
+def test_reversed_ranking_scores_zero():
+    truths = np.random.default_rng(1).random((5, 40))
+    # Each reconstruction is anti-correlated with its own image only.
+    recon = -truths
+    assert pairwise_identification(recon, truths).mean() < 0.5
+
+
+def test_random_reconstructions_are_near_chance():
+    rng = np.random.default_rng(2)
+    scores = pairwise_identification(rng.random((200, 50)), rng.random((200, 50)))
+    assert abs(scores.mean() - 0.5) < 0.03
+
+
+def test_counts_against_each_other_candidate():
+    truths = np.array([[0, 1, 2, 3.0], [3, 2, 1, 0.0], [0, 1, 3, 2.0]])
+    recon = np.array([[0, 1, 2.5, 2.5], [3, 2, 1, 0.0], [0, 1, 3, 2.0]])
+    # rec 0 correlates 0.95 with its truth, -0.95 with truth 1 and 0.95 with truth 2 (a tie: not a win)
+    scores = pairwise_identification(recon, truths)
+    assert scores[1] == 1.0 and scores[2] == 1.0
+    assert scores[0] == 0.5
+
+
+def test_pixel_correlation_and_input_checks():
+    truths = np.random.default_rng(3).random((3, 10))
+    np.testing.assert_allclose(pixel_correlation(2 * truths + 1, truths), 1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        pairwise_identification(truths[:1], truths[:1])
+    with pytest.raises(ValueError, match="2 true items"):
+        pairwise_identification(truths, truths[:2])
