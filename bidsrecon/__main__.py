@@ -1,0 +1,5 @@
+import sys
+
+from bidsrecon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""The BIDS-App command line: ``bidsrecon bids_dir output_dir {participant,group} [options]``."""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bidsrecon import __version__
+from bidsrecon.config import Config
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_UNKNOWN_LEVEL, BidsReconError
+from bidsrecon.spec import SPECS
+
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the BIDS-App exit code for bad arguments (64) instead of 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_ARGUMENTS, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def build_parser():
+    parser = _Parser(
+        prog="bidsrecon",
+        description="Reconstruct the images a participant saw or imagined from their fMRI "
+        "(deep image reconstruction, Shen et al. 2019).",
+    )
+    parser.add_argument("bids_dir", type=Path, help="root folder of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="folder of the output derivative dataset")
+    parser.add_argument("analysis_level", help="'participant' (decode and reconstruct) or 'group' (aggregate)")
+    parser.add_argument("--version", action="version", version=f"bidsrecon {__version__}")
+
+    select = parser.add_argument_group("what to process")
+    select.add_argument("--participant-label", "--participant_label", dest="participant_labels", nargs="+",
+                        default=[], metavar="LABEL", help="subjects to process, with or without 'sub-' (default: all)")
+    select.add_argument("--task-label", "--task_label", dest="task_labels", nargs="+", default=[], metavar="TASK",
+                        help="tasks to use (default: every task the specification names)")
+    select.add_argument("--spec", default="ds001506", choices=sorted(SPECS),
+                        help="decoding specification: which sessions train and which are test sets (default: ds001506)")
+    select.add_argument("--stimuli-dir", dest="stimuli_dirs", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="folders holding <stimulus_name>.png|jpg (default: the dataset's stimuli/)")
+    select.add_argument("--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator",
+                        dest="skip_bids_validation", action="store_true", help="do not validate bids_dir first")
+
+    method = parser.add_argument_group("decoding and reconstruction")
+    method.add_argument("--encoder", default="efficientnet-lite0",
+                        help="network whose features are decoded and inverted (default: efficientnet-lite0; "
+                        "also vgg19; *-random variants are for tests only)")
+    method.add_argument("--encoder-weights", type=Path, default=None, metavar="FILE",
+                        help="weights file of the encoder (state dict; loaded without executing code)")
+    method.add_argument("--layers", nargs="+", default=[], metavar="LAYER",
+                        help="encoder layers to decode and invert (default: the encoder's default set)")
+    method.add_argument("--image-size", type=_positive_int, default=64, help="reconstruction size in pixels (default: 64)")
+    method.add_argument("--iterations", type=_positive_int, default=200,
+                        help="L-BFGS iterations of the reconstruction (default: 200, the paper's)")
+    method.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    perf = parser.add_argument_group("resources")
+    perf.add_argument("-w", "--work-dir", type=Path, default=None,
+                      help="working directory for intermediate results; reused to resume "
+                      "(default: bidsrecon-work in the system temporary folder)")
+    perf.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=None,
+                      help="CPUs to use (default: all available)")
+    perf.add_argument("--verbose", "-v", action="count", default=0, help="more log output (repeat for more)")
+    return parser
+
+
+def _inside(path, folder):
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def parse_args(argv=None):
+    """Parse and check the command line; returns a `Config`."""
+    args = build_parser().parse_args(argv)
+    if args.analysis_level not in ANALYSIS_LEVELS:
+        raise BidsReconError(
+            f"unknown analysis level '{args.analysis_level}'; choose one of: {', '.join(ANALYSIS_LEVELS)}",
+            EXIT_UNKNOWN_LEVEL,
+        )
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
+    for name, path in (("output_dir", args.output_dir), ("work directory", work_dir)):
+        if _inside(path, args.bids_dir):
+            raise BidsReconError(
+                f"the {name} {path} is inside the input dataset {args.bids_dir}; "
+                "choose a folder outside bids_dir (bidsrecon never writes into its input)",
+                EXIT_BAD_ARGUMENTS,
+            )
+    return Config(
+        bids_dir=args.bids_dir.resolve(),
+        output_dir=args.output_dir.resolve(),
+        analysis_level=args.analysis_level,
+        work_dir=work_dir.resolve(),
+        participant_labels=tuple(args.participant_labels),
+        task_labels=tuple(args.task_labels),
+        stimuli_dirs=tuple(p.resolve() for p in args.stimuli_dirs),
+        nprocs=args.nprocs or len(os.sched_getaffinity(0)),
+        skip_bids_validation=args.skip_bids_validation,
+        verbose=args.verbose,
+        seed=args.seed,
+        spec=args.spec,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights.resolve() if args.encoder_weights else None,
+        layers=tuple(args.layers),
+        image_size=args.image_size,
+        iterations=args.iterations,
+    )
+
+
+def _configure_logging(verbose):
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    for name in ("workflow", "interface", "utils"):
+        nipype_config.set("logging", f"{name}_level", logging.getLevelName(level))
+    nipype_logging.update_logging(nipype_config)
+    # Nipype has its own handler; without this every message is printed twice.
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False
+
+
+def main(argv=None):
+    """Entry point of ``bidsrecon`` and ``run.py``; returns the exit code."""
+    try:
+        config = parse_args(argv)
+        _configure_logging(config.verbose)
+        if config.analysis_level == "participant":
+            from bidsrecon.participant import run_participant_level
+
+            run_participant_level(config)
+        else:
+            from bidsrecon.group import run_group_level
+
+            run_group_level(config)
+    except BidsReconError as error:
+        print(f"bidsrecon: error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

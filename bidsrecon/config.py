@@ -1,0 +1,31 @@
+"""All settings of one run of the app, in one frozen object (fMRIPrep's lesson: no globals, no
+settings threaded one by one through every factory)."""
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Config:
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_labels: tuple = ()
+    task_labels: tuple = ()
+    stimuli_dirs: tuple = ()
+    nprocs: int = 1
+    skip_bids_validation: bool = False
+    verbose: int = 0
+    seed: int = 0
+    spec: str = "ds001506"
+    # samples (the paper's defaults, REFERENCE.md §2)
+    discard_seconds: float = 8.0
+    delay_seconds: float = 4.0
+    clip_sd: float = 3.0
+    # decoding and reconstruction
+    encoder: str = "efficientnet-lite0"
+    encoder_weights: Path = None
+    layers: tuple = ()
+    image_size: int = 64
+    iterations: int = 200
+    cv_units: int = 1000

@@ -1,0 +1,108 @@
+"""Nipype interface of the decoding: fit the kernel-ridge decoder and decode every test item."""
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from bidsrecon import __version__
+from bidsrecon.arrays import save_arrays
+
+
+class _DecodeInputSpec(BaseInterfaceInputSpec):
+    samples_files = InputMultiObject(File(exists=True), mandatory=True, desc="per run: samples .npy")
+    trials_files = InputMultiObject(File(exists=True), mandatory=True, desc="per run: trials TSV (same order)")
+    stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
+    encoder = traits.Str(mandatory=True)
+    encoder_weights = traits.Str("", usedefault=True, desc="weights file ('' = the encoder's own)")
+    layers = traits.List(traits.Str, desc="layers to decode (empty = the encoder's default)")
+    image_size = traits.Int(mandatory=True)
+    cv_units = traits.Int(1000, usedefault=True, desc="units per layer sampled to choose alpha")
+    seed = traits.Int(0, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _DecodeOutputSpec(TraitedSpec):
+    out_features = File(exists=True, desc="safetensors: decoded features, training mean and spread per layer")
+    out_items = File(exists=True, desc="TSV of the decoded items: set, stimulus, n_trials")
+    out_decoder = File(exists=True, desc="JSON description of the fitted decoder")
+
+
+class DecodeFeatures(SimpleInterface):
+    """Fit the decoder on the training trials and decode the features of each test item.
+
+    Trials of the same test item are averaged before decoding (the paper's choice).
+    """
+
+    input_spec = _DecodeInputSpec
+    output_spec = _DecodeOutputSpec
+
+    def _run_interface(self, runtime):
+        from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
+        from bidsrecon.encoders import get_encoder
+        from bidsrecon.images import load_images
+
+        torch.set_num_threads(self.inputs.n_threads)
+        samples = np.concatenate([np.load(f, allow_pickle=False) for f in self.inputs.samples_files])
+        trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
+        stimuli = pd.read_csv(self.inputs.stimuli_file, sep="\t").set_index("stimulus")["path"]
+
+        training = (trials["set"] == "training").to_numpy()
+        train_names, image_index = np.unique(trials.loc[training, "stimulus"], return_inverse=True)
+        counts = np.bincount(image_index, minlength=len(train_names))
+        items = (
+            trials[~training].groupby(["set", "stimulus"], sort=False).size().rename("n_trials").reset_index()
+        )
+        item_samples = np.stack([
+            samples[(~training) & (trials["set"] == row.set).to_numpy() & (trials["stimulus"] == row.stimulus).to_numpy()].mean(axis=0)
+            for row in items.itertuples()
+        ])
+
+        encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed)
+        layers = list(self.inputs.layers) or list(encoder.default_layers)
+        images = load_images([stimuli[name] for name in train_names], self.inputs.image_size)
+
+        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=self.inputs.cv_units, seed=self.inputs.seed)
+        decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(samples[training], image_index, cv_targets)
+        coefficients = decoder.coefficients(item_samples)
+        decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts)
+
+        self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"
+        save_arrays(
+            self._results["out_features"],
+            {
+                "decoded": decoded,
+                "train_mean": train_mean,
+                "train_spread": {layer: np.float64(value).reshape(1) for layer, value in train_spread.items()},
+            },
+            metadata={"layers": json.dumps(layers)},
+        )
+        self._results["out_items"] = f"{runtime.cwd}/items.tsv"
+        items.to_csv(self._results["out_items"], sep="\t", index=False)
+        self._results["out_decoder"] = f"{runtime.cwd}/decoder.json"
+        description = {
+            "Method": "kernel ridge regression, one penalty per layer chosen by grouped cross-validation",
+            "Encoder": encoder.name,
+            "EncoderDescription": encoder.description,
+            "EncoderWeightsSHA256": encoder.weights_sha256,
+            "ImageSize": self.inputs.image_size,
+            "Layers": layers,
+            "Alpha": {layer: float(decoder.alpha_[layer]) for layer in layers},
+            "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
+            "CrossValidationScores": {layer: [float(s) for s in decoder.cv_scores_[layer]] for layer in layers},
+            "TrainingSamples": int(training.sum()),
+            "TrainingImages": int(len(train_names)),
+            "Voxels": int(samples.shape[1]),
+            "SoftwareVersion": __version__,
+        }
+        with open(self._results["out_decoder"], "w") as stream:
+            json.dump(description, stream, indent=2)
+        return runtime

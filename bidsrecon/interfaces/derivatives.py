@@ -1,0 +1,125 @@
+"""Nipype interface that writes one participant's derivatives (the workflow's only sink)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from bidsrecon.bids.derivatives import atomic_write_bytes, atomic_write_text, item_stem, write_json
+
+OPTIMISER = (
+    "L-BFGS with a strong-Wolfe line search over the pixels of an image parameterised through a sigmoid "
+    "(values stay in [0, 1]), started from a flat image of the encoder's mean colour; loss: the sum over layers "
+    "of w_l * ||features_l(image) - decoded_l||^2 with w_l proportional to 1/||decoded_l||^2 (Shen et al. 2019)"
+)
+
+ITEM_COLUMNS = {
+    "set": "Test set of the item.",
+    "stimulus": "Stimulus name (events column named by the specification).",
+    "n_trials": "Trials averaged before decoding.",
+    "pixel_correlation": "Pearson correlation of reconstruction and stimulus pixels (RGB, reconstruction size).",
+    "identification_pixel": "Pairwise identification accuracy by pixel correlation against the other items "
+    "of the set (chance 0.5).",
+}
+SET_COLUMNS = {
+    "set": "Test set.",
+    "n_items": "Items reconstructed.",
+    "n_trials": "Trials used.",
+    "identification_pixel": "Mean pairwise identification accuracy by pixel correlation (chance 0.5).",
+    "pixel_correlation": "Mean pixel correlation (PixCorr).",
+    "encoder": "Encoder whose features were decoded and inverted.",
+}
+
+
+class _WriteInputSpec(BaseInterfaceInputSpec):
+    output_dir = Directory(mandatory=True, desc="the derivative dataset")
+    subject = traits.Str(mandatory=True)
+    images_file = File(exists=True, mandatory=True)
+    truths_file = File(exists=True, mandatory=True)
+    items_metrics = File(exists=True, mandatory=True)
+    set_metrics = File(exists=True, mandatory=True)
+    decoder_file = File(exists=True, mandatory=True)
+    trials_files = InputMultiObject(File(exists=True), mandatory=True)
+    iterations = traits.Int(mandatory=True)
+    seed = traits.Int(mandatory=True)
+
+
+class _WriteOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str, desc="files written")
+
+
+class WriteDerivatives(SimpleInterface):
+    """Write reconstructions (PNG + JSON), metrics (TSV + JSON) and the decoder description."""
+
+    input_spec = _WriteInputSpec
+    output_spec = _WriteOutputSpec
+
+    def _run_interface(self, runtime):
+        from bidsrecon.images import save_png
+
+        subject = self.inputs.subject
+        subject_dir = Path(self.inputs.output_dir) / f"sub-{subject}"
+        images = np.load(self.inputs.images_file, allow_pickle=False)
+        truths = np.load(self.inputs.truths_file, allow_pickle=False)
+        items = pd.read_csv(self.inputs.items_metrics, sep="\t")
+        trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
+        decoder = json.loads(Path(self.inputs.decoder_file).read_text())
+        written = []
+
+        stems = [item_stem(subject, row.set, row.stimulus) for row in items.itertuples()]
+        if len(set(stems)) != len(stems):
+            raise ValueError("two stimuli map to the same output name; rename the stimuli")
+        for index, (row, stem) in enumerate(zip(items.itertuples(), stems)):
+            sources = trials[(trials["set"] == row.set) & (trials["stimulus"] == row.stimulus)]
+            for desc, image in (("recon", images[index]), ("stimulus", truths[index])):
+                path = subject_dir / "recon" / f"{stem}_desc-{desc}_image.png"
+                scratch = Path(runtime.cwd) / "image.png"
+                save_png(image, scratch)
+                atomic_write_bytes(path, scratch.read_bytes())
+                written.append(str(path))
+            sidecar = {
+                "Description": f"Image reconstructed from sub-{subject}'s brain activity for stimulus "
+                f"{row.stimulus} ({row.set}); the matching _desc-stimulus_image.png is the stimulus at this size.",
+                "Stimulus": row.stimulus,
+                "TestSet": row.set,
+                "Sources": sorted(set(sources["source"])),
+                "SourceTrials": [
+                    {"Source": t.source, "Onset": float(t.onset), "Duration": float(t.duration)}
+                    for t in sources.itertuples()
+                ],
+                "Encoder": decoder["Encoder"],
+                "EncoderDescription": decoder["EncoderDescription"],
+                "Layers": decoder["Layers"],
+                "Optimizer": OPTIMISER,
+                "Iterations": self.inputs.iterations,
+                "Seed": self.inputs.seed,
+                "ImageSize": int(images.shape[1]),
+            }
+            path = subject_dir / "recon" / f"{stem}_desc-recon_image.json"
+            write_json(path, sidecar)
+            written.append(str(path))
+
+        sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
+        sets["encoder"] = decoder["Encoder"]
+        for stem, table, columns in (
+            (f"sub-{subject}_desc-metrics", sets, SET_COLUMNS),
+            (f"sub-{subject}_desc-items_metrics", items, ITEM_COLUMNS),
+        ):
+            path = subject_dir / f"{stem}.tsv"
+            atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
+            write_json(subject_dir / f"{stem}.json", {column: {"Description": text} for column, text in columns.items()})
+            written.append(str(path))
+        path = subject_dir / "decoder" / f"sub-{subject}_decoder.json"
+        write_json(path, decoder)
+        written.append(str(path))
+        self._results["out_files"] = written
+        return runtime

@@ -1,0 +1,93 @@
+"""Nipype interfaces of the reconstruction and its evaluation."""
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from bidsrecon.arrays import load_arrays
+
+
+class _ReconstructInputSpec(BaseInterfaceInputSpec):
+    features_file = File(exists=True, mandatory=True, desc="decoded features (DecodeFeatures.out_features)")
+    encoder = traits.Str(mandatory=True)
+    encoder_weights = traits.Str("", usedefault=True)
+    image_size = traits.Int(mandatory=True)
+    iterations = traits.Int(200, usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _ReconstructOutputSpec(TraitedSpec):
+    out_images = File(exists=True, desc="float32 .npy (n_items, size, size, 3) in [0, 1]")
+
+
+class Reconstruct(SimpleInterface):
+    """Correct the decoded features' spread, then invert them through the encoder (L-BFGS over pixels)."""
+
+    input_spec = _ReconstructInputSpec
+    output_spec = _ReconstructOutputSpec
+
+    def _run_interface(self, runtime):
+        from bidsrecon.encoders import get_encoder
+        from bidsrecon.recon import correct_spread, reconstruct
+
+        torch.set_num_threads(self.inputs.n_threads)
+        arrays = load_arrays(self.inputs.features_file)
+        spread = {layer: float(value[0]) for layer, value in arrays["train_spread"].items()}
+        targets = correct_spread(arrays["decoded"], arrays["train_mean"], spread)
+        encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed)
+        images = reconstruct(encoder, targets, self.inputs.image_size, n_iter=self.inputs.iterations, seed=self.inputs.seed)
+        self._results["out_images"] = f"{runtime.cwd}/reconstructions.npy"
+        np.save(self._results["out_images"], images.astype(np.float32), allow_pickle=False)
+        return runtime
+
+
+class _EvaluateInputSpec(BaseInterfaceInputSpec):
+    images_file = File(exists=True, mandatory=True, desc="reconstructions .npy")
+    items_file = File(exists=True, mandatory=True, desc="TSV of the items: set, stimulus, n_trials")
+    stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
+
+
+class _EvaluateOutputSpec(TraitedSpec):
+    out_items = File(exists=True, desc="TSV: per item pixel correlation and pairwise identification")
+    out_sets = File(exists=True, desc="TSV: per test set means")
+    out_truths = File(exists=True, desc="float32 .npy: the stimuli at the reconstructions' size")
+
+
+class Evaluate(SimpleInterface):
+    """Score each test set: pairwise identification by pixel correlation (chance 0.5) and PixCorr."""
+
+    input_spec = _EvaluateInputSpec
+    output_spec = _EvaluateOutputSpec
+
+    def _run_interface(self, runtime):
+        from bidsrecon.evaluation import pairwise_identification, pixel_correlation
+        from bidsrecon.images import load_images
+
+        images = np.load(self.inputs.images_file, allow_pickle=False)
+        items = pd.read_csv(self.inputs.items_file, sep="\t")
+        stimuli = pd.read_csv(self.inputs.stimuli_file, sep="\t").set_index("stimulus")["path"]
+        truths = load_images([stimuli[name] for name in items["stimulus"]], images.shape[1])
+
+        items["pixel_correlation"] = pixel_correlation(images, truths)
+        items["identification_pixel"] = np.nan
+        for _, rows in items.groupby("set", sort=False):
+            if len(rows) > 1:
+                index = rows.index.to_numpy()
+                items.loc[index, "identification_pixel"] = pairwise_identification(images[index], truths[index])
+        sets = items.groupby("set", sort=False).agg(
+            n_items=("stimulus", "size"),
+            n_trials=("n_trials", "sum"),
+            identification_pixel=("identification_pixel", "mean"),
+            pixel_correlation=("pixel_correlation", "mean"),
+        ).reset_index()
+
+        self._results["out_items"] = f"{runtime.cwd}/item_metrics.tsv"
+        items.to_csv(self._results["out_items"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        self._results["out_sets"] = f"{runtime.cwd}/set_metrics.tsv"
+        sets.to_csv(self._results["out_sets"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        self._results["out_truths"] = f"{runtime.cwd}/truths.npy"
+        np.save(self._results["out_truths"], truths.astype(np.float32), allow_pickle=False)
+        return runtime

@@ -1,0 +1,100 @@
+"""The command line: options, and a clear one-line error with the right exit code for bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bidsrecon import __version__
+from bidsrecon.cli import main, parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_version_prints_the_version_file():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"bidsrecon {(ROOT / 'version').read_text().strip()}" == f"bidsrecon {__version__}"
+
+
+def test_console_script_is_installed_and_equivalent():
+    script = Path(sys.executable).parent / "bidsrecon"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"bidsrecon {__version__}"
+
+
+def test_option_spellings(tmp_path):
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    for flag in ("--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator"):
+        assert parse_args([str(bids), str(out), "participant", flag]).skip_bids_validation
+    for flag in ("--participant-label", "--participant_label"):
+        config = parse_args([str(bids), str(out), "participant", flag, "sub-01", "02"])
+        assert config.participant_labels == ("sub-01", "02")
+    config = parse_args([str(bids), str(out), "group", "-w", str(tmp_path / "w"), "--nprocs", "2", "--seed", "7",
+                         "--task-label", "perception", "--verbose"])
+    assert (config.work_dir, config.nprocs, config.seed, config.task_labels, config.verbose) == (
+        tmp_path / "w", 2, 7, ("perception",), 1)
+
+
+def one_line_error(result, code, *fragments):
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bidsrecon: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+def test_unknown_analysis_level(tmp_path):
+    one_line_error(run_cli(tmp_path, tmp_path / "out", "subject"), 17, "unknown analysis level 'subject'")
+
+
+def test_output_or_work_dir_inside_the_input_is_refused(tiny_dataset, tmp_path):
+    one_line_error(run_cli(tiny_dataset, tiny_dataset / "derivatives" / "x", "participant"), 64, "inside the input dataset")
+    one_line_error(run_cli(tiny_dataset, tiny_dataset, "participant"), 64, "inside the input dataset")
+    one_line_error(run_cli(tiny_dataset, tmp_path / "out", "participant", "-w", tiny_dataset / "work"), 64,
+                   "work directory")
+    assert not (tiny_dataset / "derivatives" / "x").exists() and not (tiny_dataset / "work").exists()
+
+
+def test_not_a_bids_dataset(tmp_path):
+    (tmp_path / "data").mkdir()
+    one_line_error(run_cli(tmp_path / "data", tmp_path / "out", "participant"), 66, "not a BIDS dataset",
+                   "dataset_description.json")
+
+
+def test_unknown_participant_lists_existing(tiny_dataset, tmp_path):
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--participant-label", "sub-99",
+                     "--skip-bids-validation")
+    one_line_error(result, 18, "99 not found", "the dataset has: 01")
+
+
+def test_participant_without_training_trials(tiny_dataset, tmp_path):
+    # The training split is task 'perception'; selecting only 'imagery' leaves no training trials.
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--task-label", "imagery",
+                     "--skip-bids-validation", "-w", tmp_path / "work")
+    one_line_error(result, 18, "sub-01 has no training trials")
+
+
+def test_missing_stimuli_name_the_folder(tiny_dataset, tmp_path):
+    empty = tmp_path / "no_stimuli"
+    empty.mkdir()
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--stimuli-dir", empty,
+                     "-w", tmp_path / "work")
+    one_line_error(result, 66, "not found under", str(empty))
+
+
+def test_invalid_bids_fails_validation(tmp_path):
+    bids = tmp_path / "bad"
+    (bids / "sub-01" / "func").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    (bids / "sub-01" / "func" / "sub-01_task-x_bold.nii.gz").write_bytes(b"not a nifti")
+    one_line_error(run_cli(bids, tmp_path / "out", "participant", "-w", tmp_path / "work"), 16, "bids-validator")
+
+
+def test_main_returns_exit_code_in_process(tmp_path):
+    assert main([str(tmp_path), str(tmp_path / "o"), "nope"]) == 17

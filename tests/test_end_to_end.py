@@ -1,0 +1,64 @@
+"""participant then group on the tiny simulated dataset, and the outputs checked from outside."""
+import json
+import os
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bidsrecon.cli import main
+from conftest import validate
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_participant_then_group(tiny_dataset, tmp_path, capsys):
+    before = snapshot(tiny_dataset)
+    out, work = tmp_path / "bidsrecon", tmp_path / "work"
+    common = ["-w", str(work), "--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "20",
+              "--nprocs", "1"]
+    assert main([str(tiny_dataset), str(out), "participant", "--participant-label", "01", *common]) == 0
+    assert main([str(tiny_dataset), str(out), "group", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "pairwise identification" in printed and "figure:" in printed
+
+    # The input is never written to.
+    assert snapshot(tiny_dataset) == before
+
+    # A valid derivative dataset.
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "bidsrecon"
+    code, report = validate(out)
+    assert code == 0, report
+
+    # One reconstruction (PNG + sidecar) and one stimulus image per test item, for every test set.
+    metrics = pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    items = pd.read_csv(out / "sub-01" / "sub-01_desc-items_metrics.tsv", sep="\t")
+    assert set(metrics["set"]) == {"natural", "shapes", "letters", "imagery"}
+    assert metrics["identification_pixel"].between(0, 1).all()
+    recons = sorted((out / "sub-01" / "recon").glob("*_desc-recon_image.png"))
+    assert len(recons) == len(items) == metrics["n_items"].sum()
+    assert Image.open(recons[0]).size == (32, 32)
+    sidecar = json.loads(recons[0].with_suffix(".json").read_text())
+    assert sidecar["Iterations"] == 20 and sidecar["Seed"] == 0 and sidecar["Layers"]
+    assert all(trial["Source"].startswith("bids:raw:sub-01/") for trial in sidecar["SourceTrials"])
+
+    # A random-weight encoder is named as such in every output.
+    assert "random weights" in sidecar["EncoderDescription"]
+    assert metrics["encoder"].str.contains("random").all()
+    decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
+    assert "random weights" in decoder["EncoderDescription"]
+
+    # Group level: one table of every participant's scores, one figure per participant.
+    group = pd.read_csv(out / "group" / "group_desc-identification_metrics.tsv", sep="\t")
+    assert list(group["participant_id"].unique()) == ["sub-01"] and len(group) == len(metrics)
+    figure = Image.open(out / "figures" / "sub-01_desc-reconstructions.png")
+    assert figure.width > 32 * 4
+
+    # A second run of the same command reuses the work directory and rewrites the outputs.
+    os.remove(recons[0])
+    assert main([str(tiny_dataset), str(out), "participant", *common]) == 0
+    assert recons[0].is_file()
