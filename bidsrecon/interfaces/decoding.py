@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import torch
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,6 +14,7 @@ from nipype.interfaces.base import (
 
 from bidsrecon import __version__
 from bidsrecon.arrays import save_arrays
+from bidsrecon.interfaces.threads import limited_threads
 
 
 class _DecodeInputSpec(BaseInterfaceInputSpec):
@@ -46,11 +46,15 @@ class DecodeFeatures(SimpleInterface):
     output_spec = _DecodeOutputSpec
 
     def _run_interface(self, runtime):
+        with limited_threads(self.inputs.n_threads):
+            self._decode(runtime)
+        return runtime
+
+    def _decode(self, runtime):
         from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
         from bidsrecon.encoders import get_encoder
         from bidsrecon.images import load_images
 
-        torch.set_num_threads(self.inputs.n_threads)
         samples = np.concatenate([np.load(f, allow_pickle=False) for f in self.inputs.samples_files])
         trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
         stimuli = pd.read_csv(self.inputs.stimuli_file, sep="\t").set_index("stimulus")["path"]
@@ -105,4 +109,3 @@ class DecodeFeatures(SimpleInterface):
         }
         with open(self._results["out_decoder"], "w") as stream:
             json.dump(description, stream, indent=2)
-        return runtime

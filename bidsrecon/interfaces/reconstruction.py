@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pandas as pd
-import torch
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from bidsrecon.arrays import load_arrays
+from bidsrecon.interfaces.threads import limited_threads
 
 
 class _ReconstructInputSpec(BaseInterfaceInputSpec):
@@ -33,12 +33,13 @@ class Reconstruct(SimpleInterface):
         from bidsrecon.encoders import get_encoder
         from bidsrecon.recon import correct_spread, reconstruct
 
-        torch.set_num_threads(self.inputs.n_threads)
         arrays = load_arrays(self.inputs.features_file)
         spread = {layer: float(value[0]) for layer, value in arrays["train_spread"].items()}
         targets = correct_spread(arrays["decoded"], arrays["train_mean"], spread)
         encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed)
-        images = reconstruct(encoder, targets, self.inputs.image_size, n_iter=self.inputs.iterations, seed=self.inputs.seed)
+        with limited_threads(self.inputs.n_threads):
+            images = reconstruct(encoder, targets, self.inputs.image_size, n_iter=self.inputs.iterations,
+                                 seed=self.inputs.seed)
         self._results["out_images"] = f"{runtime.cwd}/reconstructions.npy"
         np.save(self._results["out_images"], images.astype(np.float32), allow_pickle=False)
         return runtime

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bidsrecon.interfaces.threads import limited_threads
 from bidsrecon.preproc import block_samples, clean_run
 
 
@@ -57,7 +58,8 @@ class RunSamples(SimpleInterface):
             raise ValueError(f"{self.inputs.bold_file}: grid {bold.shape[:3]} differs from the mask's {mask.shape}")
         data = np.asanyarray(bold.dataobj, dtype=np.float32)[mask].T  # (n_volumes, n_voxels)
         n_discard = int(round(self.inputs.discard_seconds / self.inputs.tr))
-        cleaned = clean_run(data, n_discard=n_discard, clip_sd=self.inputs.clip_sd)
+        with limited_threads(1):  # runs are processed in parallel, one per CPU
+            cleaned = clean_run(data, n_discard=n_discard, clip_sd=self.inputs.clip_sd)
         trials = pd.read_csv(self.inputs.trials_file, sep="\t")
         samples = block_samples(cleaned, self.inputs.tr, trials["onset"], trials["duration"], self.inputs.delay_seconds)
         self._results["out_samples"] = f"{runtime.cwd}/samples.npy"

@@ -1,0 +1,382 @@
+"""Kernel ridge decoding with one penalty per layer, never building a weight matrix.
+
+With one ridge penalty shared by all units of a layer, the prediction of ridge regression with an
+intercept is linear in the training targets (DESIGN.md, "The decoding core")::
+
+    ŷ(x) = ȳ + k(x, X) (K + αI)⁻¹ (Y − ȳ),      K = X Xᵀ over centred, z-scored voxels.
+
+Training samples are trials and each trial shows one of ``n_images`` training images, so the
+coefficients over samples collapse onto unique images,
+``A_u[:, j] = Σ_{s: image_index[s]=j} A[:, s]``, and the decoded features are
+``ŷ = A_u F + (1 − Σ_j A_u[:, j]) ȳ`` with ``F`` the features of the unique training images and
+``ȳ`` their trial-count-weighted mean. (For a kernel centred on the training mean the row sums
+of ``A_u`` vanish; the general form costs nothing.) The decoder for a layer is therefore an
+``(n_items, n_images)`` matrix; the weighted sum over ``F`` is done by streaming the training
+images through the encoder (:func:`bidsrecon.decoding.stream.decode_features`).
+
+Alpha is chosen per layer by grouped K-fold cross-validation on a sample of units: all trials of
+an image fall in the same fold, and the held-out trials of an image are averaged before
+prediction, the way test data is used (REFERENCE.md §8: alpha chosen on single trials came out
+10-100 times too strong for averaged test data).
+"""
+import warnings
+
+import numpy as np
+import scipy.linalg
+from scipy import sparse
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
+
+#: Default alpha grid, relative to the kernel's scale (the mean of diag(K), i.e. about the
+#: number of voxels for z-scored data), so one grid suits any voxel count.
+DEFAULT_RELATIVE_ALPHAS = np.logspace(-3, 4, 15)
+
+
+class KernelRidgeDecoder(BaseEstimator):
+    """Kernel ridge decoder of network features from fMRI samples, one alpha per layer.
+
+    Parameters
+    ----------
+    alphas : array-like of float, optional
+        Grid of ridge penalties, *relative* to the mean of the kernel's diagonal (about the number
+        of voxels after z-scoring). Defaults to :data:`DEFAULT_RELATIVE_ALPHAS`, 10⁻³ … 10⁴.
+    n_folds : int, default 5
+        Number of cross-validation folds over training images.
+    random_state : int or None, default 0
+        Seed of the assignment of images to folds.
+
+    Attributes
+    ----------
+    voxel_mean_, voxel_std_ : ndarray, shape (n_voxels,)
+        Training mean and SD (ddof 1) of each voxel; constant voxels get SD 1.
+    X_ : ndarray, shape (n_samples, n_voxels)
+        Z-scored training samples.
+    image_index_ : ndarray of int, shape (n_samples,)
+        Training image shown in each sample.
+    n_images_ : int
+        Number of unique training images (columns of the coefficients).
+    alphas_ : ndarray, shape (n_alphas,)
+        Absolute alpha grid searched.
+    cv_scores_ : dict of str to ndarray, shape (n_alphas,)
+        Cross-validated profile correlation of each layer's sampled units at each alpha (per
+        unit across a fold's held-out images, averaged over units, then over folds).
+    alpha_ : dict of str to float
+        Absolute alpha chosen for each layer.
+
+    Notes
+    -----
+    Voxels are z-scored once with the statistics of all training samples; inside each fold the
+    kernel is re-centred on that fold's training mean (an intercept fitted per fold) but not
+    re-scaled.
+    """
+
+    def __init__(self, alphas=None, n_folds=5, random_state=0):
+        self.alphas = alphas
+        self.n_folds = n_folds
+        self.random_state = random_state
+
+    def fit(self, X, image_index, cv_targets):
+        """Z-score the voxels and choose each layer's alpha by grouped cross-validation.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_voxels)
+            Training samples (one per trial).
+        image_index : array-like of int, shape (n_samples,)
+            Training image of each sample, in ``[0, n_images)``.
+        cv_targets : dict of str to array-like, shape (n_images, n_units_sampled)
+            True features of a random sample of each layer's units, one row per training image.
+
+        Returns
+        -------
+        self : KernelRidgeDecoder
+        """
+        X, image_index, cv_targets, n_images = _check_training_data(X, image_index, cv_targets)
+        relative_alphas = _check_alphas(self.alphas)
+        _check_n_folds(self.n_folds)
+        folds = grouped_folds(image_index, self.n_folds, self.random_state)
+
+        self.voxel_mean_, self.voxel_std_ = _voxel_statistics(X)
+        self.X_ = (X - self.voxel_mean_) / self.voxel_std_
+        self.image_index_ = image_index
+        self.n_images_ = n_images
+
+        kernel = self.X_ @ self.X_.T
+        kernel_scale = np.mean(np.diag(kernel))
+        if kernel_scale == 0:
+            raise ValueError("Every voxel of X is constant over the training samples; "
+                             "nothing can be decoded from it.")
+        self.alphas_ = relative_alphas * kernel_scale
+
+        smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_)
+        self.cv_scores_, self.alpha_ = {}, {}
+        for layer, targets in cv_targets.items():
+            scores = _smoother_scores(smoothers, targets, folds)
+            if np.all(np.isnan(scores)):
+                raise ValueError(f"cv_targets[{layer!r}]: no sampled unit varies across the "
+                                 "training images, so no alpha can be scored.")
+            best = int(np.nanargmax(scores))
+            _warn_if_on_grid_edge(layer, best, len(scores))
+            self.cv_scores_[layer] = scores
+            self.alpha_[layer] = float(self.alphas_[best])
+        return self
+
+    def coefficients(self, X_test):
+        """Coefficients over unique training images for each layer.
+
+        Parameters
+        ----------
+        X_test : array-like, shape (n_items, n_voxels)
+            Test samples, already averaged per item; z-scored here with the training statistics.
+
+        Returns
+        -------
+        dict of str to ndarray, shape (n_items, n_images)
+            ``A_u`` per layer, float64: decoded features are ``A_u F + (1 − A_u.sum(1)) ȳ``.
+        """
+        check_is_fitted(self, "alpha_")
+        X_test = _as_finite_2d(X_test, "X_test")
+        if X_test.shape[1] != self.X_.shape[1]:
+            raise ValueError(f"X_test has {X_test.shape[1]} voxels; the decoder was fitted on "
+                             f"{self.X_.shape[1]}.")
+        test_kernel = ((X_test - self.voxel_mean_) / self.voxel_std_) @ self.X_.T
+        kernel = self.X_ @ self.X_.T
+        collapsed_by_alpha = {}
+        for alpha in set(self.alpha_.values()):
+            regularised = kernel + alpha * np.eye(len(kernel))
+            sample_coefficients = scipy.linalg.solve(regularised, test_kernel.T,
+                                                     assume_a="pos").T
+            collapsed_by_alpha[alpha] = collapse_onto_images(
+                sample_coefficients, self.image_index_, self.n_images_)
+        return {layer: collapsed_by_alpha[alpha] for layer, alpha in self.alpha_.items()}
+
+
+def grouped_folds(image_index, n_folds, random_state=0):
+    """Split the images that have samples into folds; all trials of an image share a fold.
+
+    Parameters
+    ----------
+    image_index : ndarray of int, shape (n_samples,)
+    n_folds : int
+    random_state : int or None
+
+    Returns
+    -------
+    list of ndarray of int
+        Held-out images of each fold (sizes differ by at most one).
+
+    Raises
+    ------
+    BidsReconError
+        When fewer than two images per fold have samples.
+    """
+    shown_images = np.unique(image_index)
+    if len(shown_images) < 2 * n_folds:
+        raise BidsReconError(
+            f"The training data show {len(shown_images)} unique images, fewer than two for "
+            f"each of the {n_folds} cross-validation folds that choose the ridge penalty (each "
+            "fold holds out whole images and correlates across them). Add training runs or "
+            "use fewer folds.", EXIT_INPUT_MISSING)
+    shuffled = np.random.default_rng(random_state).permutation(shown_images)
+    return [np.sort(fold) for fold in np.array_split(shuffled, n_folds)]
+
+
+def collapse_onto_images(sample_coefficients, image_index, n_images):
+    """Sum coefficients over the samples of each image.
+
+    Parameters
+    ----------
+    sample_coefficients : ndarray, shape (n_items, n_samples)
+    image_index : ndarray of int, shape (n_samples,)
+    n_images : int
+
+    Returns
+    -------
+    ndarray, shape (n_items, n_images)
+    """
+    return np.asarray(sample_coefficients @ _image_indicator(image_index, n_images))
+
+
+def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas):
+    """Matrices that map training-image features to out-of-fold predictions, one per alpha.
+
+    For held-out image ``v`` of a fold, the prediction from that fold's training samples is
+    ``M[v] @ F`` with ``M[v] = A_u[v] + (1 − Σ_j A_u[v, j]) w``, where ``A_u`` are the fold's
+    collapsed coefficients for ``v``'s trials averaged, and ``w`` the weights of the fold's
+    training mean (trial counts / number of training samples). ``M`` does not depend on the
+    layer, so each layer is scored with one matrix product per alpha.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (n_samples, n_samples)
+        Linear kernel of the z-scored training samples.
+    image_index : ndarray of int, shape (n_samples,)
+    n_images : int
+    folds : list of ndarray of int
+        Held-out images of each fold (from :func:`grouped_folds`).
+    alphas : ndarray, shape (n_alphas,)
+        Absolute penalties.
+
+    Returns
+    -------
+    ndarray, shape (n_alphas, n_images, n_images)
+        Rows of images that are never held out (no samples) stay zero.
+    """
+    smoothers = np.zeros((len(alphas), n_images, n_images))
+    for held_out_images in folds:
+        held_out = np.isin(image_index, held_out_images)
+        train = ~held_out
+        train_kernel, held_out_kernel = _centred_fold_kernels(
+            kernel, image_index, n_images, train, held_out, held_out_images)
+        # One eigendecomposition per fold makes every alpha a cheap diagonal rescaling.
+        eigenvalues, eigenvectors = np.linalg.eigh(train_kernel)
+        eigenvalues = np.clip(eigenvalues, 0, None)
+        held_out_in_eigenbasis = held_out_kernel @ eigenvectors  # (n_held_out_images, n_train)
+        train_indicator = _image_indicator(image_index[train], n_images)
+        # (n_train, n_images): eigenvector coordinates summed over each image's trials.
+        eigenbasis_to_images = np.asarray((train_indicator.T @ eigenvectors).T)
+        train_mean_weights = np.bincount(image_index[train], minlength=n_images) / train.sum()
+        for alpha_position, alpha in enumerate(alphas):
+            collapsed = (held_out_in_eigenbasis / (eigenvalues + alpha)) @ eigenbasis_to_images
+            mean_share = 1.0 - collapsed.sum(axis=1)
+            smoothers[alpha_position, held_out_images] = (
+                collapsed + mean_share[:, None] * train_mean_weights[None, :])
+    return smoothers
+
+
+def _centred_fold_kernels(kernel, image_index, n_images, train, held_out, held_out_images):
+    """A fold's training kernel and its held-out-image kernel rows, centred on the fold's mean.
+
+    Held-out trials of the same image are averaged (a linear kernel's rows average like the
+    samples do) because test items are averaged over their repeats before decoding.
+    """
+    train_kernel = kernel[np.ix_(train, train)]
+    averaging = _image_indicator(image_index[held_out], n_images)[:, held_out_images]
+    averaging = averaging.multiply(1.0 / averaging.sum(axis=0)).tocsc()
+    held_out_kernel = np.asarray(averaging.T @ kernel[np.ix_(held_out, train)])
+    # x·x̄_T for every training sample, and x̄_T·x̄_T: centring a linear kernel on the fold mean.
+    train_row_means = train_kernel.mean(axis=1)
+    grand_mean = train_row_means.mean()
+    train_kernel = (train_kernel - train_row_means[:, None] - train_row_means[None, :]
+                    + grand_mean)
+    held_out_kernel = (held_out_kernel - train_row_means[None, :]
+                       - held_out_kernel.mean(axis=1, keepdims=True) + grand_mean)
+    return train_kernel, held_out_kernel
+
+
+def _smoother_scores(smoothers, targets, folds):
+    """Profile correlation of out-of-fold predictions at each alpha, averaged over units and folds.
+
+    Correlations are taken within each fold: pooled across folds, the fold-to-fold shifts of the
+    training mean (which move against the held-out images) would bias the score against large
+    alphas. Units that are constant in a fold are skipped there.
+    """
+    fold_scores = np.full((len(smoothers), len(folds)), np.nan)
+    for fold_position, held_out_images in enumerate(folds):
+        # Centring on one constant per unit leaves correlations unchanged and keeps the
+        # products well conditioned for features with a large mean.
+        centred = targets - targets[held_out_images].mean(axis=0)
+        for alpha_position, smoother in enumerate(smoothers):
+            predicted = smoother[held_out_images] @ centred
+            correlations = profile_correlation(predicted, centred[held_out_images])
+            if not np.all(np.isnan(correlations)):
+                fold_scores[alpha_position, fold_position] = np.nanmean(correlations)
+    scores = np.full(len(smoothers), np.nan)
+    scored = ~np.all(np.isnan(fold_scores), axis=1)
+    scores[scored] = np.nanmean(fold_scores[scored], axis=1)
+    return scores
+
+
+def profile_correlation(predicted, true):
+    """Pearson correlation of each unit across images (NaN where either side is constant).
+
+    Parameters
+    ----------
+    predicted, true : ndarray, shape (n_images, n_units)
+
+    Returns
+    -------
+    ndarray, shape (n_units,)
+    """
+    predicted = predicted - predicted.mean(axis=0)
+    true = true - true.mean(axis=0)
+    norms = np.sqrt((predicted**2).sum(axis=0) * (true**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlations = (predicted * true).sum(axis=0) / norms
+    correlations[norms == 0] = np.nan
+    return correlations
+
+
+def _image_indicator(image_index, n_images):
+    """Sparse one-hot matrix (n_samples, n_images): sample s shows image image_index[s]."""
+    n_samples = len(image_index)
+    return sparse.csr_matrix((np.ones(n_samples), (np.arange(n_samples), image_index)),
+                             shape=(n_samples, n_images))
+
+
+def _voxel_statistics(X):
+    """Training mean and SD (ddof 1) per voxel; constant voxels get SD 1 (they become 0)."""
+    std = X.std(axis=0, ddof=1)
+    std[std == 0] = 1.0
+    return X.mean(axis=0), std
+
+
+def _warn_if_on_grid_edge(layer, best, n_alphas):
+    if n_alphas > 1 and best in (0, n_alphas - 1):
+        end = "smallest" if best == 0 else "largest"
+        warnings.warn(f"Layer {layer!r}: cross-validation chose the {end} alpha of the grid; "
+                      "the best penalty may lie outside it (pass a wider `alphas`).",
+                      stacklevel=3)
+
+
+def _as_finite_2d(array, name):
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D; got shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return array
+
+
+def _check_training_data(X, image_index, cv_targets):
+    """Check fit's inputs once; return them as float64/int arrays plus n_images."""
+    X = _as_finite_2d(X, "X")
+    image_index = np.asarray(image_index)
+    if image_index.ndim != 1 or not np.issubdtype(image_index.dtype, np.integer):
+        raise ValueError("image_index must be a 1-D array of integers; got dtype "
+                         f"{image_index.dtype} and shape {image_index.shape}.")
+    if len(image_index) != len(X):
+        raise ValueError(f"X has {len(X)} samples but image_index has {len(image_index)} "
+                         "entries; they must match (one image per sample).")
+    if not isinstance(cv_targets, dict) or not cv_targets:
+        raise ValueError("cv_targets must be a non-empty dict of layer name to an array "
+                         "(n_images, n_units_sampled).")
+    cv_targets = {layer: _as_finite_2d(targets, f"cv_targets[{layer!r}]")
+                  for layer, targets in cv_targets.items()}
+    n_rows = {layer: len(targets) for layer, targets in cv_targets.items()}
+    n_images = next(iter(n_rows.values()))
+    if len(set(n_rows.values())) != 1:
+        raise ValueError(f"Every layer of cv_targets must have one row per training image; "
+                         f"got rows {n_rows}.")
+    if image_index.min() < 0 or image_index.max() >= n_images:
+        raise ValueError(f"image_index must lie in [0, {n_images}) (cv_targets has {n_images} "
+                         f"rows); got values from {image_index.min()} to {image_index.max()}.")
+    return X, image_index.astype(np.intp), cv_targets, n_images
+
+
+def _check_alphas(alphas):
+    if alphas is None:
+        return DEFAULT_RELATIVE_ALPHAS.copy()
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim != 1 or len(alphas) == 0 or not np.all(np.isfinite(alphas)) \
+            or np.any(alphas <= 0):
+        raise ValueError(f"alphas must be a non-empty 1-D sequence of positive numbers; "
+                         f"got {alphas!r}.")
+    return alphas
+
+
+def _check_n_folds(n_folds):
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2; got {n_folds!r}.")

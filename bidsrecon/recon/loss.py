@@ -1,0 +1,60 @@
+"""The paper's feature-matching loss: Σ_l w_l ‖φ_l(x) − f̂_l‖², w_l ∝ 1/‖f̂_l‖²."""
+import warnings
+
+import numpy as np
+import torch
+
+
+def layer_weights(targets):
+    """Per-item layer weights w_l ∝ 1/‖f̂_l‖², normalised to sum to 1 over layers.
+
+    A layer whose target is all zeros for an item would get an infinite weight (the known
+    failure that produces black images); it gets weight 0 instead, with a warning.
+
+    Parameters
+    ----------
+    targets : dict of str to array-like, each of shape (n_items, ...)
+        Target features by layer.
+
+    Returns
+    -------
+    dict of str to torch.Tensor, each of shape (n_items,), float32
+    """
+    names = list(targets)
+    squared_norms = np.stack([_squared_norms(targets[name]) for name in names])  # (layers, items)
+    zero = squared_norms == 0
+    for name, zero_items in zip(names, zero):
+        if zero_items.any():
+            warnings.warn(f"Target features of layer {name!r} are all zero for item(s) "
+                          f"{np.flatnonzero(zero_items).tolist()}; that layer gets weight 0.",
+                          stacklevel=2)
+    empty_items = np.flatnonzero(zero.all(axis=0))
+    if empty_items.size:
+        raise ValueError(f"Target features are all zero in every layer for item(s) "
+                         f"{empty_items.tolist()}: there is nothing to reconstruct.")
+    inverse = np.divide(1.0, squared_norms, out=np.zeros_like(squared_norms), where=~zero)
+    weights = inverse / inverse.sum(axis=0)
+    return {name: torch.as_tensor(weights[i], dtype=torch.float32)
+            for i, name in enumerate(names)}
+
+
+def _squared_norms(features):
+    features = torch.as_tensor(features).detach().double().cpu().numpy()
+    return (features.reshape(len(features), -1) ** 2).sum(axis=1)
+
+
+def feature_loss(features, targets, weights):
+    """Weighted squared distance between features and targets, one value per item.
+
+    Parameters
+    ----------
+    features, targets : dict of str to torch.Tensor, each of shape (n_items, ...)
+    weights : dict of str to torch.Tensor, each of shape (n_items,)
+
+    Returns
+    -------
+    torch.Tensor, shape (n_items,)
+    """
+    per_layer = [weights[name] * (features[name] - targets[name]).flatten(1).pow(2).sum(1)
+                 for name in targets]
+    return torch.stack(per_layer).sum(0)

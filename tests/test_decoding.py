@@ -1,0 +1,366 @@
+"""Tests of the kernel-ridge decoder and of the passes through the encoder."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as functional
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import Ridge
+
+from bidsrecon.decoding import (
+    KernelRidgeDecoder,
+    collapse_onto_images,
+    decode_features,
+    grouped_folds,
+    iter_feature_batches,
+    sample_unit_features,
+)
+from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers
+from bidsrecon.errors import BidsReconError
+from bidsrecon.recon.spread import spread_from_moments
+
+torch.set_num_threads(1)
+
+
+class TinyEncoder:
+    """A deterministic three-layer network following the encoder interface (a test double)."""
+
+    layers = ("conv1", "conv2", "fc")
+    device = torch.device("cpu")
+
+    def __init__(self, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.conv1_weight = torch.randn(4, 3, 3, 3, generator=generator)
+        # A large bias gives the features a mean far from zero, as real pre-ReLU layers can have.
+        self.conv1_bias = torch.full((4,), 20.0)
+        self.conv2_weight = 0.3 * torch.randn(6, 4, 3, 3, generator=generator)
+        self.fc_weight = 0.1 * torch.randn(5, 6 * 4 * 4, generator=generator)
+
+    def features(self, images, layers):
+        conv1 = functional.conv2d(images, self.conv1_weight, self.conv1_bias, padding=1)
+        conv2 = functional.conv2d(functional.relu(conv1), self.conv2_weight, padding=1, stride=2)
+        fc = functional.relu(conv2).flatten(1) @ self.fc_weight.T
+        every_layer = {"conv1": conv1, "conv2": conv2, "fc": fc}
+        return {layer: every_layer[layer] for layer in layers}
+
+
+def _images(n_images, seed=0, size=8):
+    return np.random.default_rng(seed).random((n_images, size, size, 3), dtype=np.float32)
+
+
+def _true_features(encoder, images, layers):
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        features = encoder.features(tensor, layers=list(layers))
+    return {layer: value.numpy().astype(np.float64) for layer, value in features.items()}
+
+
+def _zscore(X):
+    std = X.std(axis=0, ddof=1)
+    std[std == 0] = 1
+    return (X - X.mean(axis=0)) / std, X.mean(axis=0), std
+
+
+def _repeated_trials(n_images, rng, max_trials=3, skipped=()):
+    """image_index with 1..max_trials trials per image, shuffled; `skipped` images get none."""
+    trials = [np.full(rng.integers(1, max_trials + 1), image)
+              for image in range(n_images) if image not in skipped]
+    return rng.permutation(np.concatenate(trials))
+
+
+def _synthetic_problem(noise, n_images=40, n_voxels=60, n_units=12, seed=0):
+    """Images have a few latent factors; voxels and features are linear maps of them.
+
+    A trial is the image's voxel pattern (the factors' map plus image-specific structure the
+    features do not share) plus trial noise of SD ``noise``.
+    """
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n_images, 6))
+    patterns = (latent @ rng.standard_normal((6, n_voxels))
+                + 0.5 * rng.standard_normal((n_images, n_voxels)))
+    targets = latent @ rng.standard_normal((6, n_units))
+    image_index = _repeated_trials(n_images, rng, max_trials=4)
+    X = patterns[image_index] + noise * rng.standard_normal((len(image_index), n_voxels))
+    return X, image_index, targets
+
+
+def _reference_cv_scores(X, image_index, targets, folds, alphas, average_repeats=True):
+    """Grouped CV with scikit-learn's Ridge: profile correlation per fold, mean over folds."""
+    Xz = _zscore(X)[0]
+    scores = np.zeros((len(alphas), len(folds)))
+    for alpha_position, alpha in enumerate(alphas):
+        for fold_position, fold in enumerate(folds):
+            held_out = np.isin(image_index, fold)
+            model = Ridge(alpha=alpha).fit(Xz[~held_out], targets[image_index[~held_out]])
+            if average_repeats:
+                samples = np.stack([Xz[image_index == image].mean(axis=0) for image in fold])
+                true = targets[fold]
+            else:
+                samples, true = Xz[held_out], targets[image_index[held_out]]
+            predicted = model.predict(samples)
+            scores[alpha_position, fold_position] = np.mean(
+                [np.corrcoef(predicted[:, unit], true[:, unit])[0, 1]
+                 for unit in range(targets.shape[1])])
+    return scores.mean(axis=1)
+
+
+@pytest.mark.filterwarnings("ignore:Layer")
+def test_decoding_equals_dual_kernel_ridge_and_sklearn_ridge():
+    rng = np.random.default_rng(1)
+    encoder = TinyEncoder()
+    n_images, n_voxels = 11, 40
+    images = _images(n_images)
+    # Image 10 has no trial: its column must get zero weight everywhere.
+    image_index = _repeated_trials(n_images, rng, skipped=(10,))
+    X = rng.standard_normal((len(image_index), n_voxels)) + 3.0
+    X[:, 5] = 7.0  # a constant voxel
+    X_test = rng.standard_normal((4, n_voxels)) + 3.0
+    cv_targets, _ = sample_unit_features(encoder, images, encoder.layers, n_units=20)
+
+    decoder = KernelRidgeDecoder(alphas=[0.01, 0.1, 1.0], n_folds=3).fit(
+        X, image_index, cv_targets)
+    coefficients = decoder.coefficients(X_test)
+    counts = np.bincount(image_index, minlength=n_images)
+    decoded, _, _ = decode_features(encoder, images, coefficients, counts, batch_size=3,
+                                    progress=False)
+
+    Xz, mean, std = _zscore(X)
+    Xz_test = (X_test - mean) / std
+    kernel = Xz @ Xz.T
+    onehot = np.eye(n_images)[image_index]
+    features = _true_features(encoder, images, encoder.layers)
+    for layer, alpha in decoder.alpha_.items():
+        dual = Xz_test @ Xz.T @ np.linalg.inv(kernel + alpha * np.eye(len(kernel)))
+        np.testing.assert_allclose(coefficients[layer], dual @ onehot, rtol=1e-9, atol=1e-12)
+        assert np.all(coefficients[layer][:, 10] == 0)
+
+        Y = features[layer].reshape(n_images, -1)[image_index]
+        train_mean = Y.mean(axis=0)
+        dual_prediction = train_mean + dual @ (Y - train_mean)
+        sklearn_prediction = Ridge(alpha=alpha).fit(Xz, Y).predict(Xz_test)
+        ours = decoded[layer].reshape(len(X_test), -1).astype(np.float64)
+        scale = np.abs(sklearn_prediction).max()
+        np.testing.assert_allclose(dual_prediction, sklearn_prediction, atol=1e-9 * scale)
+        assert np.abs(ours - sklearn_prediction).max() <= 1e-6 * scale
+        # The test has teeth: the shrinkage towards the mean is far above the tolerance.
+        assert np.abs(sklearn_prediction - train_mean).max() > 1e-3 * scale
+
+
+def test_collapse_onto_images_sums_the_samples_of_each_image():
+    sample_coefficients = np.arange(12.0).reshape(2, 6)
+    collapsed = collapse_onto_images(sample_coefficients, np.array([2, 0, 2, 1, 2, 0]), 4)
+    np.testing.assert_array_equal(collapsed, [[1 + 5, 3, 0 + 2 + 4, 0],
+                                              [7 + 11, 9, 6 + 8 + 10, 0]])
+
+
+def test_grouped_folds_keep_all_trials_of_an_image_together():
+    rng = np.random.default_rng(2)
+    image_index = _repeated_trials(23, rng, skipped=(4, 17))
+    folds = grouped_folds(image_index, 5, random_state=3)
+    held_out = np.concatenate(folds)
+    # Every shown image is held out exactly once, as a whole; unshown images never are.
+    np.testing.assert_array_equal(np.sort(held_out), np.unique(image_index))
+    assert sorted(len(fold) for fold in folds) == [4, 4, 4, 4, 5]
+    for fold in folds:
+        held_out_samples = np.isin(image_index, fold)
+        assert not set(image_index[held_out_samples]) & set(image_index[~held_out_samples])
+    again = grouped_folds(image_index, 5, random_state=3)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+
+
+def test_out_of_fold_predictions_never_see_the_held_out_images():
+    X, image_index, _ = _synthetic_problem(noise=1.0, n_images=12)
+    Xz = _zscore(X)[0]
+    folds = grouped_folds(image_index, 3)
+    smoothers = out_of_fold_smoothers(Xz @ Xz.T, image_index, 12, folds, np.array([1.0, 50.0]))
+    for fold in folds:
+        assert np.all(smoothers[:, fold][:, :, fold] == 0)
+    # Each prediction is an affine combination of training images: constants are reproduced.
+    np.testing.assert_allclose(smoothers.sum(axis=2), 1.0, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:Layer")
+def test_cv_scores_average_held_out_repeats_like_test_data():
+    X, image_index, targets = _synthetic_problem(noise=3.0)
+    decoder = KernelRidgeDecoder(alphas=np.logspace(-2, 2, 5), n_folds=4, random_state=1)
+    decoder.fit(X, image_index, {"layer": targets})
+    folds = grouped_folds(image_index, 4, random_state=1)
+
+    averaged = _reference_cv_scores(X, image_index, targets, folds, decoder.alphas_)
+    single_trials = _reference_cv_scores(X, image_index, targets, folds, decoder.alphas_,
+                                         average_repeats=False)
+    np.testing.assert_allclose(decoder.cv_scores_["layer"], averaged, rtol=1e-8)
+    assert np.abs(averaged - single_trials).max() > 0.05  # the two protocols differ
+
+
+def test_cv_chooses_the_best_alpha_and_more_shrinkage_for_noisier_data():
+    chosen = {}
+    for noise in (0.5, 10.0):
+        X, image_index, targets = _synthetic_problem(noise=noise, n_images=60, n_voxels=80)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the optimum must lie inside the default grid
+            decoder = KernelRidgeDecoder().fit(X, image_index, {"layer": targets})
+        scores = decoder.cv_scores_["layer"]
+        assert decoder.alpha_["layer"] == decoder.alphas_[np.argmax(scores)]
+        assert scores.max() > 0.3
+        chosen[noise] = decoder.alpha_["layer"]
+    assert chosen[10.0] > 10 * chosen[0.5]
+
+
+def test_relative_alphas_are_scaled_by_the_kernel_diagonal():
+    X, image_index, targets = _synthetic_problem(noise=1.0, n_images=10, n_voxels=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoder = KernelRidgeDecoder(alphas=[1.0, 2.0], n_folds=2).fit(
+            X, image_index, {"layer": targets})
+    mean_diagonal = np.mean(np.sum(_zscore(X)[0] ** 2, axis=1))
+    np.testing.assert_allclose(decoder.alphas_, [mean_diagonal, 2 * mean_diagonal])
+    assert decoder.n_images_ == 10 and decoder.X_.shape == X.shape
+
+
+def test_decode_features_is_the_count_weighted_combination_in_any_batch_size():
+    rng = np.random.default_rng(4)
+    encoder = TinyEncoder()
+    n_images = 9
+    images = _images(n_images, seed=5)
+    counts = np.array([0, 2, 1, 5, 1, 0, 3, 2, 1])
+    coefficients = {"conv1": rng.standard_normal((3, n_images)),
+                    "fc": rng.standard_normal((2, n_images))}
+    features = _true_features(encoder, images, coefficients)
+
+    decoded, train_mean, train_spread = decode_features(
+        encoder, images, coefficients, counts, batch_size=4, progress=False)
+    decoded_one_batch, _, _ = decode_features(encoder, images, coefficients, counts,
+                                              batch_size=n_images, progress=False)
+    for layer, layer_coefficients in coefficients.items():
+        flat = features[layer].reshape(n_images, -1)
+        mean = counts @ flat / counts.sum()
+        mean_square = counts @ flat**2 / counts.sum()
+        layer_shape = features[layer].shape[1:]
+        assert train_mean[layer].shape == layer_shape
+        np.testing.assert_allclose(train_mean[layer].reshape(-1), mean, rtol=1e-6, atol=1e-5)
+        assert train_spread[layer] == pytest.approx(
+            spread_from_moments(mean.reshape(layer_shape), mean_square.reshape(layer_shape)),
+            rel=1e-5)
+        expected = (layer_coefficients @ flat
+                    + (1 - layer_coefficients.sum(axis=1))[:, None] * mean[None, :])
+        assert decoded[layer].dtype == np.float32
+        assert decoded[layer].shape == (len(layer_coefficients),) + layer_shape
+        scale = np.abs(expected).max()
+        assert np.abs(decoded[layer].reshape(len(expected), -1) - expected).max() < 1e-5 * scale
+        np.testing.assert_allclose(decoded[layer], decoded_one_batch[layer],
+                                   atol=1e-5 * scale, rtol=0)
+
+
+def test_iter_feature_batches_streams_small_batches_from_arrays_or_sequences():
+    encoder = TinyEncoder()
+    images = _images(7, seed=6)
+    features = _true_features(encoder, images, ["conv2", "fc"])
+    from_array = list(iter_feature_batches(encoder, images, ["conv2", "fc"], batch_size=3))
+    from_list = list(iter_feature_batches(encoder, list(images), ["conv2", "fc"], batch_size=3))
+    assert [start for start, _ in from_array] == [0, 3, 6]
+    for (start, batch), (_, batch_from_list) in zip(from_array, from_list):
+        assert set(batch) == {"conv2", "fc"}
+        assert batch["conv2"].dtype == np.float32 and len(batch["conv2"]) <= 3
+        np.testing.assert_allclose(batch["conv2"], features["conv2"][start:start + 3], rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(batch["fc"], batch_from_list["fc"])
+
+
+def test_iter_feature_batches_leaves_gradients_enabled_for_the_caller():
+    batches = iter_feature_batches(TinyEncoder(), _images(4), ["fc"], batch_size=2)
+    next(batches)
+    assert torch.is_grad_enabled()
+
+
+def test_sample_unit_features_draws_units_per_layer_reproducibly():
+    encoder = TinyEncoder()
+    images = _images(6, seed=7)
+    features = _true_features(encoder, images, encoder.layers)
+    sampled, unit_indices = sample_unit_features(encoder, images, ["conv1", "fc"], n_units=50,
+                                                 batch_size=4)
+    assert len(unit_indices["conv1"]) == 50 and len(unit_indices["fc"]) == 5  # fc has 5 units
+    assert np.all(np.diff(unit_indices["conv1"]) > 0) and unit_indices["conv1"].max() < 256
+    np.testing.assert_allclose(sampled["conv1"],
+                               features["conv1"].reshape(6, -1)[:, unit_indices["conv1"]],
+                               atol=1e-5)
+    _, conv1_alone = sample_unit_features(encoder, images, ["conv1"], n_units=50)
+    np.testing.assert_array_equal(conv1_alone["conv1"], unit_indices["conv1"])
+    _, other_seed = sample_unit_features(encoder, images, ["conv1"], n_units=50, seed=1)
+    assert not np.array_equal(other_seed["conv1"], unit_indices["conv1"])
+
+
+def test_fit_rejects_inconsistent_inputs_with_clear_messages():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((6, 4))
+    targets = {"fc": rng.standard_normal((3, 2))}
+    decoder = KernelRidgeDecoder(n_folds=2)
+    with pytest.raises(ValueError, match="X has 6 samples but image_index has 5"):
+        decoder.fit(X, np.array([0, 1, 2, 0, 1]), targets)
+    with pytest.raises(ValueError, match=r"image_index must lie in \[0, 3\).*from 0 to 3"):
+        decoder.fit(X, np.array([0, 1, 2, 3, 1, 2]), targets)
+    with pytest.raises(ValueError, match="1-D array of integers"):
+        decoder.fit(X, np.array([0.0, 1, 2, 0, 1, 2]), targets)
+    with pytest.raises(ValueError, match="one row per training image"):
+        decoder.fit(X, np.array([0, 1, 2, 0, 1, 2]),
+                    {"fc": targets["fc"], "conv": rng.standard_normal((4, 2))})
+    with pytest.raises(BidsReconError, match="3 unique images, fewer than two for each of the 5"):
+        KernelRidgeDecoder(n_folds=5).fit(X, np.array([0, 1, 2, 0, 1, 2]), targets)
+    with pytest.raises(ValueError, match="n_folds must be an integer >= 2"):
+        KernelRidgeDecoder(n_folds=1).fit(X, np.array([0, 1, 2, 0, 1, 2]), targets)
+    with pytest.raises(ValueError, match="positive numbers"):
+        KernelRidgeDecoder(alphas=[1.0, -1.0], n_folds=2).fit(
+            X, np.array([0, 1, 2, 0, 1, 2]), targets)
+
+
+def test_coefficients_need_a_fitted_decoder_and_matching_voxels():
+    X, image_index, targets = _synthetic_problem(noise=1.0, n_images=8, n_voxels=10)
+    with pytest.raises(NotFittedError):
+        KernelRidgeDecoder().coefficients(X[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoder = KernelRidgeDecoder(n_folds=2).fit(X, image_index, {"layer": targets})
+    with pytest.raises(ValueError, match="X_test has 9 voxels; the decoder was fitted on 10"):
+        decoder.coefficients(X[:2, :9])
+
+
+def test_stream_rejects_bad_images_layers_and_counts():
+    encoder = TinyEncoder()
+    images = _images(4)
+    coefficients = {"fc": np.ones((2, 4))}
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]; images 0-3 range from .* to 2\d\d"):
+        next(iter_feature_batches(encoder, images * 255, ["fc"]))
+    with pytest.raises(ValueError, match=r"Unknown layers \['fc9'\]; this encoder has"):
+        next(iter_feature_batches(encoder, images, ["fc9"]))
+    with pytest.raises(ValueError, match=r"counts must be 4 integers"):
+        decode_features(encoder, images, coefficients, np.ones(3, int), progress=False)
+    with pytest.raises(ValueError, match=r"must have shape \(n_items, 4\)"):
+        decode_features(encoder, images, {"fc": np.ones((2, 5))}, np.ones(4, int),
+                        progress=False)
+
+
+def test_decoding_through_the_packaged_random_efficientnet():
+    encoders = pytest.importorskip(
+        "bidsrecon.encoders", reason="bidsrecon.encoders is not written yet")
+    if not hasattr(encoders, "get_encoder"):
+        pytest.skip("bidsrecon.encoders.get_encoder is not written yet")
+    encoder = encoders.get_encoder("efficientnet-lite0-random")
+    layers = [encoder.layers[0], encoder.layers[-1]]
+    images = _images(5, seed=9, size=64)
+    counts = np.array([1, 2, 0, 1, 3])
+    coefficients = {layer: np.random.default_rng(10).standard_normal((2, 5)) for layer in layers}
+    decoded, train_mean, _ = decode_features(encoder, images, coefficients, counts,
+                                             batch_size=2, progress=False)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(encoder.device)
+    with torch.no_grad():
+        features = encoder.features(tensor, layers=layers)
+    for layer in layers:
+        flat = features[layer].cpu().numpy().astype(np.float64).reshape(5, -1)
+        mean = counts @ flat / counts.sum()
+        expected = (coefficients[layer] @ flat
+                    + (1 - coefficients[layer].sum(axis=1))[:, None] * mean)
+        scale = np.abs(expected).max()
+        assert np.abs(decoded[layer].reshape(2, -1) - expected).max() < 1e-4 * scale
+        np.testing.assert_allclose(train_mean[layer].reshape(-1), mean,
+                                   atol=1e-4 * np.abs(mean).max())

@@ -1,0 +1,161 @@
+"""Layer weights, spread correction and feature inversion (bidsrecon.recon)."""
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from bidsrecon.encoders import get_encoder
+from bidsrecon.images import load_images
+from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
+from bidsrecon.recon.spread import item_spread
+
+SMALL = 32
+FEW_LAYERS = ("stem", "block1", "block2")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def random_lite0():
+    return get_encoder("efficientnet-lite0-random", seed=1)
+
+
+def _true_features(encoder, images, layers):
+    with torch.no_grad():
+        features = encoder.features(torch.from_numpy(images).permute(0, 3, 1, 2), layers)
+    return {name: value.numpy() for name, value in features.items()}
+
+
+def _loss(encoder, images, targets):
+    """Mean loss per item of (n, H, W, 3) images against numpy targets."""
+    torch_targets = {name: torch.from_numpy(value) for name, value in targets.items()}
+    with torch.no_grad():
+        features = encoder.features(torch.from_numpy(images).permute(0, 3, 1, 2), targets)
+        return float(feature_loss(features, torch_targets, layer_weights(targets)).mean())
+
+
+def _pixel_correlation(reconstructions, originals):
+    return np.array([np.corrcoef(a.ravel(), b.ravel())[0, 1]
+                     for a, b in zip(reconstructions, originals)])
+
+
+# ---------------------------------------------------------------- layer weights
+
+def test_layer_weights_are_inverse_squared_norms_summing_to_one():
+    targets = {"a": np.ones((2, 4)), "b": np.full((2, 3, 2, 2), 2.0)}
+    targets["a"][1] *= 3
+    weights = layer_weights(targets)
+    total = weights["a"] + weights["b"]
+    torch.testing.assert_close(total, torch.ones(2))
+    # ‖a‖² = 4 and 36, ‖b‖² = 48 for both items.
+    np.testing.assert_allclose(weights["a"] / weights["b"], [48 / 4, 48 / 36], rtol=1e-6)
+
+
+def test_all_zero_layer_gets_no_weight_and_a_warning():
+    targets = {"conv": np.ones((2, 3, 4, 4)), "fc": np.ones((2, 5))}
+    targets["fc"][1] = 0
+    with pytest.warns(UserWarning, match=r"'fc'.*\[1\]"):
+        weights = layer_weights(targets)
+    assert weights["fc"][1] == 0 and weights["conv"][1] == 1
+    assert torch.isfinite(weights["fc"]).all() and weights["fc"][0] > 0
+
+
+def test_item_with_no_features_at_all_is_refused():
+    targets = {"fc": np.zeros((1, 5))}
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="nothing to reconstruct"):
+        layer_weights(targets)
+
+
+# ---------------------------------------------------------------- spread correction
+
+@pytest.mark.parametrize("item_shape", [(6, 5, 5), (40,)])
+def test_correct_spread_restores_the_training_spread(item_shape):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=item_shape)
+    true = mean + rng.normal(scale=2.0, size=(3, *item_shape))
+    shrunk = mean + 0.2 * (true - mean)  # what ridge and averaging do to decoded features
+    train_spread = float(item_spread(true - mean).mean())
+
+    corrected = correct_spread({"layer": shrunk}, {"layer": mean}, {"layer": train_spread})
+
+    centred = corrected["layer"] - mean
+    np.testing.assert_allclose(item_spread(centred), train_spread, rtol=1e-5)
+    # Only the scale changes: the pattern around the mean is the decoded one.
+    for corrected_item, shrunk_item in zip(centred, shrunk - mean):
+        assert np.corrcoef(corrected_item.ravel(), shrunk_item.ravel())[0, 1] > 0.9999
+
+
+def test_correct_spread_leaves_an_item_at_the_mean():
+    mean = np.arange(6.0)
+    decoded = np.stack([mean, mean + np.linspace(-1, 1, 6)])
+    corrected = correct_spread({"fc": decoded}, {"fc": mean}, {"fc": 2.0})
+    assert np.all(np.isfinite(corrected["fc"]))
+    np.testing.assert_allclose(corrected["fc"][0], mean)
+
+
+def test_correct_spread_needs_statistics_for_every_layer():
+    with pytest.raises(ValueError, match="fc7"):
+        correct_spread({"fc7": np.ones((1, 3))}, {}, {"fc7": 1.0})
+
+
+# ---------------------------------------------------------------- reconstruct
+
+@pytest.fixture(scope="module")
+def small_problem(random_lite0):
+    rng = np.random.default_rng(0)
+    smooth = rng.uniform(size=(3, 4, 4, 3)).repeat(SMALL // 4, axis=1).repeat(SMALL // 4, axis=2)
+    images = smooth.astype(np.float32)
+    return images, _true_features(random_lite0, images, FEW_LAYERS)
+
+
+def test_reconstruct_is_deterministic_and_reduces_the_loss(random_lite0, small_problem):
+    images, targets = small_problem
+    first = reconstruct(random_lite0, targets, SMALL, n_iter=15, seed=4, progress=False,
+                        batch_size=2)
+    again = reconstruct(random_lite0, targets, SMALL, n_iter=15, seed=4, progress=False,
+                        batch_size=2)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (3, SMALL, SMALL, 3) and first.dtype == np.float32
+    assert first.min() >= 0 and first.max() <= 1
+
+    start = np.broadcast_to(np.float32(random_lite0.mean_rgb), images.shape).copy()
+    assert _loss(random_lite0, first, targets) < 0.5 * _loss(random_lite0, start, targets)
+    # L-BFGS did not stop at iteration 0: the pixels moved well away from the flat start.
+    assert np.abs(first - start).max() > 0.1
+
+
+def test_reconstruct_shows_progress_on_stderr(random_lite0, small_problem, capsys):
+    _, targets = small_problem
+    reconstruct(random_lite0, {"stem": targets["stem"][:1]}, SMALL, n_iter=2, progress=True)
+    assert "loss=" in capsys.readouterr().err
+
+
+def test_reconstruct_checks_target_shapes(random_lite0, small_problem):
+    _, targets = small_problem
+    with pytest.raises(ValueError, match="'stem'"):
+        reconstruct(random_lite0, {"stem": targets["stem"]}, 64, n_iter=1, progress=False)
+    with pytest.raises(ValueError, match="same number of items"):
+        reconstruct(random_lite0, {"stem": targets["stem"], "block1": targets["block1"][:1]},
+                    SMALL, n_iter=1, progress=False)
+
+
+def test_inverting_true_features_recovers_photographs(tmp_path):
+    # The ImageNet weights, their default layers and the paper's 200 iterations (~2 s here).
+    encoder = get_encoder("efficientnet-lite0")
+    paths = []
+    for name in ["chelsea", "coffee", "rocket", "astronaut"]:
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(getattr(skimage.data, name)()).save(paths[-1])
+    photographs = load_images(paths, 64)
+    targets = _true_features(encoder, photographs, encoder.default_layers)
+
+    reconstructions = reconstruct(encoder, targets, 64, n_iter=200, progress=False)
+
+    assert _pixel_correlation(reconstructions, photographs).min() >= 0.8
