@@ -113,7 +113,7 @@ def invert_batch(encoder, targets, weights, start_logits, n_iter, bar):
         loss.backward()
         # L-BFGS counts its iterations in its state; the bar follows them, not evaluations.
         bar.update(first_count + optimizer.state[logits].get("n_iter", 0) - bar.n)
-        bar.set_postfix(loss=f"{loss.item() / len(logits):.4g}")
+        bar.set_postfix(loss=f"{loss.item() / len(logits):.4g}", refresh=False)
         return loss
 
     optimizer.step(closure)
