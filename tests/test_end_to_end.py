@@ -62,3 +62,27 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     os.remove(recons[0])
     assert main([str(tiny_dataset), str(out), "participant", *common]) == 0
     assert recons[0].is_file()
+
+
+@pytest.mark.slow
+def test_default_encoder_is_the_packaged_imagenet_network(tiny_dataset, tmp_path):
+    out = tmp_path / "bidsrecon"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--image-size", "32",
+                 "--iterations", "5", "--skip-bids-validation"]) == 0
+    decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
+    assert decoder["Encoder"] == "efficientnet-lite0"
+    assert "ImageNet weights" in decoder["EncoderDescription"] and "random" not in decoder["EncoderDescription"]
+    assert len(decoder["EncoderWeightsSHA256"]) == 64
+
+
+@pytest.mark.slow
+def test_demo_reaches_the_promised_accuracy(tmp_path):
+    """The README's promise for `make demo`: natural >= 75%, shapes >= 80% (chance 50%)."""
+    from bidsrecon.demo import main as demo_main
+
+    assert demo_main([str(tmp_path / "demo")]) == 0
+    metrics = pd.read_csv(tmp_path / "demo" / "bidsrecon" / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    accuracy = metrics.set_index("set")["identification_pixel"]
+    assert accuracy["natural"] >= 0.75 and accuracy["shapes"] >= 0.80, accuracy.to_dict()
+    code, report = validate(tmp_path / "demo" / "bidsrecon")
+    assert code == 0, report

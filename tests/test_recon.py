@@ -14,14 +14,6 @@ SMALL = 32
 FEW_LAYERS = ("stem", "block1", "block2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def random_lite0():
     return get_encoder("efficientnet-lite0-random", seed=1)
