@@ -9,7 +9,7 @@ from pathlib import Path
 from bidsrecon import __version__
 from bidsrecon.config import Config
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_UNKNOWN_LEVEL, BidsReconError
-from bidsrecon.spec import SPECS
+from bidsrecon.spec import builtin_spec_names
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -45,12 +45,42 @@ def build_parser():
                         default=[], metavar="LABEL", help="subjects to process, with or without 'sub-' (default: all)")
     select.add_argument("--task-label", "--task_label", dest="task_labels", nargs="+", default=[], metavar="TASK",
                         help="tasks to use (default: every task the specification names)")
-    select.add_argument("--spec", default="ds001506", choices=sorted(SPECS),
-                        help="decoding specification: which sessions train and which are test sets (default: ds001506)")
+    select.add_argument("--session-label", "--session_label", dest="session_labels", nargs="+", default=[],
+                        metavar="SESSION", help="sessions to use, with or without 'ses-' (default: all)")
+    select.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, default=None, metavar="FILE",
+                        help="JSON of pybids filters in fMRIPrep's format; its 'bold' query selects the runs")
+    select.add_argument("--spec", default="ds001506", metavar="NAME|FILE",
+                        help="decoding specification: which runs and trials train the decoder and which are test "
+                        f"sets; a built-in name ({', '.join(builtin_spec_names())}) or a JSON file (default: ds001506)")
+    select.add_argument("--cut-runs", action="store_true",
+                        help="drop trials whose window runs past the end of their run instead of stopping")
     select.add_argument("--stimuli-dir", dest="stimuli_dirs", type=Path, nargs="+", default=[], metavar="DIR",
                         help="folders holding <stimulus_name>.png|jpg (default: the dataset's stimuli/)")
     select.add_argument("--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator",
                         dest="skip_bids_validation", action="store_true", help="do not validate bids_dir first")
+
+    inputs = parser.add_argument_group("preprocessing")
+    inputs.add_argument("--derivatives", nargs="+", default=[], metavar="[NAME=]PATH",
+                        help="fMRIPrep derivatives to take the preprocessed bold, brain mask and confounds from "
+                        "(default: preprocess the raw data: motion correction, mask from the data)")
+    inputs.add_argument("--space", default="T1w", help="fMRIPrep output space, e.g. T1w (default) or "
+                        "MNI152NLin2009cAsym:res-2")
+    inputs.add_argument("--confounds", nargs="*", default=None, metavar="COLUMN",
+                        help="fMRIPrep confounds to regress out: names or globs such as 'cosine*', 'a_comp_cor_*' "
+                        "(default: the six motion parameters; give the option with no value for none)")
+    inputs.add_argument("--slice-timing", action="store_true",
+                        help="correct slice timing from the SliceTiming metadata (raw input)")
+    inputs.add_argument("--roi", dest="rois", nargs="+", default=[], metavar="NAME[=PATH]",
+                        help="regions of interest joined into the voxel mask: NIfTI files as NAME=PATH, or ds001506's "
+                        "sourcedata masks by name (V1, V2, V3, hV4, LOC, FFA, PPA, HVC, VC...)")
+    inputs.add_argument("--n-voxels", type=_positive_int, default=None, metavar="K",
+                        help="keep the K voxels most reliably driven by the training images (training data only)")
+    inputs.add_argument("--samples", choices=("block", "lss"), default="block",
+                        help="one sample per block (the paper's, default) or a beta per trial (least-squares separate)")
+    inputs.add_argument("--hrf-delay", dest="delay_seconds", type=float, default=4.0, metavar="SECONDS",
+                        help="haemodynamic delay of the block samples (default: 4 s, the paper's)")
+    inputs.add_argument("--discard-seconds", type=float, default=8.0, metavar="SECONDS",
+                        help="seconds at the start of each run left out (default: 8 s, the paper's)")
 
     method = parser.add_argument_group("decoding and reconstruction")
     method.add_argument("--encoder", default="efficientnet-lite0",
@@ -109,6 +139,18 @@ def parse_args(argv=None):
         verbose=args.verbose,
         seed=args.seed,
         spec=args.spec,
+        session_labels=tuple(args.session_labels),
+        bids_filter_file=args.bids_filter_file.resolve() if args.bids_filter_file else None,
+        cut_runs=args.cut_runs,
+        derivatives=tuple(args.derivatives),
+        space=args.space,
+        confounds=tuple(args.confounds) if args.confounds is not None else None,
+        slice_timing=args.slice_timing,
+        rois=tuple(args.rois),
+        n_voxels=args.n_voxels,
+        samples=args.samples,
+        delay_seconds=args.delay_seconds,
+        discard_seconds=args.discard_seconds,
         encoder=args.encoder,
         encoder_weights=args.encoder_weights.resolve() if args.encoder_weights else None,
         layers=tuple(args.layers),

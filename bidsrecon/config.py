@@ -18,7 +18,18 @@ class Config:
     verbose: int = 0
     seed: int = 0
     spec: str = "ds001506"
+    session_labels: tuple = ()
+    bids_filter_file: Path = None
+    cut_runs: bool = False
+    # inputs: raw data (realigned here) or fMRIPrep derivatives
+    derivatives: tuple = ()
+    space: str = "T1w"
+    confounds: tuple = None  # None: the six motion parameters
+    slice_timing: bool = False
+    rois: tuple = ()
+    n_voxels: int = None
     # samples (the paper's defaults, REFERENCE.md §2)
+    samples: str = "block"
     discard_seconds: float = 8.0
     delay_seconds: float = 4.0
     clip_sd: float = 3.0

@@ -1,18 +1,33 @@
 """The participant level: check every input first, then run one Nipype workflow per participant."""
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon.bids.collect import collect_participants, collect_runs, load_layout
+from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
 from bidsrecon.bids.derivatives import init_output_dir, raw_uri
-from bidsrecon.bids.stimuli import find_stimuli
+from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_derivatives, parse_space, raw_run_entities
+from bidsrecon.bids.roi import parse_rois, roi_files
+from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import run_validator
-from bidsrecon.errors import EXIT_NOTHING_SELECTED, EXIT_VALIDATION_FAILED, BidsReconError
-from bidsrecon.spec import SPECS
+from bidsrecon.errors import EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
+from bidsrecon.spec import TRAINING, load_spec
 
 LOGGER = logging.getLogger("bidsrecon")
+
+
+@dataclass
+class RunInputs:
+    """What the workflow reads for one run: raw data (realigned there) or fMRIPrep's outputs."""
+
+    run: Run
+    bold: str
+    slice_timing: list = field(default_factory=list)
+    mask: str = None  # fMRIPrep's brain mask; None for raw input
+    confounds: str = None  # fMRIPrep's confounds TSV; None for raw input (motion is estimated)
+    confound_columns: tuple = ()
 
 
 def run_participant_level(config):
@@ -21,13 +36,16 @@ def run_participant_level(config):
     if not config.skip_bids_validation:
         validate_input(config.bids_dir)
     subjects = collect_participants(layout, config.participant_labels)
-    spec = SPECS[config.spec]
+    spec = load_spec(config.spec)
+    derivatives = index_derivatives(parse_derivatives(config.derivatives)) if config.derivatives else None
+    space = parse_space(config.space)
+    rois = parse_rois(config.rois)
     # Every participant's inputs are checked before any heavy work starts.
-    plans = [plan_participant(layout, subject, spec, config) for subject in subjects]
+    plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois) for subject in subjects]
     init_output_dir(config.output_dir, config.bids_dir)
-    for subject, runs, trials_files, stimuli_file in plans:
-        _run_workflow(subject, runs, trials_files, stimuli_file, config)
-        _report(subject, config.output_dir)
+    for plan in plans:
+        _run_workflow(plan, config)
+        _report(plan.subject, config.output_dir)
 
 
 def validate_input(bids_dir):
@@ -42,45 +60,63 @@ def validate_input(bids_dir):
         )
 
 
-def plan_participant(layout, subject, spec, config):
-    """Collect one participant's runs and stimuli and write the workflow's input tables.
+@dataclass
+class ParticipantPlan:
+    """One participant's checked inputs, ready for `init_participant_wf`."""
 
-    Returns
-    -------
-    tuple
-        ``(subject, runs, trials_files, stimuli_file)`` for `init_participant_wf`.
-    """
-    order = [spec.training.name, *(test.name for test in spec.tests)]
-    runs = sorted(
-        (run for run in collect_runs(layout, subject, spec, config.task_labels, config.delay_seconds) if len(run.trials)),
-        key=lambda run: order.index(run.set_name),
+    subject: str
+    runs: list  # of RunInputs, training first, then the test sets in the specification's order
+    trials_files: list
+    stimuli_file: str
+    roi_files: list
+
+
+def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=()):
+    """Collect one participant's runs, stimuli and masks and write the workflow's input tables."""
+    filters = load_bids_filters(config.bids_filter_file) if config.bids_filter_file else None
+    runs = collect_runs(
+        layout, subject, spec, config.task_labels, config.delay_seconds,
+        session_labels=config.session_labels, bids_filters=filters, cut_runs=config.cut_runs,
     )
-    training = [run for run in runs if run.set_name == "training"]
-    if not training:
-        raise BidsReconError(
-            f"sub-{subject} has no training trials: no run of task '{spec.training.task}' in a session matching "
-            f"'{spec.training.session}' with event_type {list(spec.training.event_types)} "
-            f"(specification '{spec.name}')",
-            EXIT_NOTHING_SELECTED,
-        )
-    if len(training) == len(runs):
-        names = ", ".join(f"{t.name} (sessions '{t.session}', task '{t.task}')" for t in spec.tests)
-        raise BidsReconError(f"sub-{subject} has no test trials; expected any of: {names}", EXIT_NOTHING_SELECTED)
+    order = [trial_set.name for trial_set in spec.sets]
+    runs = sorted(runs, key=lambda run: order.index(run.set_name))
+    inputs = [_run_inputs(layout, run, config, derivatives, space) for run in runs]
 
     work = Path(config.work_dir) / f"sub-{subject}"
     trials_files = []
     for run in runs:
         table = run.trials.assign(set=run.set_name, source=raw_uri(config.bids_dir, run.bold))
-        path = work / "trials" / f"sub-{subject}_{run.label}_trials.tsv"
+        path = work / "trials" / f"sub-{subject}_{run.label}_set-{run.set_name}_trials.tsv"
         _write_if_changed(path, table.to_csv(sep="\t", index=False))
         trials_files.append(str(path))
 
-    names = sorted({name for run in runs for name in run.trials["stimulus"]})
-    stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",))
+    all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
+    names = sorted(set(all_trials["stimulus"]))
+    stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",),
+                           stim_files=stim_file_map(all_trials))
     stimuli_file = work / "stimuli.tsv"
-    _write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]}).to_csv(sep="\t", index=False))
-    LOGGER.info("sub-%s: %d runs, %d training trials", subject, len(runs), sum(len(r.trials) for r in training))
-    return subject, runs, trials_files, str(stimuli_file)
+    _write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
+                      .to_csv(sep="\t", index=False))
+    LOGGER.info("sub-%s: %d runs, %d training trials", subject, len(runs),
+                sum(len(r.trials) for r in runs if r.set_name == TRAINING))
+    return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
+                           roi_files(rois, config.bids_dir, subject) if rois else [])
+
+
+def _run_inputs(layout, run, config, derivatives, space):
+    if derivatives:
+        found = find_fmriprep_run(derivatives, raw_run_entities(run.bold), space, config.confounds)
+        return RunInputs(run, found.bold, mask=found.mask, confounds=found.confounds,
+                         confound_columns=tuple(found.confound_columns))
+    slice_timing = []
+    if config.slice_timing:
+        slice_timing = layout.get_metadata(run.bold).get("SliceTiming")
+        if not slice_timing:
+            raise BidsReconError(
+                f"{run.bold}: --slice-timing needs SliceTiming in the run's JSON sidecar; add it or drop the option",
+                EXIT_INPUT_MISSING,
+            )
+    return RunInputs(run, run.bold, slice_timing=list(slice_timing))
 
 
 def _write_if_changed(path, text):
@@ -92,10 +128,11 @@ def _write_if_changed(path, text):
     path.write_text(text)
 
 
-def _run_workflow(subject, runs, trials_files, stimuli_file, config):
+def _run_workflow(plan, config):
     from bidsrecon.workflows.participant import init_participant_wf
 
-    workflow = init_participant_wf(subject, runs, trials_files, stimuli_file, config)
+    subject = plan.subject
+    workflow = init_participant_wf(plan, config)
     workflow.base_dir = str(config.work_dir)
     crash_dir = Path(config.work_dir) / "crash"
     workflow.config["execution"] = {

@@ -23,3 +23,12 @@ def tiny_dataset(tmp_path_factory):
     from bidsrecon.simulate import simulate_dataset
 
     return simulate_dataset(tmp_path_factory.mktemp("tiny") / "bids", n_subjects=1, preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_fmriprep_dataset(tmp_path_factory):
+    """The tiny simulated dataset with its fMRIPrep derivatives in ``derivatives/fmriprep``."""
+    from bidsrecon.simulate import simulate_dataset
+
+    return simulate_dataset(tmp_path_factory.mktemp("tiny_fmriprep") / "bids", n_subjects=1, preset="tiny", seed=0,
+                            fmriprep=True)

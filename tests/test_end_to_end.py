@@ -86,3 +86,36 @@ def test_demo_reaches_the_promised_accuracy(tmp_path):
     assert accuracy["natural"] >= 0.75 and accuracy["shapes"] >= 0.80, accuracy.to_dict()
     code, report = validate(tmp_path / "demo" / "bidsrecon")
     assert code == 0, report
+
+
+FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "10", "--nprocs", "1",
+        "--skip-bids-validation"]
+
+
+@pytest.mark.slow
+def test_fmriprep_input_with_confounds(tiny_fmriprep_dataset, tmp_path):
+    out = tmp_path / "bidsrecon"
+    fmriprep = tiny_fmriprep_dataset / "derivatives" / "fmriprep"
+    assert main([str(tiny_fmriprep_dataset), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--derivatives", f"fmriprep={fmriprep}", "--confounds", "trans_*", "rot_*", "cosine*", *FAST]) == 0
+    sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_desc-recon_image.json")).read_text())
+    assert sidecar["SourceTrials"]
+    # The samples node regressed the fMRIPrep confounds named on the command line.
+    work_inputs = list((tmp_path / "work").rglob("_report/report.rst"))
+    assert any("cosine00" in path.read_text() for path in work_inputs if "run_samples" in str(path))
+    code, report = validate(out)
+    assert code == 0, report
+
+
+@pytest.mark.slow
+def test_roi_and_voxel_selection(tiny_dataset, tmp_path):
+    out = tmp_path / "roi"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--roi", "V1", "V2", "V3",
+                 *FAST]) == 0
+    decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
+    roi_voxels = decoder["Voxels"]
+    out2 = tmp_path / "selected"
+    assert main([str(tiny_dataset), str(out2), "participant", "-w", str(tmp_path / "work2"), "--n-voxels", "50",
+                 *FAST]) == 0
+    selected = json.loads((out2 / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
+    assert selected["Voxels"] == 50 and selected["VoxelSelection"]["Of"] > roi_voxels > 50

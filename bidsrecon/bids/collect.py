@@ -1,4 +1,19 @@
-"""Find what one participant has: runs, their events, and the trials of each set."""
+"""Find what one participant has: runs, their events, and the trials of each set.
+
+Which runs are looked at:
+
+- ``--bids-filter-file``: fMRIPrep's format, a JSON object whose keys name queries (``bold``,
+  ``sbref``, ``fmap``, ``t1w``, ``t2w``, ``flair``, ``roi``) and whose values hold pybids entity
+  filters. bidsrecon reads only functional runs, so only ``bold`` is honoured (the others are
+  accepted, so that one file serves fMRIPrep and bidsrecon, and ignored). A value is a label, a
+  list of labels (any of them), ``null`` (the entity must be absent) or ``"*"`` (present, any
+  label), as in fMRIPrep; ``subject`` is refused (use ``--participant-label``);
+- ``--session-label`` and ``--task-label`` (``ses-``/``task-`` prefixes optional): runs must
+  also have one of these labels;
+- the specification then sorts the runs into its sets (:mod:`bidsrecon.spec`).
+"""
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,11 +22,20 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon.errors import EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
+from bidsrecon.spec import TRAINING, normalise_value
+
+LOGGER = logging.getLogger("bidsrecon")
+FMRIPREP_QUERIES = ("bold", "sbref", "fmap", "t1w", "t2w", "flair", "roi")
+_APP_CONTROLLED = ("subject",)
 
 
 @dataclass
 class Run:
-    """One functional run and the trials it contributes to one set."""
+    """One functional run and the trials it contributes to one set.
+
+    A run that several sets select (say training and test trials in the same run) appears once
+    per set, with that set's trials.
+    """
 
     bold: str
     events: str
@@ -21,7 +45,7 @@ class Run:
     task: str
     run: str
     set_name: str
-    trials: pd.DataFrame  # onset, duration, stimulus
+    trials: pd.DataFrame  # onset, duration, stimulus, repeat (+ stim_file when events have it)
 
     @property
     def label(self):
@@ -62,39 +86,294 @@ def collect_participants(layout, labels=None):
     return wanted
 
 
-def collect_runs(layout, subject, spec, task_labels=None, delay=4.0):
-    """Every run of ``subject`` that belongs to a set of ``spec``, with its trials.
+def load_bids_filters(path):
+    """Read a ``--bids-filter-file`` (fMRIPrep's format, see the module docstring).
 
-    Runs that match no set are skipped. A run whose events run past its last volume
-    (after the haemodynamic ``delay``) is an error naming it.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+
+    Returns
+    -------
+    dict
+        Query name → {entity: label, list of labels, None or "*"}, as in the file.
     """
-    query = {"subject": subject, "suffix": "bold", "datatype": "func", "extension": [".nii.gz", ".nii"]}
-    if task_labels:
-        query["task"] = list(task_labels)
-    runs = []
-    for bold in layout.get(**query):
-        entities = bold.get_entities()
-        session, task = entities.get("session"), entities.get("task")
-        trial_set = spec.trial_set_of(session, task)
-        if trial_set is None:
+    path = Path(path)
+    if not path.is_file():
+        raise BidsReconError(f"--bids-filter-file {path}: no such file", EXIT_INPUT_MISSING)
+    try:
+        filters = json.loads(path.read_text())
+    except ValueError as error:
+        raise BidsReconError(f"--bids-filter-file {path} is not valid JSON: {error}") from None
+    if not isinstance(filters, dict):
+        raise BidsReconError(f"--bids-filter-file {path}: expected a JSON object such as "
+                             '{"bold": {"session": "01"}}; got ' + type(filters).__name__)
+    for query, entities in filters.items():
+        if query not in FMRIPREP_QUERIES:
+            raise BidsReconError(f"--bids-filter-file {path}: unknown query '{query}'; "
+                                 f"allowed: {', '.join(FMRIPREP_QUERIES)} (only 'bold' is used)")
+        if not isinstance(entities, dict):
+            raise BidsReconError(f"--bids-filter-file {path}: '{query}' must be an object of entity filters; "
+                                 f"got {entities!r}")
+        for entity, value in entities.items():
+            if entity in _APP_CONTROLLED:
+                raise BidsReconError(f"--bids-filter-file {path}: '{query}.{entity}' is chosen with "
+                                     "--participant-label; remove it from the filter file")
+            if not _is_filter_value(value):
+                raise BidsReconError(f"--bids-filter-file {path}: '{query}.{entity}' must be a label, a list of "
+                                     f"labels, null or \"*\"; got {value!r}")
+    ignored = sorted(set(filters) - {"bold"})
+    if ignored:
+        LOGGER.info("--bids-filter-file: %s not used (bidsrecon reads functional runs only)", ", ".join(ignored))
+    return filters
+
+
+def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_labels=None,
+                 bids_filters=None, cut_runs=False):
+    """Every run of ``subject`` that a set of ``spec`` selects, with that set's trials.
+
+    Parameters
+    ----------
+    layout : bids.BIDSLayout
+    subject : str
+        Label without ``sub-``.
+    spec : bidsrecon.spec.Spec
+    task_labels : sequence of str, optional
+        ``--task-label``: only runs of these tasks.
+    delay : float
+        Haemodynamic delay (s): a trial needs data up to its end plus ``delay``.
+    session_labels : sequence of str, optional
+        ``--session-label``: only runs of these sessions (``ses-`` prefix optional).
+    bids_filters : dict, optional
+        ``--bids-filter-file`` content, from :func:`load_bids_filters`; its ``bold`` query applies.
+    cut_runs : bool
+        ``--cut-runs``: drop (with a warning) the trials that end past the run's last volume
+        instead of stopping with an error.
+
+    Returns
+    -------
+    list of Run
+        Runs with at least one trial, in pybids' order, one entry per (run, set).
+
+    Raises
+    ------
+    BidsReconError
+        Exit 18 when the training split, a required test set, or all test sets together select
+        no run or no trial (the message names the set, its filters and the user's selection);
+        exit 64/66 for unreadable or inconsistent inputs, and for a trial that the
+        specification puts in training and in a test set.
+    """
+    sessions = _check_labels(session_labels, "ses-", layout.get_sessions(), "session", "--session-label")
+    tasks = _check_labels(task_labels, "task-", layout.get_tasks(), "task", "--task-label")
+    selection = _describe_selection(sessions, tasks, bids_filters)
+    runs, matched = [], {trial_set.name: 0 for trial_set in spec.sets}
+    for bold in _query_bold(layout, subject, bids_filters):
+        entities = _entity_labels(bold.get_entities())
+        if (sessions and entities["session"] not in sessions) or (tasks and entities["task"] not in tasks):
             continue
-        events = _events_path(bold.path)
-        tr = layout.get_metadata(bold.path).get("RepetitionTime")
-        if tr is None:
-            raise BidsReconError(f"{bold.path}: no RepetitionTime in its JSON sidecar", EXIT_INPUT_MISSING)
-        n_volumes = nib.load(bold.path).shape[-1]
-        trials = read_trials(events, trial_set)
-        run_end = n_volumes * float(tr)
-        needed = float((trials["onset"] + trials["duration"]).max()) + delay if len(trials) else 0.0
-        if needed > run_end + 1e-6:
-            raise BidsReconError(
-                f"{events}: the events need {needed:g} s of data (with the {delay:g}-s delay) but the run "
-                f"has {n_volumes} volumes x {float(tr):g} s = {run_end:g} s"
-            )
-        run_label = entities.get("run")
-        runs.append(Run(bold.path, events, float(tr), n_volumes, session, task,
-                        f"{int(run_label):02d}" if run_label is not None else "", trial_set.name, trials))
+        trial_sets = [trial_set for trial_set in spec.sets if trial_set.matches(entities)]
+        if not trial_sets:
+            continue
+        for trial_set in trial_sets:
+            matched[trial_set.name] += 1
+        runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs)
+    _check_no_leak(runs)
+    _check_selection(subject, spec, runs, matched, selection)
     return runs
+
+
+def read_trials(events_path, trial_set):
+    """The trials of one events file that belong to ``trial_set``.
+
+    Returns
+    -------
+    DataFrame
+        ``onset``, ``duration`` (seconds), ``stimulus`` (the name), ``repeat`` (bool), and
+        ``stim_file`` (relative to ``stimuli/``) when the events have that column and the set
+        maps no values (a mapped target is another trial's image).
+    """
+    events = read_events(events_path)
+    missing = [column for column in trial_set.columns() if column not in events.columns]
+    if missing:
+        raise BidsReconError(
+            f"{events_path}: no column {', '.join(repr(c) for c in missing)}, which the '{trial_set.name}' set "
+            f"reads (columns: {', '.join(events.columns)})")
+    selected = np.logical_and.reduce([condition.mask(events) for condition in trial_set.events])
+    repeat = np.zeros(len(events), dtype=bool)
+    if trial_set.repeats is not None:
+        repeat = np.logical_and.reduce([condition.mask(events) for condition in trial_set.repeats.events])
+        if trial_set.repeats.action == "exclude":
+            selected &= ~repeat
+    rows = events[selected]
+    stimulus = _stimulus_names(rows[trial_set.stimulus_column], trial_set, events_path)
+    trials = pd.DataFrame({
+        "onset": rows["onset"].astype(float).to_numpy(),
+        "duration": _durations(rows, events_path),
+        "stimulus": stimulus.to_numpy(),
+        "repeat": repeat[selected],
+    })
+    if "stim_file" in events.columns and trial_set.stimulus_map is None:
+        trials["stim_file"] = rows["stim_file"].where(rows["stim_file"] != "n/a", None).to_numpy()
+    # A null mapping (fixation) or an n/a name has no image to reconstruct.
+    keep = trials["stimulus"].notna() & (trials["stimulus"] != "n/a")
+    return trials[keep.to_numpy()].reset_index(drop=True)
+
+
+def read_events(events_path):
+    """An events.tsv as a table of strings, its ``onset`` column checked to be numeric."""
+    try:
+        events = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise BidsReconError(f"{events_path}: cannot read it as a tab-separated table ({error})") from None
+    for column in ("onset", "duration"):
+        if column not in events.columns:
+            raise BidsReconError(f"{events_path}: no '{column}' column (columns: {', '.join(events.columns)})")
+    onsets = pd.to_numeric(events["onset"], errors="coerce")
+    bad = np.flatnonzero(~np.isfinite(onsets.to_numpy(dtype=float)))
+    if len(bad):
+        raise BidsReconError(_bad_cells_message(events_path, "onset", events["onset"], bad))
+    return events
+
+
+def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs):
+    """The Run entries of one bold file, one per set with trials."""
+    events = _events_path(bold_path)
+    tr = _repetition_time(layout, bold_path)
+    n_volumes = _n_volumes(bold_path)
+    trials = {trial_set.name: read_trials(events, trial_set) for trial_set in trial_sets}
+    trials = _fit_to_run(trials, Path(bold_path).name, n_volumes, tr, delay, cut_runs)
+    return [Run(bold_path, events, tr, n_volumes, entities["session"], entities["task"], entities["run"],
+                name, table)
+            for name, table in trials.items() if len(table)]
+
+
+def _fit_to_run(trials, run_name, n_volumes, tr, delay, cut_runs):
+    """Check that every trial (plus the delay) ends within the run; drop those that do not if asked."""
+    run_end = n_volumes * tr
+    tables = [table for table in trials.values() if len(table)]
+    if not tables:
+        return trials
+    needed = max(float((table["onset"] + table["duration"]).max()) for table in tables) + delay
+    if needed <= run_end + 1e-6:
+        return trials
+    if not cut_runs:
+        raise BidsReconError(
+            f"{run_name}: its trials need {needed:g} s of data (last trial end plus the {delay:g}-s "
+            f"haemodynamic delay) but the run holds {n_volumes} volumes x {tr:g} s = {run_end:g} s; "
+            "pass --cut-runs to drop the trials that do not fit")
+    kept = {}
+    for name, table in trials.items():
+        fits = (table["onset"] + table["duration"] + delay <= run_end + 1e-6).to_numpy()
+        if not fits.all():
+            LOGGER.warning("%s: dropped %d of %d '%s' trials that end past the run's %g s (%d volumes; trials "
+                           "need %g s with the delay) (--cut-runs)",
+                           run_name, int((~fits).sum()), len(table), name, run_end, n_volumes, needed)
+        kept[name] = table[fits].reset_index(drop=True)
+    return kept
+
+
+def _query_bold(layout, subject, bids_filters):
+    from bids.layout import Query
+
+    query = {"datatype": "func", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
+    for entity, value in ((bids_filters or {}).get("bold") or {}).items():
+        query[entity] = Query.NONE if value is None else Query.ANY if value == "*" else value
+    query["subject"] = subject
+    try:
+        return layout.get(**query)
+    except ValueError as error:
+        raise BidsReconError(f"--bids-filter-file: {error}") from None
+
+
+def _entity_labels(entities):
+    # Labels as written in the file name (pybids keeps run-01's padding in str()).
+    return {key: "" if entities.get(key) is None else str(entities[key])
+            for key in ("session", "task", "run", "acquisition")}
+
+
+def _check_labels(labels, prefix, existing, entity, option):
+    """Labels without prefix; every one must exist somewhere in the dataset."""
+    if not labels:
+        return None
+    wanted = list(dict.fromkeys(str(label).removeprefix(prefix) for label in labels))
+    unknown = [label for label in wanted if label not in existing]
+    if unknown:
+        raise BidsReconError(f"{option} {', '.join(unknown)}: no such {entity} in the dataset; it has: "
+                             f"{', '.join(sorted(existing)) or 'none'}", EXIT_NOTHING_SELECTED)
+    return set(wanted)
+
+
+def _describe_selection(sessions, tasks, bids_filters):
+    parts = []
+    if sessions:
+        parts.append(f"--session-label {' '.join(sorted(sessions))}")
+    if tasks:
+        parts.append(f"--task-label {' '.join(sorted(tasks))}")
+    if (bids_filters or {}).get("bold"):
+        parts.append(f"--bids-filter-file bold {json.dumps(bids_filters['bold'])}")
+    return f" (runs restricted by {'; '.join(parts)})" if parts else ""
+
+
+def _check_selection(subject, spec, runs, matched, selection):
+    """Every required set, and at least one test set, must select runs and trials."""
+    for trial_set in spec.sets:
+        if any(run.set_name == trial_set.name for run in runs):
+            continue
+        if matched[trial_set.name]:
+            why = (f"its {matched[trial_set.name]} run(s) ({trial_set.describe_entities()}) hold no trial with "
+                   f"{trial_set.describe_events()}")
+        else:
+            why = f"no run matches {trial_set.describe_entities()}"
+        message = f"sub-{subject} has no {trial_set.name} trials: set '{trial_set.name}' of specification " \
+                  f"'{spec.name}' selects nothing, {why}{selection}"
+        if trial_set.required:
+            raise BidsReconError(message, EXIT_NOTHING_SELECTED)
+        LOGGER.warning("%s; the set is skipped", message)
+    if all(run.set_name == TRAINING for run in runs):
+        names = "; ".join(f"{t.name}: {t.describe_entities()}" for t in spec.tests)
+        raise BidsReconError(f"sub-{subject} has no test trials; specification '{spec.name}' expects any of "
+                             f"{names}{selection}", EXIT_NOTHING_SELECTED)
+
+
+def _check_no_leak(runs):
+    """No trial may be both trained on and tested on."""
+    training = {(run.bold, onset) for run in runs if run.set_name == TRAINING for onset in run.trials["onset"]}
+    for run in runs:
+        if run.set_name == TRAINING:
+            continue
+        shared = sorted(onset for onset in run.trials["onset"] if (run.bold, onset) in training)
+        if shared:
+            raise BidsReconError(
+                f"{Path(run.bold).name}: the specification puts {len(shared)} trial(s) (onsets "
+                f"{', '.join(f'{o:g}' for o in shared[:10])}) in training and in test set '{run.set_name}'; "
+                "make their events filters exclusive")
+
+
+def _stimulus_names(values, trial_set, events_path):
+    if trial_set.stimulus_map is None:
+        return values.str.strip()
+    keys = values.map(normalise_value)
+    unknown = sorted(set(keys) - set(trial_set.stimulus_map))
+    if unknown:
+        raise BidsReconError(
+            f"{events_path}: '{trial_set.stimulus_column}' values {', '.join(unknown)} are not in the "
+            f"'{trial_set.name}' set's stimulus_map")
+    return keys.map(trial_set.stimulus_map)
+
+
+def _durations(rows, events_path):
+    durations = pd.to_numeric(rows["duration"], errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~(np.isfinite(durations) & (durations > 0)))
+    if len(bad):
+        raise BidsReconError(_bad_cells_message(events_path, "duration", rows["duration"], bad, "a positive number"))
+    return durations
+
+
+def _bad_cells_message(events_path, column, cells, bad, expected="a number"):
+    # Line numbers as an editor shows them: the header is line 1.
+    lines = [f"line {cells.index[i] + 2} ({cells.iloc[i]!r})" for i in bad[:10]]
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"{events_path}: '{column}' must be {expected} in every trial row; got {', '.join(lines)}{more}"
 
 
 def _events_path(bold_path):
@@ -106,40 +385,28 @@ def _events_path(bold_path):
     return str(events)
 
 
-def read_trials(events_path, trial_set):
-    """The trials of one events file that belong to ``trial_set``.
-
-    Returns
-    -------
-    DataFrame with columns ``onset``, ``duration`` (seconds) and ``stimulus`` (the name).
-    """
-    events = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
-    for column in ("onset", "duration", "event_type", trial_set.stimulus_column):
-        if column not in events.columns:
-            raise BidsReconError(f"{events_path}: no '{column}' column (columns: {', '.join(events.columns)})")
-    event_type = pd.to_numeric(events["event_type"], errors="coerce")
-    events = events[event_type.isin(trial_set.event_types)]
-    values = events[trial_set.stimulus_column].map(_normalise_value)
-    if trial_set.stimulus_map is not None:
-        unknown = sorted(set(values) - set(trial_set.stimulus_map))
-        if unknown:
-            raise BidsReconError(
-                f"{events_path}: '{trial_set.stimulus_column}' values {', '.join(unknown[:5])} are not in the "
-                f"'{trial_set.name}' mapping"
-            )
-        values = values.map(trial_set.stimulus_map)
-    trials = pd.DataFrame({
-        "onset": events["onset"].astype(float).to_numpy(),
-        "duration": events["duration"].astype(float).to_numpy(),
-        "stimulus": values.to_numpy(),
-    })
-    return trials[trials["stimulus"].notna() & (trials["stimulus"] != "n/a")].reset_index(drop=True)
+def _repetition_time(layout, bold_path):
+    tr = layout.get_metadata(bold_path).get("RepetitionTime")
+    if tr is None:
+        raise BidsReconError(f"{bold_path}: no RepetitionTime in its JSON sidecar", EXIT_INPUT_MISSING)
+    if isinstance(tr, bool) or not isinstance(tr, (int, float)) or not np.isfinite(tr) or tr <= 0:
+        raise BidsReconError(f"{bold_path}: RepetitionTime must be a positive number of seconds; got {tr!r}")
+    return float(tr)
 
 
-def _normalise_value(value):
-    # Numeric labels are written as "17" or "17.0" by different tools; compare them as integers.
+def _n_volumes(bold_path):
     try:
-        number = float(value)
-    except ValueError:
-        return value
-    return str(int(number)) if np.isfinite(number) and number == int(number) else value
+        shape = nib.load(bold_path).shape
+    except (OSError, EOFError, nib.filebasedimages.ImageFileError) as error:
+        raise BidsReconError(f"{bold_path}: cannot read it as NIfTI ({error})", EXIT_INPUT_MISSING) from None
+    if len(shape) != 4 or shape[3] < 2:
+        raise BidsReconError(f"{bold_path}: a functional run must be 4-D with at least 2 volumes; "
+                             f"got shape {shape}")
+    return int(shape[3])
+
+
+def _is_filter_value(value):
+    def is_label(item):
+        return isinstance(item, (str, int)) and not isinstance(item, bool)
+
+    return value is None or is_label(value) or (isinstance(value, list) and value and all(map(is_label, value)))

@@ -26,6 +26,7 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     layers = traits.List(traits.Str, desc="layers to decode (empty = the encoder's default)")
     image_size = traits.Int(mandatory=True)
     cv_units = traits.Int(1000, usedefault=True, desc="units per layer sampled to choose alpha")
+    n_voxels = traits.Int(0, usedefault=True, desc="keep the K voxels ranked best on the training trials (0: all)")
     seed = traits.Int(0, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
 
@@ -52,6 +53,7 @@ class DecodeFeatures(SimpleInterface):
 
     def _decode(self, runtime):
         from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
+        from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
         from bidsrecon.encoders import get_encoder
         from bidsrecon.images import load_images
 
@@ -62,6 +64,12 @@ class DecodeFeatures(SimpleInterface):
         training = (trials["set"] == "training").to_numpy()
         train_names, image_index = np.unique(trials.loc[training, "stimulus"], return_inverse=True)
         counts = np.bincount(image_index, minlength=len(train_names))
+        selection = {"Method": "none", "Voxels": int(samples.shape[1])}
+        if self.inputs.n_voxels and self.inputs.n_voxels < samples.shape[1]:
+            # Ranked on training trials only, so no test data steers the choice.
+            kept = select_voxels(samples[training], image_index, self.inputs.n_voxels)
+            selection = {"Method": selection_method(image_index), "Voxels": len(kept), "Of": int(samples.shape[1])}
+            samples = samples[:, kept]
         items = (
             trials[~training].groupby(["set", "stimulus"], sort=False).size().rename("n_trials").reset_index()
         )
@@ -105,6 +113,7 @@ class DecodeFeatures(SimpleInterface):
             "TrainingSamples": int(training.sum()),
             "TrainingImages": int(len(train_names)),
             "Voxels": int(samples.shape[1]),
+            "VoxelSelection": selection,
             "SoftwareVersion": __version__,
         }
         with open(self._results["out_decoder"], "w") as stream:

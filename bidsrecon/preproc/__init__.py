@@ -1,5 +1,15 @@
-"""Pure numeric preprocessing: cleaning runs and taking block samples."""
-from bidsrecon.preproc.samples import block_samples, block_weights
-from bidsrecon.preproc.signal import clean_run
+"""Preprocessing of one run: motion and slice-timing correction, cleaning, samples per trial.
 
-__all__ = ["block_samples", "block_weights", "clean_run"]
+The numeric functions take plain arrays; `bidsrecon.preproc.inputs` reads and checks the files.
+"""
+from bidsrecon.preproc.lss import lss_betas, trial_regressors
+from bidsrecon.preproc.motion import MOTION_COLUMNS, estimate_motion, framewise_displacement, resample_volume
+from bidsrecon.preproc.samples import block_samples, block_weights
+from bidsrecon.preproc.signal import clean_run, nuisance_design, unusable_voxels
+from bidsrecon.preproc.slice_timing import slice_time_correct
+
+__all__ = [
+    "MOTION_COLUMNS", "block_samples", "block_weights", "clean_run", "estimate_motion",
+    "framewise_displacement", "lss_betas", "nuisance_design", "resample_volume", "slice_time_correct",
+    "trial_regressors", "unusable_voxels",
+]

@@ -135,6 +135,28 @@ PRESETS = {
         n_imagery_trials=26,
         runs_per_session=8,
     ),
+    # ds001506's per-run layout and counts (REFERENCE.md §3) on a small grid: training runs of
+    # 50 images + 5 repeats (239 volumes), test 50 + 5 (239), shapes 40 + 4 (195), letters
+    # 10 + 1 in 12-s blocks with 12-s rests (151), imagery 26 trials of 16 s (227).
+    "ds001506": SimulationPreset(
+        name="ds001506",
+        image_size=64,
+        volume_shape=(16, 16, 12),
+        voxel_size_mm=3.0,
+        n_training_images=1200,
+        training_images_per_category=8,
+        n_training_presentations=5,
+        training_blocks_per_run=50,
+        n_test_images=50,
+        n_test_runs=24,
+        n_shapes=40,
+        n_shape_runs=20,
+        n_letters=10,
+        n_letter_runs=12,
+        n_imagery_runs=20,
+        n_imagery_trials=26,
+        runs_per_session=8,
+    ),
 }
 
 

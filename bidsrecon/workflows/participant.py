@@ -1,29 +1,34 @@
 """The participant workflow: from BIDS runs to reconstructed images and their scores."""
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
+from bidsrecon.interfaces.masks import BuildMask
+from bidsrecon.interfaces.motion import Realign
 from bidsrecon.interfaces.reconstruction import Evaluate, Reconstruct
 from bidsrecon.interfaces.samples import EpiMask, RunSamples
+from bidsrecon.preproc.motion import MOTION_COLUMNS
+from bidsrecon.spec import TRAINING
 
 
-def init_participant_wf(subject, runs, trials_files, stimuli_file, config, name=None):
+def init_participant_wf(plan, config, name=None):
     """Decode and reconstruct one participant's test items.
 
-    Workflow graph::
+    Workflow graph (raw input)::
 
-        brain_mask -> run_samples (one per run) -> decode -> reconstruct -> evaluate -> write_derivatives
+        realign (per run) -> pick_reference -> brain_mask -> build_mask -+
+        realign (per run) ------------------------------------------------+-> run_samples (per run)
+        run_samples -> decode -> reconstruct -> evaluate -> write_derivatives
+
+    With fMRIPrep input there is no ``realign``: the preprocessed bold and its confounds feed
+    ``run_samples`` and fMRIPrep's brain mask of the first training run feeds ``build_mask``.
 
     Parameters
     ----------
-    subject : str
-        Label without ``sub-``.
-    runs : list of `bidsrecon.bids.collect.Run`
-        Every run used, training and test; the first training run provides the brain mask.
-    trials_files : list of str
-        Per run (same order), a TSV of its trials: onset, duration, stimulus, set, source.
-    stimuli_file : str
-        TSV mapping each stimulus name to its image file.
+    plan : `bidsrecon.participant.ParticipantPlan`
+        The participant's runs (`RunInputs`, training first), per-run trials tables, the stimulus
+        table and the ROI files.
     config : `bidsrecon.config.Config`
     name : str, optional
         Workflow name (default ``sub_<subject>_wf``).
@@ -32,8 +37,11 @@ def init_participant_wf(subject, runs, trials_files, stimuli_file, config, name=
     -------
     The ``write_derivatives`` node writes into ``config.output_dir``; its ``out_files`` lists them.
     """
+    subject, runs = plan.subject, plan.runs
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
-    mask_run = next(run for run in runs if run.set_name == "training")
+    # The mask comes from the first training run; all runs must share its grid.
+    reference = next(index for index, inputs in enumerate(runs) if inputs.run.set_name == TRAINING)
+    fmriprep = runs[0].mask is not None
     encoder = {
         "encoder": config.encoder,
         "encoder_weights": str(config.encoder_weights or ""),
@@ -42,35 +50,56 @@ def init_participant_wf(subject, runs, trials_files, stimuli_file, config, name=
         "n_threads": config.nprocs,
     }
 
-    brain_mask = pe.Node(EpiMask(bold_file=mask_run.bold), name="brain_mask")
+    build_mask = pe.Node(BuildMask(roi_files=list(plan.roi_files)), name="build_mask")
     run_samples = pe.MapNode(
-        RunSamples(
-            discard_seconds=config.discard_seconds, delay_seconds=config.delay_seconds, clip_sd=config.clip_sd
-        ),
-        iterfield=["bold_file", "trials_file", "tr"],
+        RunSamples(discard_seconds=config.discard_seconds, delay_seconds=config.delay_seconds,
+                   clip_sd=config.clip_sd, method=config.samples),
+        iterfield=["bold_file", "trials_file", "tr", "confounds_file", "confound_columns"],
         name="run_samples",
     )
-    run_samples.inputs.bold_file = [run.bold for run in runs]
-    run_samples.inputs.trials_file = list(trials_files)
-    run_samples.inputs.tr = [run.tr for run in runs]
+    run_samples.inputs.trials_file = list(plan.trials_files)
+    run_samples.inputs.tr = [inputs.run.tr for inputs in runs]
     decode = pe.Node(
-        DecodeFeatures(trials_files=list(trials_files), stimuli_file=stimuli_file, layers=list(config.layers),
-                       cv_units=config.cv_units, **encoder),
+        DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
+                       layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
+                       **encoder),
         name="decode",
         n_procs=config.nprocs,
     )
     reconstruct = pe.Node(Reconstruct(iterations=config.iterations, **encoder), name="reconstruct", n_procs=config.nprocs)
-    evaluate = pe.Node(Evaluate(stimuli_file=stimuli_file), name="evaluate")
+    evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file), name="evaluate")
     # Always rerun the sink: the outputs may have been removed since the last run.
     write_derivatives = pe.Node(
-        WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(trials_files),
+        WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
                          iterations=config.iterations, seed=config.seed),
         name="write_derivatives",
         overwrite=True,
     )
 
+    if fmriprep:
+        run_samples.inputs.bold_file = [inputs.bold for inputs in runs]
+        run_samples.inputs.confounds_file = [inputs.confounds for inputs in runs]
+        run_samples.inputs.confound_columns = [list(inputs.confound_columns) for inputs in runs]
+        build_mask.inputs.brain_mask_file = runs[reference].mask
+        build_mask.inputs.reference_file = runs[reference].mask
+    else:
+        realign = pe.MapNode(Realign(slice_timing_enabled=config.slice_timing),
+                             iterfield=["bold_file", "tr", "slice_timing"], name="realign")
+        realign.inputs.bold_file = [inputs.bold for inputs in runs]
+        realign.inputs.tr = [inputs.run.tr for inputs in runs]
+        realign.inputs.slice_timing = [list(inputs.slice_timing) for inputs in runs]
+        run_samples.inputs.confound_columns = [list(MOTION_COLUMNS)] * len(runs)
+        pick_reference = pe.Node(niu.Select(index=[reference]), name="pick_reference")
+        brain_mask = pe.Node(EpiMask(), name="brain_mask")
+        workflow.connect([
+            (realign, pick_reference, [("realigned_file", "inlist")]),
+            (pick_reference, brain_mask, [("out", "bold_file")]),
+            (brain_mask, build_mask, [("out_mask", "brain_mask_file"), ("out_mask", "reference_file")]),
+            (realign, run_samples, [("realigned_file", "bold_file"), ("motion_file", "confounds_file")]),
+        ])  # fmt: skip
+
     workflow.connect([
-        (brain_mask, run_samples, [("out_mask", "mask_file")]),
+        (build_mask, run_samples, [("out_mask", "mask_file")]),
         (run_samples, decode, [("out_samples", "samples_files")]),
         (decode, reconstruct, [("out_features", "features_file")]),
         (decode, evaluate, [("out_items", "items_file")]),

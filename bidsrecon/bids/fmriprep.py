@@ -1,0 +1,446 @@
+"""fMRIPrep derivatives as input: ``--derivatives``, ``--space`` and ``--confounds``.
+
+For each raw run, the preprocessed bold in the chosen output space, its brain mask and its
+confounds table are looked up with pybids in the derivative folders the user names (modern
+fMRIPrep names, REFERENCE.md §6)::
+
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_res-N]_desc-preproc_bold.nii.gz
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_res-N]_desc-brain_mask.nii.gz
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_desc-confounds_timeseries.tsv
+
+fMRIPrep 1.2-20.1 named the table ``desc-confounds_regressors.tsv``; it is accepted too.
+"""
+import fnmatch
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+
+MOTION_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+DEFAULT_SPACE = "T1w"
+# pybids entity names that tell two raw runs of a subject apart, with their filename keys,
+# in the order BIDS writes them.
+RUN_ENTITIES = {
+    "subject": "sub", "session": "ses", "task": "task", "acquisition": "acq", "ceagent": "ce",
+    "reconstruction": "rec", "direction": "dir", "run": "run",
+}
+_BOLD_EXTENSIONS = (".nii.gz", ".nii")
+_CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class DerivativeDataset:
+    """One folder given to ``--derivatives``.
+
+    Attributes
+    ----------
+    name : str
+        The ``NAME`` of ``NAME=PATH``, else the pipeline named in its dataset_description.json.
+    root : pathlib.Path
+        Absolute path of the folder.
+    """
+
+    name: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class OutputSpace:
+    """An output space as fMRIPrep's ``--output-spaces`` spells it: ``SPACE[:res-N]``.
+
+    Attributes
+    ----------
+    name : str
+        ``T1w``, ``MNI152NLin2009cAsym``, …
+    resolution : str or None
+        The ``res-`` label; None accepts the only resolution present.
+    """
+
+    name: str
+    resolution: str = None
+
+    def __str__(self):
+        return self.name if self.resolution is None else f"{self.name}:res-{self.resolution}"
+
+
+@dataclass(frozen=True)
+class FmriprepRun:
+    """What the samples node needs from fMRIPrep for one raw run.
+
+    Attributes
+    ----------
+    bold : str
+        Preprocessed 4-D bold (``desc-preproc_bold``) in the chosen space.
+    mask : str
+        Its brain mask (``desc-brain_mask``, same space and resolution).
+    confounds : str
+        Its confounds table (``desc-confounds_timeseries.tsv``).
+    confound_columns : tuple of str
+        The columns that ``--confounds`` selects in that table, in table order.
+    n_volumes : int
+        Volumes of the preprocessed bold (equal to the confounds' rows).
+    space : str
+        The space found, written ``SPACE[:res-N]``.
+    derivatives : str
+        Root of the derivative folder that held the three files.
+    """
+
+    bold: str
+    mask: str
+    confounds: str
+    confound_columns: tuple
+    n_volumes: int
+    space: str
+    derivatives: str
+
+
+def parse_derivatives(values):
+    """Check the values of ``--derivatives``: ``NAME=PATH`` or a bare ``PATH``, several allowed.
+
+    Parameters
+    ----------
+    values : iterable of str
+
+    Returns
+    -------
+    list of DerivativeDataset
+        In the order given (the order in which they are searched).
+
+    Raises
+    ------
+    BidsReconError
+        Exit 64 for a malformed value or a name given twice; exit 66 for a folder that does
+        not exist or has no dataset_description.json.
+    """
+    datasets = []
+    for value in values:
+        name, separator, path = value.partition("=")
+        if not separator:
+            name, path = "", value
+        elif not name.strip() or not path.strip():
+            raise BidsReconError(
+                f"--derivatives {value!r}: expected NAME=PATH (e.g. fmriprep=/data/derivatives/fmriprep) "
+                "or a bare PATH", EXIT_BAD_ARGUMENTS)
+        root = Path(path.strip()).expanduser().resolve()
+        description = root / "dataset_description.json"
+        if not description.is_file():
+            raise BidsReconError(
+                f"--derivatives {value!r}: {root} is not a BIDS derivative dataset "
+                f"({'it has no dataset_description.json' if root.is_dir() else 'no such folder'})",
+                EXIT_INPUT_MISSING)
+        datasets.append(DerivativeDataset(name.strip() or _pipeline_name(description), root))
+    names = [dataset.name for dataset in datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BidsReconError(
+            f"--derivatives: the name(s) {', '.join(repeated)} are given to several folders; "
+            "name each folder once (NAME=PATH)", EXIT_BAD_ARGUMENTS)
+    return datasets
+
+
+def _pipeline_name(description_file):
+    # A bare path is named after the pipeline that made it, as BIDS asks derivative folders to be.
+    try:
+        description = json.loads(description_file.read_text())
+        return str(description["GeneratedBy"][0]["Name"]).lower()
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return description_file.parent.name
+
+
+def parse_space(value=DEFAULT_SPACE):
+    """Check a ``--space`` value: ``SPACE`` or ``SPACE:res-N`` (fMRIPrep's ``--output-spaces`` syntax).
+
+    Parameters
+    ----------
+    value : str
+        E.g. ``T1w``, ``MNI152NLin2009cAsym``, ``MNI152NLin2009cAsym:res-2``.
+
+    Returns
+    -------
+    OutputSpace
+
+    Raises
+    ------
+    BidsReconError
+        Exit 64 when the value is not of that form.
+    """
+    name, _, modifier = value.partition(":")
+    resolution = modifier.removeprefix("res-") if modifier.startswith("res-") else None
+    if not _LABEL.match(name) or (modifier and not (resolution and _LABEL.match(resolution))):
+        raise BidsReconError(
+            f"--space {value!r}: expected SPACE or SPACE:res-N with alphanumeric labels, e.g. T1w, "
+            "MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2", EXIT_BAD_ARGUMENTS)
+    return OutputSpace(name, resolution)
+
+
+def index_derivatives(datasets):
+    """Index each derivative folder with pybids (one layout per folder, not validated).
+
+    Parameters
+    ----------
+    datasets : list of DerivativeDataset
+
+    Returns
+    -------
+    list of (DerivativeDataset, bids.BIDSLayout)
+    """
+    from bids import BIDSLayout
+
+    return [(dataset, BIDSLayout(str(dataset.root), validate=False, is_derivative=True)) for dataset in datasets]
+
+
+def raw_run_entities(bold_path):
+    """The entities of a raw bold file that identify its run (see :data:`RUN_ENTITIES`).
+
+    Parameters
+    ----------
+    bold_path : str or pathlib.Path
+
+    Returns
+    -------
+    dict of str to str
+        Only the entities present in the name; ``run`` keeps its zero padding.
+    """
+    from bids.layout import parse_file_entities
+
+    entities = parse_file_entities(str(bold_path))
+    return {key: str(entities[key]) for key in RUN_ENTITIES if entities.get(key) not in (None, "")}
+
+
+def find_fmriprep_run(indexed, entities, space=None, confounds=None):
+    """Locate the preprocessed bold, brain mask and confounds of one raw run.
+
+    The folders are searched in order; the first one holding the run's preprocessed bold in
+    ``space`` must also hold its mask and confounds, so that the three files come from one
+    fMRIPrep run.
+
+    Parameters
+    ----------
+    indexed : list of (DerivativeDataset, bids.BIDSLayout)
+        From :func:`index_derivatives`.
+    entities : mapping
+        The raw run's entities (:func:`raw_run_entities`): ``subject``, ``task`` and, when the
+        run has them, ``session``, ``acquisition``, ``run``, … An entity that is missing or
+        empty must be missing from the derivative's name too.
+    space : OutputSpace or str, optional
+        Default ``T1w``; a string is read with :func:`parse_space`.
+    confounds : sequence of str, optional
+        Column names or glob patterns for :func:`resolve_confound_columns`; default the six
+        motion parameters.
+
+    Returns
+    -------
+    FmriprepRun
+
+    Raises
+    ------
+    BidsReconError
+        Exit 66 naming the run and the file pattern looked for when a file is missing; exit 64
+        when a pattern matches several files (e.g. two resolutions: give ``SPACE:res-N``) or a
+        confounds pattern matches no column; exit 64 when the confounds' rows differ from the
+        bold's volumes.
+    """
+    if not indexed:
+        raise ValueError("no derivative folders to search; give --derivatives")
+    space = parse_space(space) if isinstance(space, str) else (space or OutputSpace(DEFAULT_SPACE))
+    run = {key: value for key, value in entities.items() if key in RUN_ENTITIES and value not in (None, "")}
+    for key in ("subject", "task"):
+        if key not in run:
+            raise ValueError(f"the run's entities must include {key!r}; got {dict(entities)}")
+    run_label = _run_label(run)
+
+    bold_query = {"space": space.name, "desc": "preproc", "suffix": "bold", "extension": list(_BOLD_EXTENSIONS)}
+    if space.resolution is not None:
+        bold_query["res"] = space.resolution
+    for dataset, layout in indexed:
+        bold = _unique(layout, run, bold_query, run_label)
+        if bold is not None:
+            break
+    else:
+        roots = ", ".join(str(dataset.root) for dataset, _ in indexed)
+        raise BidsReconError(
+            f"no preprocessed bold in space {space} for run {run_label}: looked for "
+            f"{_pattern(run, bold_query)} in {roots}", EXIT_INPUT_MISSING)
+
+    # The mask takes the space and resolution of the bold actually found.
+    found = bold.get_entities()
+    mask_query = {"space": space.name, "res": found.get("res", _none()), "desc": "brain", "suffix": "mask",
+                  "extension": list(_BOLD_EXTENSIONS)}
+    confounds_query = {"space": _none(), "desc": "confounds", "suffix": list(_CONFOUNDS_SUFFIXES),
+                       "extension": ".tsv"}
+    files = {}
+    for kind, query in (("brain mask", mask_query), ("confounds", confounds_query)):
+        files[kind] = _unique(layout, run, query, run_label)
+        if files[kind] is None:
+            raise BidsReconError(
+                f"{dataset.name} ({dataset.root}) has the preprocessed bold of run {run_label} but not its "
+                f"{kind}: looked for {_pattern(run, query)}", EXIT_INPUT_MISSING)
+
+    confounds_path = files["confounds"].path
+    columns = resolve_confound_columns(_table_columns(confounds_path), confounds, confounds_path)
+    n_volumes = _n_volumes(bold.path)
+    n_rows = len(pd.read_csv(confounds_path, sep="\t", usecols=[0]))
+    if n_rows != n_volumes:
+        raise BidsReconError(
+            f"{confounds_path} has {n_rows} rows but {bold.path} has {n_volumes} volumes; "
+            "they must come from the same fMRIPrep run")
+    resolution = found.get("res")
+    return FmriprepRun(
+        bold=bold.path,
+        mask=files["brain mask"].path,
+        confounds=confounds_path,
+        confound_columns=tuple(columns),
+        n_volumes=n_volumes,
+        space=str(OutputSpace(space.name, str(resolution) if resolution is not None else None)),
+        derivatives=str(dataset.root),
+    )
+
+
+def _none():
+    from bids.layout import Query
+
+    return Query.NONE
+
+
+def _query_entities(run):
+    # Entities a run lacks must be absent from the derivative too; run labels are matched as numbers.
+    query = {key: _none() for key in RUN_ENTITIES}
+    query.update({key: int(value) if key == "run" else value for key, value in run.items()})
+    return query
+
+
+def _unique(layout, run, query, run_label):
+    matches = layout.get(**_query_entities(run), **query)
+    if len(matches) > 1:
+        names = ", ".join(sorted(Path(match.path).name for match in matches))
+        raise BidsReconError(
+            f"run {run_label} matches several files in {layout.root}: {names}; choose one "
+            "(for several resolutions, give --space SPACE:res-N)", EXIT_BAD_ARGUMENTS)
+    return matches[0] if matches else None
+
+
+def _run_label(run):
+    return "_".join(f"{RUN_ENTITIES[key]}-{run[key]}" for key in RUN_ENTITIES if key in run)
+
+
+def _pattern(run, query):
+    """The file name a query looks for, with ``[...]`` for what may vary."""
+    folder = f"sub-{run['subject']}/" + (f"ses-{run['session']}/" if "session" in run else "") + "func/"
+    parts = [_run_label(run)]
+    for entity in ("space", "res", "desc"):
+        value = query.get(entity)
+        if isinstance(value, str):
+            parts.append(f"{entity}-{value}")
+        elif entity == "res" and "res" not in query and isinstance(query.get("space"), str):
+            parts[-1] += "[_res-*]"
+    suffixes = query["suffix"] if isinstance(query["suffix"], list) else [query["suffix"]]
+    extensions = query["extension"] if isinstance(query["extension"], list) else [query["extension"]]
+    suffix = suffixes[0] if len(suffixes) == 1 else "{" + ",".join(suffixes) + "}"
+    extension = extensions[0] if len(extensions) == 1 else "{" + ",".join(extensions) + "}"
+    return folder + "_".join(parts) + f"_{suffix}{extension}"
+
+
+def _n_volumes(bold_path):
+    shape = nib.load(bold_path).shape
+    if len(shape) != 4:
+        raise BidsReconError(f"{bold_path}: expected a 4-D bold series, got shape {shape}")
+    return int(shape[3])
+
+
+def _table_columns(path):
+    return list(pd.read_csv(path, sep="\t", nrows=0).columns)
+
+
+def resolve_confound_columns(available, patterns=None, source="the confounds table"):
+    """The columns that ``--confounds`` selects.
+
+    Parameters
+    ----------
+    available : sequence of str
+        The table's columns.
+    patterns : sequence of str, optional
+        Exact names or shell-style globs (``cosine*``, ``a_comp_cor_0[0-4]``). None selects
+        the six motion parameters (:data:`MOTION_CONFOUNDS`); an empty sequence selects none.
+    source : str
+        Named in error messages (the table's path).
+
+    Returns
+    -------
+    list of str
+        Each selected column once, in the table's order.
+
+    Raises
+    ------
+    BidsReconError
+        Exit 64 when a pattern matches no column; the message summarises the available ones.
+    """
+    patterns = MOTION_CONFOUNDS if patterns is None else tuple(patterns)
+    selected = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise BidsReconError(f"--confounds: empty column name or pattern in {list(patterns)}", EXIT_BAD_ARGUMENTS)
+        matches = [column for column in available if fnmatch.fnmatchcase(column, pattern)]
+        if not matches:
+            raise BidsReconError(
+                f"--confounds {pattern!r} matches no column of {source}; its columns are: "
+                f"{summarise_columns(available)}", EXIT_BAD_ARGUMENTS)
+        selected.update(matches)
+    return [column for column in available if column in selected]
+
+
+def summarise_columns(columns):
+    """Column names for a message, numbered runs collapsed: ``a_comp_cor_00..a_comp_cor_41 (42)``."""
+    groups = []  # [prefix or None, first, last, count]
+    for column in columns:
+        numbered = re.fullmatch(r"(.*?)(\d+)", column)
+        prefix = numbered.group(1) if numbered else None
+        if prefix is not None and groups and groups[-1][0] == prefix:
+            groups[-1][2] = column
+            groups[-1][3] += 1
+        else:
+            groups.append([prefix, column, column, 1])
+    return ", ".join(first if count == 1 else f"{first}..{last} ({count})" for _, first, last, count in groups)
+
+
+def select_confounds(path, patterns=None):
+    """Read the confound regressors that ``--confounds`` selects from an fMRIPrep table.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A ``desc-confounds_timeseries.tsv``.
+    patterns : sequence of str, optional
+        As in :func:`resolve_confound_columns`; default the six motion parameters.
+
+    Returns
+    -------
+    names : list of str
+    values : ndarray, shape (n_volumes, len(names)), float64
+        ``n/a`` read as 0: fMRIPrep writes it only where a difference-based regressor is
+        undefined (the first row of ``framewise_displacement``, ``dvars`` and the
+        ``*_derivative1`` columns), where "no change" is the natural value.
+
+    Raises
+    ------
+    BidsReconError
+        Exit 64 when a pattern matches no column or a selected column is not numeric.
+    """
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    names = resolve_confound_columns(list(table.columns), patterns, str(path))
+    values = np.zeros((len(table), len(names)))
+    for index, name in enumerate(names):
+        column = pd.to_numeric(table[name], errors="coerce")
+        bad = column.isna() & table[name].notna()
+        if bad.any():
+            raise BidsReconError(
+                f"{path}: confound column {name!r} is not numeric (row {int(np.flatnonzero(bad)[0]) + 1}: "
+                f"{table[name][bad].iloc[0]!r})", EXIT_BAD_ARGUMENTS)
+        values[:, index] = column.fillna(0.0).to_numpy(dtype=np.float64)
+    return names, values
