@@ -26,7 +26,8 @@ def compare_runs(root, work_dir):
     comparisons = []
     for bold_file in sorted(root.glob("sub-*/ses-*/func/*_bold.nii.gz")):
         stem = bold_file.name[: -len("_bold.nii.gz")]
-        truth_file = root / "derivatives/fmriprep" / bold_file.parent.relative_to(root) / f"{stem}_desc-confounds_timeseries.tsv"
+        func = root / "derivatives/fmriprep" / bold_file.parent.relative_to(root)
+        truth_file = func / f"{stem}_desc-confounds_timeseries.tsv"
         run_dir = work_dir / stem
         run_dir.mkdir()
         result = Realign(bold_file=str(bold_file), tr=2.0).run(cwd=str(run_dir))
@@ -62,8 +63,9 @@ def draw(comparisons, table, path):
     course.legend(fontsize=7, ncol=3)
     limit = np.abs(scatter.get_xlim() + scatter.get_ylim()).max()
     scatter.plot([-limit, limit], [-limit, limit], "k--", lw=0.8)
+    medians = "/".join(f"{table[axis].median():.3f}" for axis in TRANSLATIONS)
     scatter.set(xlabel="true (mm, demeaned)", ylabel="estimated (mm, demeaned)",
-                title=f"{len(table)} runs: median r " + "/".join(f"{table[axis].median():.3f}" for axis in TRANSLATIONS))
+                title=f"{len(table)} runs: median r {medians}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

@@ -14,7 +14,7 @@ The targets (issue 3): under 60 s and 4 GB per run for the sample paths.
 
 Usage::
 
-    python bench/preproc_cost.py            # full size (a few minutes, about 2 GB of memory)
+    python bench/preproc_cost.py            # full size (about 2 minutes, under 2 GB of memory)
     python bench/preproc_cost.py --quick    # a 32×32×24 grid, seconds
 """
 import argparse

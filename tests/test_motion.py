@@ -136,3 +136,13 @@ def test_realign_needs_slice_timing_when_asked(simulated_run, tmp_path, monkeypa
     with pytest.raises(BidsReconError, match=r"must lie in \[0, RepetitionTime"):
         Realign(bold_file=bold_file, tr=2.0, slice_timing=[t + 1.5 for t in slice_times],
                 slice_timing_enabled=True).run()
+
+
+def test_reversed_slice_encoding_direction_reads_slice_timing_backwards(simulated_run, tmp_path, monkeypatch):
+    bold_file, _, slice_times = simulated_run
+    monkeypatch.chdir(tmp_path)
+    forward = Realign(bold_file=bold_file, tr=2.0, slice_timing=slice_times, slice_timing_enabled=True).run()
+    backward = Realign(bold_file=bold_file, tr=2.0, slice_timing=slice_times[::-1], slice_timing_enabled=True,
+                       slice_encoding_direction="k-").run()
+    np.testing.assert_array_equal(nib.load(forward.outputs.realigned_file).get_fdata(),
+                                  nib.load(backward.outputs.realigned_file).get_fdata())

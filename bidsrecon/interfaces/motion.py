@@ -39,8 +39,8 @@ class Realign(SimpleInterface):
     With ``slice_timing_enabled``, each slice's time series is then shifted to the middle of the
     acquisition (`bidsrecon.preproc.slice_timing`), and finally every volume is resampled
     trilinearly to the reference position: fMRIPrep's order, which estimates motion before slice
-    timing changes the images. The parameters follow fMRIPrep's confounds columns and sign
-    convention described in `bidsrecon.preproc.motion`.
+    timing changes the images. The parameters have fMRIPrep's confounds column names and units;
+    their frame and signs are described in `bidsrecon.preproc.motion`.
     """
 
     input_spec = _RealignInputSpec
