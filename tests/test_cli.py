@@ -98,3 +98,30 @@ def test_invalid_bids_fails_validation(tmp_path):
 
 def test_main_returns_exit_code_in_process(tmp_path):
     assert main([str(tmp_path), str(tmp_path / "o"), "nope"]) == 17
+
+
+def test_spec_file_with_an_unknown_key(tiny_dataset, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"name": "x", "training": {"entities": {"task": "perception"}}, "tests": [], "extra": 1}')
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--spec", spec,
+                     "-w", tmp_path / "work")
+    one_line_error(result, 64, "extra")
+
+
+def test_spec_filter_that_selects_nothing(tiny_dataset, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"name": "x", "training": {"entities": {"task": "perception"}, "events": "event_type == 99"},'
+                    ' "tests": [{"name": "t", "entities": {"task": "imagery"}, "events": "event_type == 2",'
+                    ' "stimulus_column": "category_index"}]}')
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--spec", spec,
+                     "-w", tmp_path / "work")
+    one_line_error(result, 18, "no training trials")
+
+
+def test_unknown_roi_and_missing_derivatives(tiny_dataset, tmp_path):
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--roi", "V9",
+                     "-w", tmp_path / "work")
+    one_line_error(result, 64, "V9")
+    result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--derivatives",
+                     f"fmriprep={tmp_path / 'nowhere'}", "-w", tmp_path / "work")
+    one_line_error(result, 66, "nowhere")
