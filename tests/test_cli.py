@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bidsrecon import __version__
 from bidsrecon.cli import main, parse_args
 

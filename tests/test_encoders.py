@@ -1,7 +1,6 @@
 """The encoder registry, weight loading and pre-activation features (bidsrecon.encoders)."""
 import hashlib
 
-import numpy as np
 import pytest
 import skimage.data
 import sklearn.datasets

@@ -1,5 +1,4 @@
 """Nipype interfaces of the reconstruction and its evaluation."""
-import json
 
 import numpy as np
 import pandas as pd
