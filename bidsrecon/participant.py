@@ -25,6 +25,7 @@ class RunInputs:
     run: Run
     bold: str
     slice_timing: list = field(default_factory=list)
+    slice_encoding_direction: str = "k"
     mask: str = None  # fMRIPrep's brain mask; None for raw input
     confounds: str = None  # fMRIPrep's confounds TSV; None for raw input (motion is estimated)
     confound_columns: tuple = ()
@@ -108,15 +109,16 @@ def _run_inputs(layout, run, config, derivatives, space):
         found = find_fmriprep_run(derivatives, raw_run_entities(run.bold), space, config.confounds)
         return RunInputs(run, found.bold, mask=found.mask, confounds=found.confounds,
                          confound_columns=tuple(found.confound_columns))
-    slice_timing = []
-    if config.slice_timing:
-        slice_timing = layout.get_metadata(run.bold).get("SliceTiming")
-        if not slice_timing:
-            raise BidsReconError(
-                f"{run.bold}: --slice-timing needs SliceTiming in the run's JSON sidecar; add it or drop the option",
-                EXIT_INPUT_MISSING,
-            )
-    return RunInputs(run, run.bold, slice_timing=list(slice_timing))
+    if not config.slice_timing:
+        return RunInputs(run, run.bold)
+    metadata = layout.get_metadata(run.bold)
+    if not metadata.get("SliceTiming"):
+        raise BidsReconError(
+            f"{run.bold}: --slice-timing needs SliceTiming in the run's JSON sidecar; add it or drop the option",
+            EXIT_INPUT_MISSING,
+        )
+    return RunInputs(run, run.bold, slice_timing=list(metadata["SliceTiming"]),
+                     slice_encoding_direction=metadata.get("SliceEncodingDirection", "k"))
 
 
 def _write_if_changed(path, text):

@@ -119,3 +119,13 @@ def test_roi_and_voxel_selection(tiny_dataset, tmp_path):
                  *FAST]) == 0
     selected = json.loads((out2 / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
     assert selected["Voxels"] == 50 and selected["VoxelSelection"]["Of"] > roi_voxels > 50
+
+
+@pytest.mark.slow
+def test_raw_input_with_slice_timing_and_lss(tiny_dataset, tmp_path):
+    out = tmp_path / "bidsrecon"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--slice-timing",
+                 "--samples", "lss", *FAST]) == 0
+    motion = pd.read_csv(next((tmp_path / "work").rglob("realign/mapflow/_realign0/*motion*.tsv")), sep="\t")
+    assert {"trans_x", "rot_z"} <= set(motion.columns) and motion["trans_x"].abs().max() > 0
+    assert len(pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")) == 4

@@ -84,10 +84,12 @@ def init_participant_wf(plan, config, name=None):
         build_mask.inputs.reference_file = runs[reference].mask
     else:
         realign = pe.MapNode(Realign(slice_timing_enabled=config.slice_timing),
-                             iterfield=["bold_file", "tr", "slice_timing"], name="realign")
+                             iterfield=["bold_file", "tr", "slice_timing", "slice_encoding_direction"],
+                             name="realign")
         realign.inputs.bold_file = [inputs.bold for inputs in runs]
         realign.inputs.tr = [inputs.run.tr for inputs in runs]
         realign.inputs.slice_timing = [list(inputs.slice_timing) for inputs in runs]
+        realign.inputs.slice_encoding_direction = [inputs.slice_encoding_direction for inputs in runs]
         run_samples.inputs.confound_columns = [list(MOTION_COLUMNS)] * len(runs)
         pick_reference = pe.Node(niu.Select(index=[reference]), name="pick_reference")
         brain_mask = pe.Node(EpiMask(), name="brain_mask")
