@@ -146,3 +146,24 @@ def test_reversed_slice_encoding_direction_reads_slice_timing_backwards(simulate
                        slice_encoding_direction="k-").run()
     np.testing.assert_array_equal(nib.load(forward.outputs.realigned_file).get_fdata(),
                                   nib.load(backward.outputs.realigned_file).get_fdata())
+
+
+def test_runs_of_another_session_are_registered_to_a_common_reference(textured_head):
+    # "Session 2" sits 2 mm and 0.03 rad away from the reference of session 1, plus its own motion.
+    n_volumes = 6
+    offset = np.array([2.0, -1.0, 0.5, 0.0, 0.0, 0.03])
+    motion = offset + simulated_bold.motion_parameters(n_volumes, 0.3, np.random.default_rng(2))
+    moved = simulated_bold.move_volumes(np.repeat(textured_head[..., None], n_volumes, axis=3), motion, VOXEL_MM)
+    own = estimate_motion(moved, (VOXEL_MM,) * 3)
+    common = estimate_motion(moved, (VOXEL_MM,) * 3, reference_volume=textured_head)
+    # Against its own middle volume the session offset is invisible; against the common reference it is found.
+    assert np.abs(own[:, 0]).max() < 1.0
+    assert np.abs(common[:, :3] - motion[:, :3]).max() < 0.15
+    assert np.abs(common[:, 5] - motion[:, 5]).max() < 0.005
+
+
+def test_realign_to_a_reference_on_another_grid_is_refused(simulated_run, tmp_path):
+    path, _, _ = simulated_run
+    reference = _save(tmp_path / "reference.nii.gz", np.ones((5, 5, 5)), zooms=(VOXEL_MM,) * 3, dtype=np.float32)
+    with pytest.raises(BidsReconError, match="differs from the reference run"):
+        Realign(bold_file=path, tr=2.0, reference_file=reference).run(cwd=str(tmp_path))

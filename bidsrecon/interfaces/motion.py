@@ -25,6 +25,10 @@ class _RealignInputSpec(BaseInterfaceInputSpec):
                                            desc="the sidecar's SliceEncodingDirection (BIDS; default k)")
 
 
+    reference_file = File(exists=True, desc="volume (3-D, or 4-D: its mean) on the run's grid to register "
+                          "every volume to; default the run's middle volume")
+
+
 class _RealignOutputSpec(TraitedSpec):
     realigned_file = File(exists=True, desc="4-D NIfTI, every volume resampled to the reference position")
     motion_file = File(exists=True, desc="TSV, one row per volume: trans_x trans_y trans_z (mm), "
@@ -53,7 +57,7 @@ class Realign(SimpleInterface):
         zooms = bold.header.get_zooms()[:3]
         volumes = np.asanyarray(bold.dataobj, dtype=np.float32)
         with limited_threads(1):  # runs are processed in parallel, one per CPU
-            motion = estimate_motion(volumes, zooms)
+            motion = estimate_motion(volumes, zooms, reference_volume=self._reference_volume(volumes.shape[:3]))
             if slice_times is not None:
                 volumes = slice_time_correct(volumes, slice_times, self.inputs.tr, slice_axis)
             for index in range(volumes.shape[3]):  # in place: a full-size run is 670 MB in float32
@@ -66,6 +70,16 @@ class Realign(SimpleInterface):
         table.to_csv(self._results["motion_file"], sep="\t", index=False, na_rep="n/a",
                      float_format="%.6g", lineterminator="\n")
         return runtime
+
+    def _reference_volume(self, shape):
+        if not isdefined(self.inputs.reference_file):
+            return None
+        reference = np.asanyarray(nib.load(self.inputs.reference_file).dataobj, dtype=np.float32)
+        reference = reference.mean(axis=3) if reference.ndim == 4 else reference
+        if reference.shape != shape:
+            raise BidsReconError(f"{self.inputs.bold_file}: its grid {shape} differs from the reference run's "
+                                 f"{reference.shape}; raw runs must share one grid (or use fMRIPrep input)")
+        return reference
 
     def _slice_times(self, bold):
         """Slice times in slice-index order and the slice axis, or (None, None) when not asked."""
@@ -87,3 +101,25 @@ def _save_like(volumes, source, path):
     header = source.header.copy()
     header.set_data_dtype(source.get_data_dtype())
     nib.save(type(source)(volumes, source.affine, header), path)
+
+
+class _MeanVolumeInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="a 4-D series")
+
+
+class _MeanVolumeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="3-D mean over time")
+
+
+class MeanVolume(SimpleInterface):
+    """The mean volume of a series (the common reference of every run's realignment)."""
+
+    input_spec = _MeanVolumeInputSpec
+    output_spec = _MeanVolumeOutputSpec
+
+    def _run_interface(self, runtime):
+        series = nib.load(self.inputs.in_file)
+        mean = np.asanyarray(series.dataobj, dtype=np.float32).mean(axis=3)
+        self._results["out_file"] = f"{runtime.cwd}/mean.nii.gz"
+        nib.save(nib.Nifti1Image(mean, series.affine), self._results["out_file"])
+        return runtime

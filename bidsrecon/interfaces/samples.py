@@ -19,7 +19,7 @@ from bidsrecon.preproc.signal import nuisance_design, unusable_voxels
 
 
 class _EpiMaskInputSpec(BaseInterfaceInputSpec):
-    bold_file = File(exists=True, mandatory=True, desc="a 4-D BOLD run")
+    bold_file = File(exists=True, mandatory=True, desc="a BOLD run, or its mean volume")
 
 
 class _EpiMaskOutputSpec(TraitedSpec):

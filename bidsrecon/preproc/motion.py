@@ -124,7 +124,7 @@ def _register_volume(smoothed, reference, start, max_iterations, tolerance_mm):
 
 
 def estimate_motion(volumes, zooms, reference_index=None, fwhm_mm=3.0, sample_spacing_mm=4.0,
-                    max_iterations=30, tolerance_mm=1e-3):
+                    max_iterations=30, tolerance_mm=1e-3, reference_volume=None):
     """Estimate the rigid-body position of every volume relative to a reference volume.
 
     Parameters
@@ -134,7 +134,11 @@ def estimate_motion(volumes, zooms, reference_index=None, fwhm_mm=3.0, sample_sp
         Voxel size (mm) along x, y, z.
     reference_index : int, optional
         Volume that defines the reference position; default the middle one (as FSL's MCFLIRT),
-        which is past any non-steady-state volumes at the start.
+        which is past any non-steady-state volumes at the start. With ``reference_volume`` it is
+        only where the estimation starts.
+    reference_volume : ndarray, shape (x, y, z), optional
+        A volume on the same grid to register every volume to instead (for example the mean of
+        another run), so that runs of different sessions end up in one position.
     fwhm_mm : float
         Smoothing applied to the reference and to every volume before matching. SPM uses 5 mm;
         on the simulated runs (3-mm voxels) 2-3 mm recovered the motion better than 4-7 mm.
@@ -159,7 +163,10 @@ def estimate_motion(volumes, zooms, reference_index=None, fwhm_mm=3.0, sample_sp
         reference_index = n_volumes // 2
     if not 0 <= reference_index < n_volumes:
         raise ValueError(f"reference_index must be in [0, {n_volumes - 1}]; got {reference_index}")
-    reference = _Reference(_smooth(volumes[..., reference_index], zooms, fwhm_mm), zooms, sample_spacing_mm)
+    target = volumes[..., reference_index] if reference_volume is None else np.asarray(reference_volume)
+    if target.shape != volumes.shape[:3]:
+        raise ValueError(f"reference_volume has shape {target.shape}; the volumes are {volumes.shape[:3]}")
+    reference = _Reference(_smooth(target, zooms, fwhm_mm), zooms, sample_spacing_mm)
     motion = np.zeros((n_volumes, 6))
     # The least-squares problems are tall and thin: BLAS threads only add contention (tens of
     # times slower on a loaded machine).

@@ -1,11 +1,10 @@
 """The participant workflow: from BIDS runs to reconstructed images and their scores."""
-from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.masks import BuildMask
-from bidsrecon.interfaces.motion import Realign
+from bidsrecon.interfaces.motion import MeanVolume, Realign
 from bidsrecon.interfaces.reconstruction import Evaluate, Reconstruct
 from bidsrecon.interfaces.samples import EpiMask, RunSamples
 from bidsrecon.preproc.motion import MOTION_COLUMNS
@@ -17,9 +16,12 @@ def init_participant_wf(plan, config, name=None):
 
     Workflow graph (raw input)::
 
-        realign (per run) -> pick_reference -> brain_mask -> build_mask -+
-        realign (per run) ------------------------------------------------+-> run_samples (per run)
+        realign_reference -> mean_reference -> brain_mask -> build_mask ----+
+                                  +--> realign (per run) --------------------+-> run_samples (per run)
         run_samples -> decode -> reconstruct -> evaluate -> write_derivatives
+
+    Every raw run is registered to one reference, the mean of the realigned first training run, so
+    that runs of different sessions share voxel positions; its brain mask is computed from it.
 
     With fMRIPrep input there is no ``realign``: the preprocessed bold and its confounds feed
     ``run_samples`` and fMRIPrep's brain mask of the first training run feeds ``build_mask``.
@@ -83,7 +85,15 @@ def init_participant_wf(plan, config, name=None):
         build_mask.inputs.brain_mask_file = runs[reference].mask
         build_mask.inputs.reference_file = runs[reference].mask
     else:
-        realign = pe.MapNode(Realign(slice_timing_enabled=config.slice_timing),
+        realign_options = {"slice_timing_enabled": config.slice_timing}
+        realign_reference = pe.Node(
+            Realign(bold_file=runs[reference].bold, tr=runs[reference].run.tr,
+                    slice_timing=list(runs[reference].slice_timing),
+                    slice_encoding_direction=runs[reference].slice_encoding_direction, **realign_options),
+            name="realign_reference",
+        )
+        mean_reference = pe.Node(MeanVolume(), name="mean_reference")
+        realign = pe.MapNode(Realign(**realign_options),
                              iterfield=["bold_file", "tr", "slice_timing", "slice_encoding_direction"],
                              name="realign")
         realign.inputs.bold_file = [inputs.bold for inputs in runs]
@@ -91,11 +101,11 @@ def init_participant_wf(plan, config, name=None):
         realign.inputs.slice_timing = [list(inputs.slice_timing) for inputs in runs]
         realign.inputs.slice_encoding_direction = [inputs.slice_encoding_direction for inputs in runs]
         run_samples.inputs.confound_columns = [list(MOTION_COLUMNS)] * len(runs)
-        pick_reference = pe.Node(niu.Select(index=[reference]), name="pick_reference")
         brain_mask = pe.Node(EpiMask(), name="brain_mask")
         workflow.connect([
-            (realign, pick_reference, [("realigned_file", "inlist")]),
-            (pick_reference, brain_mask, [("out", "bold_file")]),
+            (realign_reference, mean_reference, [("realigned_file", "in_file")]),
+            (mean_reference, realign, [("out_file", "reference_file")]),
+            (mean_reference, brain_mask, [("out_file", "bold_file")]),
             (brain_mask, build_mask, [("out_mask", "brain_mask_file"), ("out_mask", "reference_file")]),
             (realign, run_samples, [("realigned_file", "bold_file"), ("motion_file", "confounds_file")]),
         ])  # fmt: skip

@@ -1,0 +1,431 @@
+"""The decoder artifact: a fitted :class:`KernelRidgeDecoder` on disk, and its checked reloading.
+
+A decoder is written as two files sharing a stem (``<stem>.safetensors`` and ``<stem>.json``):
+
+- the safetensors file holds the fitted arrays — z-scored training samples ``X``, the voxels'
+  training mean and SD, the training image of each sample, the alpha grid searched, each layer's
+  cross-validation scores and chosen alpha, and optionally the positions of the decoder's voxels
+  within the voxel mask;
+- the JSON sidecar says what the decoder applies to — encoder and weights hash, image size,
+  layers and alphas, the voxel mask (file hash, grid, hash of its voxel set), the training
+  stimuli in coefficient-column order with the sha256 of each image file, the software version —
+  and the sha256 of the safetensors file, which ties the pair together.
+
+Decoded features are ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` with ``F`` the features of the training
+images (module :mod:`bidsrecon.decoding.kernel_ridge`), so applying a saved decoder needs those
+same images and the same encoder: :func:`load_decoder` checks both, and the voxel mask, before
+returning the decoder. Loading reads safetensors and JSON only; nothing is unpickled.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bidsrecon.arrays import load_arrays, save_arrays
+from bidsrecon.bids.roi import AFFINE_TOLERANCE
+from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.encoders.base import file_sha256
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+
+#: Version of the artifact's layout; a loader refuses layouts newer than its own.
+ARTIFACT_FORMAT = 1
+_FORMAT_NAME = "bidsrecon-kernel-ridge-decoder"
+#: Names listed in an error message before "and N more".
+_NAMES_SHOWN = 5
+
+
+def decoder_paths(path_stem):
+    """The two files of the decoder saved under ``path_stem``.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+        Path without extension, e.g. ``.../sub-01/decoder/sub-01_desc-kernelridge_decoder``.
+
+    Returns
+    -------
+    arrays_path, sidecar_path : Path
+        ``<stem>.safetensors`` and ``<stem>.json``.
+    """
+    path_stem = Path(path_stem)
+    return (path_stem.with_name(path_stem.name + ".safetensors"),
+            path_stem.with_name(path_stem.name + ".json"))
+
+
+def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sha256,
+                 image_size, training_stimuli, training_stimulus_hashes, voxel_mask_file,
+                 software_version, voxel_indices=None, extra_fields=None):
+    """Write a fitted decoder as ``<stem>.safetensors`` plus a JSON sidecar.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+        Path without extension; parent folders are created.
+    decoder : KernelRidgeDecoder
+        Fitted.
+    layers : list of str
+        Layers to keep, each fitted (a key of ``decoder.alpha_``), in the order to record.
+    encoder_name : str
+    encoder_weights_sha256 : str or None
+        None for random weights.
+    image_size : int
+        Side in pixels the stimuli were resized to before the encoder.
+    training_stimuli : list of str
+        Stimulus names in the order of the coefficients' columns (``n_images_`` of them).
+    training_stimulus_hashes : list of str
+        sha256 of each training stimulus' image file, same order.
+    voxel_mask_file : str or Path
+        NIfTI mask the samples were taken from.
+    software_version : str
+    voxel_indices : array-like of int, optional
+        Positions, among the mask's voxels in sample order, of the voxels the decoder uses (after
+        a voxel selection); None when it uses every voxel of the mask.
+    extra_fields : dict, optional
+        More JSON-serialisable sidecar fields (for example how the voxels were selected); they
+        may not replace the fields written here.
+
+    Returns
+    -------
+    arrays_path, sidecar_path : Path
+    """
+    _check_fitted(decoder)
+    layers = _check_layers(layers, decoder.alpha_)
+    training_stimuli, training_stimulus_hashes = _check_stimuli(
+        training_stimuli, training_stimulus_hashes, decoder.n_images_)
+    n_voxels = decoder.X_.shape[1]
+    mask = _mask_summary(voxel_mask_file)
+    voxel_indices = _check_voxel_indices(voxel_indices, n_voxels, mask["Voxels"])
+
+    arrays = {
+        "fit": {"X": decoder.X_, "voxel_mean": decoder.voxel_mean_,
+                "voxel_std": decoder.voxel_std_,
+                "image_index": np.asarray(decoder.image_index_, dtype=np.int64),
+                "alpha_grid": np.asarray(decoder.alphas_, dtype=np.float64)},
+        "alpha": {layer: np.array([decoder.alpha_[layer]], dtype=np.float64) for layer in layers},
+        "cv_scores": {layer: np.asarray(decoder.cv_scores_[layer], dtype=np.float64)
+                      for layer in layers},
+    }
+    if voxel_indices is not None:
+        arrays["fit"]["voxel_indices"] = voxel_indices
+    arrays_path, sidecar_path = decoder_paths(path_stem)
+    arrays_path.parent.mkdir(parents=True, exist_ok=True)
+    save_arrays(arrays_path, arrays, metadata={"format": _FORMAT_NAME,
+                                               "layers": json.dumps(layers)})
+
+    sidecar = {
+        "Format": _FORMAT_NAME,
+        "FormatVersion": ARTIFACT_FORMAT,
+        "Method": "kernel ridge regression, one penalty per layer chosen by grouped "
+                  "cross-validation",
+        "Encoder": encoder_name,
+        "EncoderWeightsSHA256": encoder_weights_sha256,
+        "ImageSize": int(image_size),
+        "Layers": layers,
+        "Alpha": {layer: float(decoder.alpha_[layer]) for layer in layers},
+        "Parameters": _parameters_to_json(decoder),
+        "TrainingSamples": int(decoder.X_.shape[0]),
+        "TrainingStimuli": training_stimuli,
+        "TrainingStimulusSHA256": training_stimulus_hashes,
+        "VoxelMask": mask,
+        "Voxels": int(n_voxels),
+        "SoftwareVersion": str(software_version),
+        "ArraysFile": arrays_path.name,
+        "ArraysSHA256": file_sha256(arrays_path),
+    }
+    clashes = sorted(set(extra_fields or {}) & set(sidecar))
+    if clashes:
+        raise ValueError(f"extra_fields may not replace the sidecar's own fields {clashes}.")
+    sidecar.update(extra_fields or {})
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
+    return arrays_path, sidecar_path
+
+
+def read_decoder_description(path_stem):
+    """The JSON sidecar of a saved decoder, checked for format and version.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+
+    Returns
+    -------
+    dict
+        Keys include ``Encoder``, ``EncoderWeightsSHA256``, ``ImageSize``, ``Layers``, ``Alpha``,
+        ``TrainingStimuli`` (coefficient-column order), ``TrainingStimulusSHA256``,
+        ``VoxelMask`` and ``SoftwareVersion``.
+
+    Raises
+    ------
+    BidsReconError
+        Missing file (exit 66), or not a decoder sidecar this version can read (exit 64).
+    """
+    arrays_path, sidecar_path = decoder_paths(path_stem)
+    for path in (arrays_path, sidecar_path):
+        if not path.is_file():
+            raise BidsReconError(
+                f"Saved decoder file {path} not found. A decoder is the pair <stem>.safetensors "
+                "and <stem>.json written by bidsrecon; check the decoders directory.",
+                EXIT_INPUT_MISSING)
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BidsReconError(f"{sidecar_path} is not valid JSON ({error}); it is not a "
+                             "decoder sidecar written by bidsrecon.", EXIT_BAD_ARGUMENTS) from None
+    if not isinstance(sidecar, dict) or sidecar.get("Format") != _FORMAT_NAME:
+        raise BidsReconError(f"{sidecar_path} is not a decoder sidecar written by bidsrecon "
+                             f"(its \"Format\" is not {_FORMAT_NAME!r}).", EXIT_BAD_ARGUMENTS)
+    if sidecar.get("FormatVersion", 0) > ARTIFACT_FORMAT:
+        raise BidsReconError(
+            f"{sidecar_path} was written by bidsrecon {sidecar.get('SoftwareVersion')} in decoder "
+            f"format {sidecar.get('FormatVersion')}; this version reads format {ARTIFACT_FORMAT} "
+            "only. Use a newer bidsrecon, or retrain the decoder.", EXIT_BAD_ARGUMENTS)
+    return sidecar
+
+
+def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,
+                 expected_weights_sha256=None, expected_image_size=None, stimulus_files=None):
+    """Read a decoder written by :func:`save_decoder`, after checking it fits the new data.
+
+    Each ``expected_*`` argument left as None skips its check.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+    expected_mask_file : str or Path, optional
+        NIfTI mask the new samples are taken from: it must be on the decoder's grid and hold the
+        same voxels (its file may differ, for example re-written by a later run).
+    expected_encoder : str, optional
+        Name of the encoder the decoded features will be computed with.
+    expected_weights_sha256 : str, optional
+        sha256 of that encoder's weights.
+    expected_image_size : int, optional
+    stimulus_files : mapping of str to str or Path, optional
+        Stimulus name -> image file; every training stimulus of the decoder must be present,
+        with the same content (sha256) it had at training time.
+
+    Returns
+    -------
+    KernelRidgeDecoder
+        Fitted, with the recorded layers only; ``coefficients`` equals the saved decoder's.
+
+    Raises
+    ------
+    BidsReconError
+        Saved files missing, or a training stimulus file missing (exit 66); a mismatching mask,
+        encoder, weights, image size or stimulus, or damaged files (exit 64). The message names
+        what differs and what to do.
+    """
+    sidecar = read_decoder_description(path_stem)
+    arrays_path, sidecar_path = decoder_paths(path_stem)
+    if file_sha256(arrays_path) != sidecar.get("ArraysSHA256"):
+        raise BidsReconError(
+            f"{arrays_path} does not match the sha256 recorded in {sidecar_path}: the file was "
+            "changed or replaced after saving. Copy the decoder's two files together, or "
+            "retrain.", EXIT_BAD_ARGUMENTS)
+    where = f"Saved decoder {Path(path_stem).name}"
+    _check_expected(where, "encoder", sidecar["Encoder"], expected_encoder,
+                    "--encoder (and --encoder-weights)")
+    _check_expected(where, "encoder weights (sha256)", sidecar["EncoderWeightsSHA256"],
+                    expected_weights_sha256, "the weight file it was trained with")
+    _check_expected(where, "image size", sidecar["ImageSize"], expected_image_size,
+                    "--image-size")
+    if expected_mask_file is not None:
+        _check_mask(where, sidecar["VoxelMask"], _mask_summary(expected_mask_file),
+                    expected_mask_file)
+    if stimulus_files is not None:
+        _check_stimulus_files(where, sidecar["TrainingStimuli"],
+                              sidecar["TrainingStimulusSHA256"], stimulus_files)
+    return _decoder_from_arrays(load_arrays(arrays_path), sidecar, arrays_path)
+
+
+def load_voxel_indices(path_stem):
+    """Positions, among the mask's voxels, of the voxels a saved decoder uses.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+
+    Returns
+    -------
+    ndarray of int64, shape (n_voxels,), or None
+        None when the decoder uses every voxel of its mask.
+    """
+    read_decoder_description(path_stem)
+    arrays_path, _ = decoder_paths(path_stem)
+    return load_arrays(arrays_path)["fit"].get("voxel_indices")
+
+
+def mask_voxel_set_sha256(mask_data):
+    """sha256 of a mask's voxel set: its non-zero voxels as packed bits, C order.
+
+    Two files with the same voxels on the same grid share this hash whatever their data type or
+    compression, unlike the files' own hashes.
+
+    Parameters
+    ----------
+    mask_data : ndarray
+
+    Returns
+    -------
+    str
+    """
+    inside = np.ascontiguousarray(np.asarray(mask_data) != 0)
+    digest = hashlib.sha256(np.array(inside.shape, dtype=np.int64).tobytes())
+    digest.update(np.packbits(inside, axis=None).tobytes())
+    return digest.hexdigest()
+
+
+def _mask_summary(mask_file):
+    """What the sidecar records of a mask: file hash, grid, voxel count and voxel-set hash."""
+    mask_file = Path(mask_file)
+    if not mask_file.is_file():
+        raise BidsReconError(f"Voxel mask {mask_file} not found.", EXIT_INPUT_MISSING)
+    image = nib.load(mask_file)
+    data = np.asanyarray(image.dataobj)
+    return {
+        "File": mask_file.name,
+        "SHA256": file_sha256(mask_file),
+        "Shape": [int(n) for n in image.shape],
+        "Affine": np.asarray(image.affine, dtype=np.float64).tolist(),
+        "Voxels": int(np.count_nonzero(data)),
+        "VoxelSetSHA256": mask_voxel_set_sha256(data),
+    }
+
+
+def _check_mask(where, saved, given, given_file):
+    remedy = ("The new data must be sampled in the decoder's voxel mask: use that mask (or the "
+              "same ROIs on the same functional grid), or retrain the decoder.")
+    if saved["SHA256"] == given["SHA256"]:
+        return
+    if saved["Shape"] != given["Shape"]:
+        raise BidsReconError(
+            f"{where} was trained in a voxel mask of shape {saved['Shape']}; the mask "
+            f"{given_file} has shape {given['Shape']}. {remedy}", EXIT_BAD_ARGUMENTS)
+    if not np.allclose(saved["Affine"], given["Affine"], atol=AFFINE_TOLERANCE):
+        raise BidsReconError(
+            f"{where} was trained in a voxel mask with affine {saved['Affine']}; the mask "
+            f"{given_file} has affine {given['Affine']}. {remedy}", EXIT_BAD_ARGUMENTS)
+    if saved["VoxelSetSHA256"] != given["VoxelSetSHA256"]:
+        raise BidsReconError(
+            f"{where} was trained in a voxel mask of {saved['Voxels']} voxels; the mask "
+            f"{given_file} is on the same grid but holds a different set of {given['Voxels']} "
+            f"voxels. {remedy}", EXIT_BAD_ARGUMENTS)
+
+
+def _check_expected(where, what, saved, given, remedy):
+    if given is not None and given != saved:
+        raise BidsReconError(
+            f"{where} was trained with {what} {saved!r}; this run uses {given!r}. Run with "
+            f"{remedy} of the decoder, or retrain it.", EXIT_BAD_ARGUMENTS)
+
+
+def _check_stimulus_files(where, names, saved_hashes, stimulus_files):
+    missing, changed = [], []
+    for name, saved_hash in zip(names, saved_hashes):
+        path = stimulus_files.get(name)
+        if path is None or not Path(path).is_file():
+            missing.append(name if path is None else f"{name} ({path})")
+        elif file_sha256(path) != saved_hash:
+            changed.append(f"{name} ({path})")
+    # Decoded features are built from the training images' features: every one is needed.
+    if missing:
+        raise BidsReconError(
+            f"{where} needs its {len(names)} training images; {len(missing)} are missing: "
+            f"{_some(missing)}. Give the stimulus files it was trained with.",
+            EXIT_INPUT_MISSING)
+    if changed:
+        raise BidsReconError(
+            f"{where}: {len(changed)} training image files differ from those it was trained "
+            f"with (sha256): {_some(changed)}. Give the original stimulus files, or retrain the "
+            "decoder.", EXIT_BAD_ARGUMENTS)
+
+
+def _decoder_from_arrays(arrays, sidecar, arrays_path):
+    """Rebuild the fitted estimator; check the arrays agree with each other and the sidecar."""
+    fit = arrays.get("fit", {})
+    needed = ("X", "voxel_mean", "voxel_std", "image_index", "alpha_grid")
+    layers = sidecar["Layers"]
+    absent = [f"fit/{name}" for name in needed if name not in fit]
+    absent += [f"{group}/{layer}" for group in ("alpha", "cv_scores") for layer in layers
+               if layer not in arrays.get(group, {})]
+    if absent:
+        raise BidsReconError(f"{arrays_path} lacks the arrays {absent}; it was not written by "
+                             "bidsrecon's save_decoder.", EXIT_BAD_ARGUMENTS)
+    n_samples, n_voxels = fit["X"].shape
+    n_images = len(sidecar["TrainingStimuli"])
+    image_index = fit["image_index"]
+    consistent = (fit["voxel_mean"].shape == (n_voxels,) and fit["voxel_std"].shape == (n_voxels,)
+                  and image_index.shape == (n_samples,) and n_voxels == sidecar["Voxels"]
+                  and image_index.min() >= 0 and image_index.max() < n_images)
+    if not consistent:
+        raise BidsReconError(f"The arrays of {arrays_path} disagree with each other or with its "
+                             "sidecar; retrain the decoder.", EXIT_BAD_ARGUMENTS)
+    parameters = sidecar.get("Parameters", {})
+    decoder = KernelRidgeDecoder(alphas=parameters.get("alphas"),
+                                 n_folds=parameters.get("n_folds", 5),
+                                 random_state=parameters.get("random_state", 0))
+    decoder.X_ = fit["X"]
+    decoder.voxel_mean_ = fit["voxel_mean"]
+    decoder.voxel_std_ = fit["voxel_std"]
+    decoder.image_index_ = image_index.astype(np.intp)
+    decoder.n_images_ = n_images
+    decoder.alphas_ = fit["alpha_grid"]
+    decoder.cv_scores_ = {layer: arrays["cv_scores"][layer] for layer in layers}
+    decoder.alpha_ = {layer: float(arrays["alpha"][layer][0]) for layer in layers}
+    return decoder
+
+
+def _parameters_to_json(decoder):
+    alphas = decoder.alphas
+    return {"alphas": None if alphas is None else [float(a) for a in np.ravel(alphas)],
+            "n_folds": int(decoder.n_folds),
+            "random_state": None if decoder.random_state is None else int(decoder.random_state)}
+
+
+def _check_fitted(decoder):
+    if not isinstance(decoder, KernelRidgeDecoder) or not hasattr(decoder, "alpha_"):
+        raise ValueError(f"decoder must be a fitted KernelRidgeDecoder; got {decoder!r}.")
+
+
+def _check_layers(layers, fitted_alphas):
+    layers = [str(layer) for layer in layers]
+    unknown = [layer for layer in layers if layer not in fitted_alphas]
+    if not layers or unknown or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be distinct fitted layers ({list(fitted_alphas)}); got "
+                         f"{layers}.")
+    return layers
+
+
+def _check_stimuli(names, hashes, n_images):
+    names, hashes = [str(name) for name in names], [str(value) for value in hashes]
+    if len(names) != n_images or len(hashes) != n_images:
+        raise ValueError(f"The decoder was fitted on {n_images} training images; got "
+                         f"{len(names)} stimulus names and {len(hashes)} hashes.")
+    if len(set(names)) != len(names):
+        raise ValueError("training_stimuli holds repeated names; one per training image "
+                         "expected.")
+    return names, hashes
+
+
+def _check_voxel_indices(voxel_indices, n_voxels, n_mask_voxels):
+    if voxel_indices is None:
+        if n_voxels != n_mask_voxels:
+            raise ValueError(f"The decoder has {n_voxels} voxels but the mask {n_mask_voxels}; "
+                             "pass voxel_indices when the decoder uses a selection of them.")
+        return None
+    voxel_indices = np.asarray(voxel_indices)
+    if (voxel_indices.shape != (n_voxels,) or not np.issubdtype(voxel_indices.dtype, np.integer)
+            or voxel_indices.min() < 0 or voxel_indices.max() >= n_mask_voxels
+            or len(np.unique(voxel_indices)) != n_voxels):
+        raise ValueError(f"voxel_indices must hold {n_voxels} distinct integers in "
+                         f"[0, {n_mask_voxels}); got shape {voxel_indices.shape}, dtype "
+                         f"{voxel_indices.dtype}.")
+    return voxel_indices.astype(np.int64)
+
+
+def _some(names):
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    rest = len(names) - _NAMES_SHOWN
+    return shown + (f" and {rest} more" if rest > 0 else "")
