@@ -52,6 +52,15 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
     assert "random weights" in decoder["EncoderDescription"]
 
+    # The decoder is saved whole (arrays next to its sidecar) and reloads without the work dir.
+    from bidsrecon.decoding.artifact import load_decoder
+
+    assert (out / "sub-01" / "decoder" / decoder["ArraysFile"]).is_file()
+    reloaded = load_decoder(out / "sub-01" / "decoder" / "sub-01_decoder", expected_encoder="efficientnet-lite0-random")
+    assert set(reloaded.alpha_) == set(decoder["Layers"])
+    accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
+    assert len(accuracy) == len(metrics) * len(decoder["Layers"])
+
     # Group level: one table of every participant's scores, one figure per participant.
     group = pd.read_csv(out / "group" / "group_desc-identification_metrics.tsv", sep="\t")
     assert list(group["participant_id"].unique()) == ["sub-01"] and len(group) == len(metrics)

@@ -15,13 +15,19 @@ Decoded features are ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` with ``F`` the featur
 images (module :mod:`bidsrecon.decoding.kernel_ridge`), so applying a saved decoder needs those
 same images and the same encoder: :func:`load_decoder` checks both, and the voxel mask, before
 returning the decoder. Loading reads safetensors and JSON only; nothing is unpickled.
+
+Decoded features, the product other reconstruction methods can take, are written to HDF5 by
+:func:`save_decoded_features` (one dataset per layer under ``/features``, the items' table under
+``/items``) and read back by :func:`load_decoded_features`.
 """
 import hashlib
 import json
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from bidsrecon.arrays import load_arrays, save_arrays
 from bidsrecon.bids.roi import AFFINE_TOLERANCE
@@ -32,6 +38,7 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconEr
 #: Version of the artifact's layout; a loader refuses layouts newer than its own.
 ARTIFACT_FORMAT = 1
 _FORMAT_NAME = "bidsrecon-kernel-ridge-decoder"
+_FEATURES_FORMAT_NAME = "bidsrecon-decoded-features"
 #: Names listed in an error message before "and N more".
 _NAMES_SHOWN = 5
 
@@ -98,22 +105,7 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
     mask = _mask_summary(voxel_mask_file)
     voxel_indices = _check_voxel_indices(voxel_indices, n_voxels, mask["Voxels"])
 
-    arrays = {
-        "fit": {"X": decoder.X_, "voxel_mean": decoder.voxel_mean_,
-                "voxel_std": decoder.voxel_std_,
-                "image_index": np.asarray(decoder.image_index_, dtype=np.int64),
-                "alpha_grid": np.asarray(decoder.alphas_, dtype=np.float64)},
-        "alpha": {layer: np.array([decoder.alpha_[layer]], dtype=np.float64) for layer in layers},
-        "cv_scores": {layer: np.asarray(decoder.cv_scores_[layer], dtype=np.float64)
-                      for layer in layers},
-    }
-    if voxel_indices is not None:
-        arrays["fit"]["voxel_indices"] = voxel_indices
     arrays_path, sidecar_path = decoder_paths(path_stem)
-    arrays_path.parent.mkdir(parents=True, exist_ok=True)
-    save_arrays(arrays_path, arrays, metadata={"format": _FORMAT_NAME,
-                                               "layers": json.dumps(layers)})
-
     sidecar = {
         "Format": _FORMAT_NAME,
         "FormatVersion": ARTIFACT_FORMAT,
@@ -132,12 +124,28 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
         "Voxels": int(n_voxels),
         "SoftwareVersion": str(software_version),
         "ArraysFile": arrays_path.name,
-        "ArraysSHA256": file_sha256(arrays_path),
     }
-    clashes = sorted(set(extra_fields or {}) & set(sidecar))
+    clashes = sorted(set(extra_fields or {}) & (set(sidecar) | {"ArraysSHA256"}))
     if clashes:
         raise ValueError(f"extra_fields may not replace the sidecar's own fields {clashes}.")
     sidecar.update(extra_fields or {})
+
+    arrays = {
+        "fit": {"X": decoder.X_, "voxel_mean": decoder.voxel_mean_,
+                "voxel_std": decoder.voxel_std_,
+                "image_index": np.asarray(decoder.image_index_, dtype=np.int64),
+                "alpha_grid": np.asarray(decoder.alphas_, dtype=np.float64)},
+        "alpha": {layer: np.array([decoder.alpha_[layer]], dtype=np.float64) for layer in layers},
+        "cv_scores": {layer: np.asarray(decoder.cv_scores_[layer], dtype=np.float64)
+                      for layer in layers},
+    }
+    if voxel_indices is not None:
+        arrays["fit"]["voxel_indices"] = voxel_indices
+    arrays_path.parent.mkdir(parents=True, exist_ok=True)
+    save_arrays(arrays_path, arrays, metadata={"format": _FORMAT_NAME,
+                                               "layers": json.dumps(layers)})
+    # The sidecar is written last, with the arrays' hash: a pair interrupted midway never loads.
+    sidecar["ArraysSHA256"] = file_sha256(arrays_path)
     sidecar_path.write_text(json.dumps(sidecar, indent=2))
     return arrays_path, sidecar_path
 
@@ -226,11 +234,12 @@ def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,
             "retrain.", EXIT_BAD_ARGUMENTS)
     where = f"Saved decoder {Path(path_stem).name}"
     _check_expected(where, "encoder", sidecar["Encoder"], expected_encoder,
-                    "--encoder (and --encoder-weights)")
+                    "Run with the decoder's encoder, or retrain the decoder.")
     _check_expected(where, "encoder weights (sha256)", sidecar["EncoderWeightsSHA256"],
-                    expected_weights_sha256, "the weight file it was trained with")
+                    expected_weights_sha256,
+                    "Run with the weight file it was trained with, or retrain the decoder.")
     _check_expected(where, "image size", sidecar["ImageSize"], expected_image_size,
-                    "--image-size")
+                    "Run with the decoder's image size, or retrain the decoder.")
     if expected_mask_file is not None:
         _check_mask(where, sidecar["VoxelMask"], _mask_summary(expected_mask_file),
                     expected_mask_file)
@@ -277,6 +286,114 @@ def mask_voxel_set_sha256(mask_data):
     return digest.hexdigest()
 
 
+def save_decoded_features(path, decoded, items, *, metadata=None):
+    """Write decoded features to HDF5: one dataset per layer, plus the table of items.
+
+    Layout: ``/features/<layer>`` float32 ``(n_items, *layer_shape)``; ``/items/<column>`` one
+    1-D dataset per column of ``items`` (strings as UTF-8); root attributes ``format``,
+    ``layers`` (JSON list, the layers' order), ``item_columns`` (JSON list) and ``metadata``
+    (JSON object).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.h5``); parent folders are created.
+    decoded : dict of str to ndarray, shape (n_items, ...)
+        Decoded features per layer, rows in the order of ``items``.
+    items : pandas.DataFrame
+        One row per decoded item, with at least the columns ``set`` and ``stimulus``.
+    metadata : dict, optional
+        JSON-serialisable description (encoder, layers, software version ...).
+
+    Returns
+    -------
+    Path
+    """
+    layers, columns = _check_decoded_features(decoded, items)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as store:
+        store.attrs["format"] = _FEATURES_FORMAT_NAME
+        store.attrs["layers"] = json.dumps(layers)
+        store.attrs["item_columns"] = json.dumps(columns)
+        store.attrs["metadata"] = json.dumps(metadata or {})
+        for layer in layers:
+            store.create_dataset(f"features/{layer}",
+                                 data=np.asarray(decoded[layer], dtype=np.float32))
+        for column in columns:
+            values = items[column]
+            if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                store.create_dataset(f"items/{column}", data=values.to_numpy())
+            else:
+                store.create_dataset(f"items/{column}", data=values.astype(str).to_list(),
+                                     dtype=h5py.string_dtype("utf-8"))
+    return path
+
+
+def load_decoded_features(path, layers=None):
+    """Read a file written by :func:`save_decoded_features`.
+
+    Parameters
+    ----------
+    path : str or Path
+    layers : list of str, optional
+        Layers to read (all by default).
+
+    Returns
+    -------
+    decoded : dict of str to ndarray, shape (n_items, ...) float32
+        In the file's layer order (or the order of ``layers``).
+    items : pandas.DataFrame
+    metadata : dict
+
+    Raises
+    ------
+    BidsReconError
+        File missing (exit 66), not a decoded-features file, or without a requested layer
+        (exit 64).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BidsReconError(f"Decoded-features file {path} not found.", EXIT_INPUT_MISSING)
+    with h5py.File(path, "r") as store:
+        if store.attrs.get("format") != _FEATURES_FORMAT_NAME:
+            raise BidsReconError(f"{path} is not a decoded-features file written by bidsrecon.",
+                                 EXIT_BAD_ARGUMENTS)
+        stored_layers = json.loads(store.attrs["layers"])
+        layers = stored_layers if layers is None else list(layers)
+        absent = [layer for layer in layers if layer not in stored_layers]
+        if absent:
+            raise BidsReconError(f"{path} holds no layers {absent}; it has {stored_layers}.",
+                                 EXIT_BAD_ARGUMENTS)
+        decoded = {layer: store[f"features/{layer}"][()] for layer in layers}
+        columns = {}
+        for column in json.loads(store.attrs["item_columns"]):
+            dataset = store[f"items/{column}"]
+            is_text = h5py.check_string_dtype(dataset.dtype) is not None
+            columns[column] = dataset.asstr()[()] if is_text else dataset[()]
+        metadata = json.loads(store.attrs["metadata"])
+    return decoded, pd.DataFrame(columns), metadata
+
+
+def _check_decoded_features(decoded, items):
+    if not isinstance(decoded, dict) or not decoded:
+        raise ValueError("decoded must be a non-empty dict of layer name to an array "
+                         "(n_items, ...).")
+    if not isinstance(items, pd.DataFrame) or not {"set", "stimulus"} <= set(items.columns):
+        raise ValueError("items must be a DataFrame with the columns 'set' and 'stimulus'.")
+    layers = [str(layer) for layer in decoded]
+    columns = [str(column) for column in items.columns]
+    # A slash would make a nested HDF5 group rather than a dataset of that name.
+    slashed = [name for name in layers + columns if "/" in name]
+    if slashed:
+        raise ValueError(f"Layer and item column names may not contain '/'; got {slashed}.")
+    rows = {layer: np.shape(value)[0] if np.ndim(value) else None
+            for layer, value in decoded.items()}
+    if any(n_rows != len(items) for n_rows in rows.values()):
+        raise ValueError(f"Every layer of decoded needs one row per item ({len(items)} items); "
+                         f"got rows {rows}.")
+    return layers, columns
+
 def _mask_summary(mask_file):
     """What the sidecar records of a mask: file hash, grid, voxel count and voxel-set hash."""
     mask_file = Path(mask_file)
@@ -317,8 +434,8 @@ def _check_mask(where, saved, given, given_file):
 def _check_expected(where, what, saved, given, remedy):
     if given is not None and given != saved:
         raise BidsReconError(
-            f"{where} was trained with {what} {saved!r}; this run uses {given!r}. Run with "
-            f"{remedy} of the decoder, or retrain it.", EXIT_BAD_ARGUMENTS)
+            f"{where} was trained with {what} {saved!r}; this run uses {given!r}. {remedy}",
+            EXIT_BAD_ARGUMENTS)
 
 
 def _check_stimulus_files(where, names, saved_hashes, stimulus_files):

@@ -27,6 +27,9 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     image_size = traits.Int(mandatory=True)
     cv_units = traits.Int(1000, usedefault=True, desc="units per layer sampled to choose alpha")
     n_voxels = traits.Int(0, usedefault=True, desc="keep the K voxels ranked best on the training trials (0: all)")
+    mask_file = File(exists=True, mandatory=True, desc="the voxel mask the samples were taken in (kept with the decoder)")
+    decoder_name = traits.Str("decoder", usedefault=True, desc="file stem of the saved decoder")
+    accuracy_units = traits.Int(10000, usedefault=True, desc="units per layer sampled to score decoding accuracy")
     seed = traits.Int(0, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
 
@@ -34,7 +37,9 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
 class _DecodeOutputSpec(TraitedSpec):
     out_features = File(exists=True, desc="safetensors: decoded features, training mean and spread per layer")
     out_items = File(exists=True, desc="TSV of the decoded items: set, stimulus, n_trials")
-    out_decoder = File(exists=True, desc="JSON description of the fitted decoder")
+    out_decoder = File(exists=True, desc="JSON sidecar of the saved decoder")
+    out_decoder_arrays = File(exists=True, desc="safetensors of the saved decoder")
+    out_accuracy = File(exists=True, desc="TSV: decoding accuracy per test set and layer")
 
 
 class DecodeFeatures(SimpleInterface):
@@ -53,7 +58,9 @@ class DecodeFeatures(SimpleInterface):
 
     def _decode(self, runtime):
         from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
+        from bidsrecon.decoding.artifact import save_decoder
         from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
+        from bidsrecon.encoders.base import file_sha256
         from bidsrecon.encoders import get_encoder
         from bidsrecon.images import load_images
 
@@ -64,7 +71,7 @@ class DecodeFeatures(SimpleInterface):
         training = (trials["set"] == "training").to_numpy()
         train_names, image_index = np.unique(trials.loc[training, "stimulus"], return_inverse=True)
         counts = np.bincount(image_index, minlength=len(train_names))
-        selection = {"Method": "none", "Voxels": int(samples.shape[1])}
+        selection, kept = {"Method": "none", "Voxels": int(samples.shape[1])}, None
         if self.inputs.n_voxels and self.inputs.n_voxels < samples.shape[1]:
             # Ranked on training trials only, so no test data steers the choice.
             kept = select_voxels(samples[training], image_index, self.inputs.n_voxels)
@@ -99,22 +106,46 @@ class DecodeFeatures(SimpleInterface):
         )
         self._results["out_items"] = f"{runtime.cwd}/items.tsv"
         items.to_csv(self._results["out_items"], sep="\t", index=False)
-        self._results["out_decoder"] = f"{runtime.cwd}/decoder.json"
-        description = {
-            "Method": "kernel ridge regression, one penalty per layer chosen by grouped cross-validation",
-            "Encoder": encoder.name,
-            "EncoderDescription": encoder.description,
-            "EncoderWeightsSHA256": encoder.weights_sha256,
-            "ImageSize": self.inputs.image_size,
-            "Layers": layers,
-            "Alpha": {layer: float(decoder.alpha_[layer]) for layer in layers},
-            "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
-            "CrossValidationScores": {layer: [float(s) for s in decoder.cv_scores_[layer]] for layer in layers},
-            "TrainingSamples": int(training.sum()),
-            "TrainingImages": int(len(train_names)),
-            "Voxels": int(samples.shape[1]),
-            "VoxelSelection": selection,
-            "SoftwareVersion": __version__,
-        }
-        with open(self._results["out_decoder"], "w") as stream:
-            json.dump(description, stream, indent=2)
+        stem = f"{runtime.cwd}/{self.inputs.decoder_name}"
+        self._results["out_decoder_arrays"], self._results["out_decoder"] = (str(p) for p in save_decoder(
+            stem, decoder, layers=layers, encoder_name=encoder.name, encoder_weights_sha256=encoder.weights_sha256,
+            image_size=self.inputs.image_size, training_stimuli=list(train_names),
+            training_stimulus_hashes=[file_sha256(stimuli[name]) for name in train_names],
+            voxel_mask_file=self.inputs.mask_file, software_version=__version__, voxel_indices=kept,
+            extra_fields={
+                "EncoderDescription": encoder.description,
+                "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
+                "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]] for layer in layers},
+                "TrainingImages": int(len(train_names)),
+                "VoxelSelection": selection,
+            },
+        ))
+        self._results["out_accuracy"] = f"{runtime.cwd}/decoding_accuracy.tsv"
+        accuracy = _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, self.inputs.image_size,
+                                      self.inputs.accuracy_units, self.inputs.seed)
+        accuracy.to_csv(self._results["out_accuracy"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+
+
+def _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, image_size, n_units, seed):
+    """Profile and pattern correlation of decoded and true features, per test set and layer.
+
+    Scored on a random sample of each layer's units (the same units for every set), so that the
+    true features of the test images never have to be held whole. Patterns are centred on the
+    training features' mean first (the lab also divides by each unit's training SD, which the
+    streamed decoder does not keep yet).
+    """
+    from bidsrecon.decoding import sample_unit_features
+    from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
+    from bidsrecon.images import load_images
+
+    images = load_images([stimuli[name] for name in items["stimulus"]], image_size)
+    true, units = sample_unit_features(encoder, images, layers, n_units=n_units, seed=seed)
+    tables = []
+    for set_name, rows in items.groupby("set", sort=False):
+        index = rows.index.to_numpy()
+        sampled = {layer: decoded[layer].reshape(len(items), -1)[index][:, units[layer]] for layer in layers}
+        centre = {layer: train_mean[layer].reshape(-1)[units[layer]] for layer in layers}
+        table = decoding_accuracy(sampled, {layer: true[layer][index] for layer in layers}, train_mean=centre)
+        tables.append(table.assign(set=set_name))
+    table = pd.concat(tables, ignore_index=True)
+    return table[["set", *[c for c in table.columns if c != "set"]]]

@@ -30,6 +30,16 @@ ITEM_COLUMNS = {
     "identification_pixel": "Pairwise identification accuracy by pixel correlation against the other items "
     "of the set (chance 0.5).",
 }
+ACCURACY_COLUMNS = {
+    "set": "Test set.",
+    "layer": "Encoder layer.",
+    "n_items": "Items of the set.",
+    "n_units": "Units scored (a random sample of the layer's units, the same for every set).",
+    "profile_correlation": "Mean over units of the correlation of decoded and true features across items.",
+    "profile_units_scored": "Units that vary across items (the others have no correlation).",
+    "pattern_correlation": "Mean over items of the correlation of decoded and true features across units.",
+    "pattern_items_scored": "Items with a defined pattern correlation.",
+}
 SET_COLUMNS = {
     "set": "Test set.",
     "n_items": "Items reconstructed.",
@@ -47,7 +57,9 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     truths_file = File(exists=True, mandatory=True)
     items_metrics = File(exists=True, mandatory=True)
     set_metrics = File(exists=True, mandatory=True)
-    decoder_file = File(exists=True, mandatory=True)
+    decoder_file = File(exists=True, mandatory=True, desc="the decoder's JSON sidecar")
+    decoder_arrays = File(exists=True, mandatory=True, desc="the decoder's safetensors")
+    accuracy_file = File(exists=True, mandatory=True, desc="TSV of decoding accuracy per set and layer")
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
     iterations = traits.Int(mandatory=True)
     seed = traits.Int(mandatory=True)
@@ -110,16 +122,20 @@ class WriteDerivatives(SimpleInterface):
 
         sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
         sets["encoder"] = decoder["Encoder"]
+        accuracy = pd.read_csv(self.inputs.accuracy_file, sep="\t")
         for stem, table, columns in (
             (f"sub-{subject}_desc-metrics", sets, SET_COLUMNS),
             (f"sub-{subject}_desc-items_metrics", items, ITEM_COLUMNS),
+            (f"sub-{subject}_desc-decoding_metrics", accuracy, ACCURACY_COLUMNS),
         ):
             path = subject_dir / f"{stem}.tsv"
             atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
             write_json(subject_dir / f"{stem}.json", {column: {"Description": text} for column, text in columns.items()})
             written.append(str(path))
-        path = subject_dir / "decoder" / f"sub-{subject}_decoder.json"
-        write_json(path, decoder)
-        written.append(str(path))
+        # The sidecar names its arrays file, so both keep the names the decode node gave them.
+        for source in (self.inputs.decoder_arrays, self.inputs.decoder_file):
+            path = subject_dir / "decoder" / Path(source).name
+            atomic_write_bytes(path, Path(source).read_bytes())
+            written.append(str(path))
         self._results["out_files"] = written
         return runtime

@@ -64,7 +64,7 @@ def init_participant_wf(plan, config, name=None):
     decode = pe.Node(
         DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
                        layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
-                       **encoder),
+                       decoder_name=f"sub-{subject}_decoder", **encoder),
         name="decode",
         n_procs=config.nprocs,
     )
@@ -112,6 +112,7 @@ def init_participant_wf(plan, config, name=None):
 
     workflow.connect([
         (build_mask, run_samples, [("out_mask", "mask_file")]),
+        (build_mask, decode, [("out_mask", "mask_file")]),
         (run_samples, decode, [("out_samples", "samples_files")]),
         (decode, reconstruct, [("out_features", "features_file")]),
         (decode, evaluate, [("out_items", "items_file")]),
@@ -119,6 +120,7 @@ def init_participant_wf(plan, config, name=None):
         (reconstruct, write_derivatives, [("out_images", "images_file")]),
         (evaluate, write_derivatives, [("out_truths", "truths_file"), ("out_items", "items_metrics"),
                                        ("out_sets", "set_metrics")]),
-        (decode, write_derivatives, [("out_decoder", "decoder_file")]),
+        (decode, write_derivatives, [("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
+                                     ("out_accuracy", "accuracy_file")]),
     ])  # fmt: skip
     return workflow
