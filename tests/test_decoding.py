@@ -364,3 +364,50 @@ def test_decoding_through_the_packaged_random_efficientnet():
         assert np.abs(decoded[layer].reshape(2, -1) - expected).max() < 1e-4 * scale
         np.testing.assert_allclose(train_mean[layer].reshape(-1), mean,
                                    atol=1e-4 * np.abs(mean).max())
+
+
+def test_plan_layer_groups_packs_layers_in_network_order_under_the_budget():
+    from bidsrecon.decoding.stream import decoding_memory, plan_layer_groups
+
+    layer_units = {"a": 1000, "b": 1000, "c": 100, "d": 10}
+    layer_items = {"d": 2, "a": 2, "b": 2, "c": 2}
+    everything = decoding_memory(layer_units, layer_items, batch_size=4)
+    assert plan_layer_groups(layer_units, layer_items, 4, everything) == [["a", "b", "c", "d"]]
+    groups = plan_layer_groups(layer_units, layer_items, 4, everything - 1)
+    assert len(groups) > 1 and sum(groups, []) == ["a", "b", "c", "d"]
+    outputs = 4 * 2 * sum(layer_units.values())
+    for group in groups:
+        group_memory = decoding_memory(layer_units, {layer: 2 for layer in group}, 4)
+        group_outputs = 4 * 2 * sum(layer_units[layer] for layer in group)
+        assert outputs + group_memory - group_outputs <= everything - 1
+    with pytest.raises(BidsReconError, match="too small to decode layer 'a'"):
+        plan_layer_groups(layer_units, layer_items, 4, outputs + 1000)
+    with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
+        plan_layer_groups(layer_units, layer_items, 4, 0)
+
+
+def test_decode_features_under_a_memory_budget_matches_one_pass():
+    from bidsrecon.decoding.stream import _layer_units, decoding_memory, plan_layer_groups
+
+    encoder = TinyEncoder()
+    images = _images(6, seed=11)
+    rng = np.random.default_rng(12)
+    counts = np.array([1, 2, 1, 3, 1, 2])
+    coefficients = {layer: rng.standard_normal((2, 6)) for layer in ("fc", "conv1", "conv2")}
+    layer_units = {"conv1": 4 * 8 * 8, "conv2": 6 * 4 * 4, "fc": 5}
+    budget = decoding_memory(layer_units, {"conv1": 2}, 3) + 4 * 2 * (96 + 5)
+    assert _layer_units(encoder, images) == layer_units
+    # conv1 alone fills the budget with everyone's outputs: two passes.
+    assert plan_layer_groups(layer_units, {layer: 2 for layer in coefficients}, 3, budget) == [
+        ["conv1"], ["conv2", "fc"]]
+    decoded, train_mean, train_spread = decode_features(
+        encoder, images, coefficients, counts, batch_size=3, progress=False,
+        memory_budget=budget)
+    reference, reference_mean, reference_spread = decode_features(
+        encoder, images, coefficients, counts, batch_size=3, progress=False)
+    assert list(decoded) == ["fc", "conv1", "conv2"]  # the caller's order
+    for layer in coefficients:
+        scale = np.abs(reference[layer]).max()
+        np.testing.assert_allclose(decoded[layer], reference[layer], atol=1e-6 * scale)
+        np.testing.assert_allclose(train_mean[layer], reference_mean[layer], rtol=1e-6)
+        assert train_spread[layer] == pytest.approx(reference_spread[layer], rel=1e-6)

@@ -11,15 +11,29 @@ resizes one stimulus file per ``__getitem__``, so the images never sit in memory
 The encoder follows the interface of :mod:`bidsrecon.encoders`:
 ``encoder.features(images (B, 3, H, W) float in [0, 1], layers=list) -> dict of tensors``,
 ``encoder.layers`` (valid names) and ``encoder.device``.
+
+Each function takes an optional :class:`bidsrecon.decoding.cache.FeatureCache`: features it
+holds are read instead of computed, and those it lacks are computed (running the encoder only on
+the images and layers missing) and written, so a second pass or a second subject shown the same
+stimuli reads from disk.
 """
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bidsrecon.decoding.cache import image_sha256
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.recon.spread import spread_from_moments
 
+#: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
+#: float32 centre and two float64 moment sums, and a float32 copy of the mean at the end.
+_ACCUMULATOR_BYTES_PER_UNIT = 4 + 8 + 8 + 4
 
-def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False):
+
+def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False, cache=None):
     """Yield the encoder's features of consecutive batches of images.
 
     Parameters
@@ -33,6 +47,9 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False)
     batch_size : int, default 16
     progress : bool, default False
         Show a progress bar.
+    cache : FeatureCache, optional
+        Read the features it holds and write those it lacks; features of the layers it keeps
+        are yielded rounded as stored (see :mod:`bidsrecon.decoding.cache`).
 
     Yields
     ------
@@ -45,23 +62,95 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     n_images = len(images)
+    starts = range(0, n_images, batch_size)
     with tqdm(total=n_images, unit="image", desc="encoder", disable=not progress) as bar:
-        for start in range(0, n_images, batch_size):
-            stop = min(start + batch_size, n_images)
-            batch = _image_batch(images, start, stop)
-            tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(encoder.device)
-            # no_grad wraps only the forward pass: around the yield it would leak to the caller.
-            with torch.no_grad():
-                features = encoder.features(tensor, layers=layers)
-            missing = [layer for layer in layers if layer not in features]
-            if missing:
-                raise ValueError(f"The encoder returned no features for layers {missing}.")
-            yield start, {layer: features[layer].detach().to("cpu", torch.float32).numpy()
-                          for layer in layers}
-            bar.update(stop - start)
+        if cache is None:
+            for start in starts:
+                stop = min(start + batch_size, n_images)
+                yield start, _forward(encoder, _image_batch(images, start, stop), layers)
+                bar.update(stop - start)
+            return
+        # With a cache, one thread reads (and computes what is missing) one batch ahead and
+        # another writes new entries, so disk time overlaps the forward passes and the
+        # caller's work instead of adding to them.
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+            writes = deque()
+
+            def read(start):
+                batch = _image_batch(images, start, min(start + batch_size, n_images))
+                return _cached_forward(encoder, batch, layers, cache)
+
+            upcoming = reader.submit(read, starts[0]) if starts else None
+            for position, start in enumerate(starts):
+                features, new_entries = upcoming.result()
+                if position + 1 < len(starts):
+                    upcoming = reader.submit(read, starts[position + 1])
+                # At most two batches of entries wait for the disk (memory stays bounded).
+                while len(writes) >= 2:
+                    writes.popleft().result()
+                writes.append(writer.submit(_store_entries, cache, new_entries))
+                yield start, features
+                bar.update(len(next(iter(features.values()))))
+            for write in writes:
+                write.result()  # a failed write is an error of this pass
 
 
-def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_size=16):
+def _forward(encoder, batch, layers):
+    """The encoder's features of a batch (b, H, W, 3) at ``layers``, as float32 arrays."""
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(encoder.device)
+    # no_grad wraps only the forward pass: around a caller's yield it would leak to the caller.
+    with torch.no_grad():
+        features = encoder.features(tensor, layers=layers)
+    missing = [layer for layer in layers if layer not in features]
+    if missing:
+        raise ValueError(f"The encoder returned no features for layers {missing}.")
+    return {layer: features[layer].detach().to("cpu", torch.float32).numpy() for layer in layers}
+
+
+def _cached_forward(encoder, batch, layers, cache):
+    """:func:`_forward` that reads what ``cache`` holds and runs the encoder only for the rest.
+
+    The encoder runs on the images that miss any layer, for the layers some image misses (a
+    feature extractor asked for early layers only stops there).
+
+    Returns
+    -------
+    features : dict of str to ndarray, float32
+        As stored where the cache keeps the layer.
+    new_entries : list of tuple
+        ``(image_hash, image_shape, layer, stored features)`` to write.
+    """
+    hashes = [image_sha256(image) for image in batch]
+    image_shape = batch.shape[1:]
+    found = {layer: [cache.load(image_hash, image_shape, layer) if cache.holds(layer) else None
+                     for image_hash in hashes]
+             for layer in layers}
+    to_compute = [layer for layer in layers if any(entry is None for entry in found[layer])]
+    new_entries = []
+    if to_compute:
+        rows = [row for row in range(len(batch))
+                if any(found[layer][row] is None for layer in to_compute)]
+        computed = _forward(encoder, batch[rows], to_compute)
+        for layer in to_compute:
+            for position, row in enumerate(rows):
+                if found[layer][row] is not None:
+                    continue
+                features = computed[layer][position]
+                if cache.holds(layer):
+                    stored = cache.as_stored(features)
+                    new_entries.append((hashes[row], image_shape, layer, stored))
+                    features = stored.astype(np.float32)
+                found[layer][row] = features
+    return {layer: np.stack(found[layer]) for layer in layers}, new_entries
+
+
+def _store_entries(cache, entries):
+    for image_hash, image_shape, layer, stored in entries:
+        cache.store(image_hash, image_shape, layer, stored)
+
+
+def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_size=16,
+                         progress=False, cache=None):
     """Features of a random sample of each layer's units, for choosing alpha.
 
     Parameters
@@ -76,6 +165,10 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
         The draw for a layer depends on the seed and the layer's position in
         ``encoder.layers`` only, not on which other layers are requested.
     batch_size : int, default 16
+    progress : bool, default False
+    cache : FeatureCache, optional
+        See :func:`iter_feature_batches`. Passing the same cache to :func:`decode_features`
+        makes its pass read what this pass computed.
 
     Returns
     -------
@@ -87,7 +180,8 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
         raise ValueError(f"n_units must be a positive integer; got {n_units!r}.")
     layers = _check_layers(encoder, layers)
     features, unit_indices = {}, {}
-    for start, batch in iter_feature_batches(encoder, images, layers, batch_size):
+    for start, batch in iter_feature_batches(encoder, images, layers, batch_size, progress,
+                                             cache):
         for layer in layers:
             flat = batch[layer].reshape(len(batch[layer]), -1)
             if layer not in unit_indices:
@@ -100,7 +194,8 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
     return features, unit_indices
 
 
-def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True):
+def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True,
+                    cache=None, memory_budget=None):
     """Decoded features of every unit of every layer, in one pass over the training images.
 
     Computes ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` per layer, where ``F`` are the training images'
@@ -118,6 +213,14 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         Number of training trials of each image.
     batch_size : int, default 16
     progress : bool, default True
+    cache : FeatureCache, optional
+        See :func:`iter_feature_batches`.
+    memory_budget : int, optional
+        Bytes this call may allocate (its inputs, the encoder's weights and the interpreter not
+        counted). When given, the layers are split into groups that fit
+        (:func:`plan_layer_groups`), one pass over the images per group: the later passes read
+        from ``cache`` where one is given, and run the encoder again otherwise. One pass over
+        all layers when omitted.
 
     Returns
     -------
@@ -130,14 +233,136 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
     """
     counts = _check_counts(counts, len(images))
     coefficients = _check_coefficients(coefficients, len(images))
+    _check_layers(encoder, list(coefficients))
     weights = (counts / counts.sum()).astype(np.float32)
+    if memory_budget is None:
+        layer_groups = [list(coefficients)]
+    else:
+        layer_groups = plan_layer_groups(
+            _layer_units(encoder, images), {layer: len(c) for layer, c in coefficients.items()},
+            batch_size, memory_budget, cached=cache is not None)
+    decoded, train_mean, train_spread = {}, {}, {}
+    for group in layer_groups:
+        group_coefficients = {layer: coefficients[layer] for layer in group}
+        results = _decode_layer_group(encoder, images, group_coefficients, weights, batch_size,
+                                      progress, cache)
+        for layer, (layer_decoded, layer_mean, layer_spread) in results.items():
+            decoded[layer], train_mean[layer], train_spread[layer] = (
+                layer_decoded, layer_mean, layer_spread)
+    order = list(coefficients)
+    return ({layer: decoded[layer] for layer in order},
+            {layer: train_mean[layer] for layer in order},
+            {layer: train_spread[layer] for layer in order})
+
+
+def decoding_memory(layer_units, layer_items, batch_size, cached=False):
+    """Bytes :func:`decode_features` needs to accumulate a group of layers in one pass.
+
+    The model: the outputs (float32, n_items per unit); per unit of the group, a float32
+    centre, two float64 moment sums and a float32 mean (24 bytes); per image of a batch, the
+    float32 features of the group (four times that with a cache: the batch is held as entries
+    and as their stack, and the next batch is read ahead) and one float32 temporary of the
+    largest layer of the group; and the encoder's forward, which holds about two activations of
+    the largest layer it runs through at once.
+
+    Parameters
+    ----------
+    layer_units : dict of str to int
+        Units per image of *every* layer of the encoder, in network order (the forward to a
+        layer runs through all the layers before it).
+    layer_items : dict of str to int
+        The group: items decoded per layer.
+    batch_size : int
+    cached : bool, default False
+
+    Returns
+    -------
+    int
+    """
+    group_units = [layer_units[layer] for layer in layer_items]
+    deepest = max(list(layer_units).index(layer) for layer in layer_items)
+    largest_in_forward = max(list(layer_units.values())[:deepest + 1])
+    outputs = sum(4 * n_items * layer_units[layer] for layer, n_items in layer_items.items())
+    accumulators = _ACCUMULATOR_BYTES_PER_UNIT * sum(group_units)
+    batch_features = 4 * batch_size * ((4 if cached else 1) * sum(group_units)
+                                       + max(group_units))
+    forward = 4 * batch_size * 2 * largest_in_forward
+    return int(outputs + accumulators + batch_features + forward)
+
+
+def plan_layer_groups(layer_units, layer_items, batch_size, memory_budget, cached=False):
+    """Split layers into groups, in network order, that each fit the memory budget.
+
+    The outputs of every layer are counted in every group (they are kept until the end); the
+    other terms of :func:`decoding_memory` only while the group is accumulated.
+
+    Parameters
+    ----------
+    layer_units : dict of str to int
+        Units per image of every layer of the encoder, in network order.
+    layer_items : dict of str to int
+        Layers to decode and their number of items.
+    batch_size : int
+    memory_budget : int
+        Bytes.
+    cached : bool, default False
+
+    Returns
+    -------
+    list of list of str
+
+    Raises
+    ------
+    BidsReconError
+        When the outputs alone, or one layer with them, exceed the budget.
+    """
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) \
+            or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes; got "
+                         f"{memory_budget!r}.")
+    outputs = sum(4 * n_items * layer_units[layer] for layer, n_items in layer_items.items())
+
+    def extra(group):
+        return decoding_memory(layer_units, {layer: layer_items[layer] for layer in group},
+                               batch_size, cached) - sum(
+            4 * layer_items[layer] * layer_units[layer] for layer in group)
+
+    groups = []
+    for layer in [layer for layer in layer_units if layer in layer_items]:
+        if groups and outputs + extra(groups[-1] + [layer]) <= memory_budget:
+            groups[-1].append(layer)
+            continue
+        if outputs + extra([layer]) > memory_budget:
+            raise BidsReconError(
+                f"A memory budget of {memory_budget / 2**30:.2f} GiB is too small to decode "
+                f"layer {layer!r}: the decoded features alone take {outputs / 2**30:.2f} GiB "
+                f"and the layer needs {outputs + extra([layer]):,} bytes with a batch of "
+                f"{batch_size}. Raise the memory limit or decode fewer layers or items.",
+                EXIT_BAD_ARGUMENTS)
+        groups.append([layer])
+    return groups
+
+
+def _layer_units(encoder, images):
+    """Units per image of every layer of the encoder, from one forward of the first image."""
+    features = _forward(encoder, _image_batch(images, 0, 1), list(encoder.layers))
+    return {layer: int(features[layer][0].size) for layer in encoder.layers}
+
+
+def _decode_layer_group(encoder, images, coefficients, weights, batch_size, progress, cache):
+    """One pass accumulating the decoded features, mean and spread of a group of layers.
+
+    Returns
+    -------
+    dict of str to (decoded, train_mean, train_spread)
+    """
     coefficients_f32 = {layer: torch.from_numpy(layer_coefficients.astype(np.float32))
                         for layer, layer_coefficients in coefficients.items()}
     # Features are accumulated relative to a provisional centre (the first batch's mean) so that
     # float32 sums lose precision relative to the features' spread, not to their mean.
     centre, decoded, mean_offset, mean_square_offset, layer_shape = {}, {}, {}, {}, {}
     for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,
-                                             progress):
+                                             progress, cache):
         for layer, layer_coefficients in coefficients_f32.items():
             flat = batch[layer].reshape(len(batch[layer]), -1)
             if layer not in centre:
@@ -157,21 +382,22 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
             mean_square_offset[layer] += np.einsum("i,ij,ij->j", weights[start:stop], offset,
                                                    offset)
 
-    train_mean, train_spread = {}, {}
+    results = {}
     for layer, layer_coefficients in coefficients.items():
         shape = layer_shape[layer]
         # Moments about the centre give the same variance as raw moments, without cancellation.
-        train_spread[layer] = spread_from_moments(mean_offset[layer].reshape(shape),
-                                                  mean_square_offset[layer].reshape(shape))
-        train_mean[layer] = (centre[layer] + mean_offset[layer]).astype(np.float32).reshape(shape)
+        spread = spread_from_moments(mean_offset[layer].reshape(shape),
+                                     mean_square_offset[layer].reshape(shape))
+        mean = (centre[layer] + mean_offset[layer]).astype(np.float32).reshape(shape)
         # A_u F + (1 − s) ȳ = A_u (F − c) + c + (1 − s)(ȳ − c), with s the coefficients' row sums.
         mean_share = (1.0 - layer_coefficients.sum(axis=1)).astype(np.float32)
         decoded_layer = torch.from_numpy(decoded[layer])
         decoded_layer += torch.from_numpy(centre[layer])
         decoded_layer.addr_(torch.from_numpy(mean_share),
                             torch.from_numpy(mean_offset[layer].astype(np.float32)))
-        decoded[layer] = decoded[layer].reshape((len(layer_coefficients),) + shape)
-    return decoded, train_mean, train_spread
+        results[layer] = (decoded[layer].reshape((len(layer_coefficients),) + shape), mean,
+                          spread)
+    return results
 
 
 def _image_batch(images, start, stop):

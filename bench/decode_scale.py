@@ -1,0 +1,272 @@
+"""Full-scale decoding: every unit of all 19 VGG19 layers at 224 px, timed and measured.
+
+The paper's scale (REFERENCE.md §3): 6,000 training samples (1,200 unique images × 5 repeats)
+of 11,700 voxels, and 50 test items. Images and voxels are random (the timing does not depend on
+their content; the grid-edge warnings of the alpha search are expected and silenced), and the
+network is ``vgg19-random`` (the same arithmetic as the ImageNet weights). The pipeline is the
+app's:
+
+1. pass 1 through the encoder: sample 1,000 units per layer for choosing alpha, writing every
+   feature to a :class:`~bidsrecon.decoding.cache.FeatureCache` (float16) on the way;
+2. fit the kernel ridge decoder (z-scoring, kernel, grouped 5-fold cross-validation of alpha);
+3. coefficients of the 50 test items;
+4. pass 2: decode every unit of every layer, reading the cached features (layers left out of the
+   cache with ``--cache-from`` are recomputed: the encoder then stops at the last of them).
+
+It prints a table of wall time per stage, the time inside the encoder's forward passes and in
+cache reads and writes, the peak resident memory (``ru_maxrss``, the whole process) and the
+cache's size, and a last line with the headline figures. Targets (issue 4): ≤ 10 minutes,
+≤ 8 GB, ≥ 60% of the wall time inside the encoder's forwards. The time of one forward pass over
+the training images is the floor no decoder can go under; the table reports it as well.
+
+With ``--float16-error`` the decoded features are computed a second time without the cache
+(an extra encoder pass, after the timed pipeline) to measure the error float16 storage causes.
+
+Usage::
+
+    python bench/decode_scale.py --quick     # a tenth of the scale: 1-2 minutes, 3.6 GB of cache
+    python bench/decode_scale.py             # full scale: 20 minutes on the shared 2-core
+                                             # machine, 36 GB of (temporary) cache on disk
+    python bench/decode_scale.py --cache-from conv4_1   # cache the deep layers only
+"""
+import argparse
+import ctypes
+import ctypes.util
+import os
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
+from bidsrecon.decoding.cache import FeatureCache
+from bidsrecon.decoding.stream import plan_layer_groups
+from bidsrecon.encoders import get_encoder
+
+FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
+QUICK = {"n_images": 120, "repeats": 5, "n_voxels": 1_170, "n_items": 5}
+IMAGE_SIZE = 224
+CV_UNITS = 1000
+TARGET_SECONDS, TARGET_GB, TARGET_SHARE = 600.0, 8.0, 0.60
+#: glibc's mallopt parameter of the size above which allocations are mmapped.
+M_MMAP_THRESHOLD = -3
+#: Left out of the decoding's memory budget for what its model does not count (allocator slack).
+MEMORY_MARGIN = 300_000_000
+
+
+class TimedEncoder:
+    """Delegates to an encoder and adds up the wall time spent in its forward passes."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self.seconds = 0.0
+        self.images = 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def features(self, images, layers=None):
+        start = time.perf_counter()
+        features = self._encoder.features(images, layers=layers)
+        self.seconds += time.perf_counter() - start
+        self.images += len(images)
+        return features
+
+
+class TimedCache(FeatureCache):
+    """A :class:`FeatureCache` that adds up the wall time of its reads and writes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_seconds = self.write_seconds = 0.0
+
+    def load(self, *args):
+        start = time.perf_counter()
+        features = super().load(*args)
+        self.read_seconds += time.perf_counter() - start
+        return features
+
+    def store(self, *args):
+        start = time.perf_counter()
+        features = super().store(*args)
+        self.write_seconds += time.perf_counter() - start
+        return features
+
+
+def synthesise(scale, seed=0):
+    """Random images, training samples with an image-specific pattern, and test items."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((scale["n_images"], IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    patterns = rng.standard_normal((scale["n_images"], scale["n_voxels"]), dtype=np.float32)
+    image_index = rng.permutation(np.repeat(np.arange(scale["n_images"]), scale["repeats"]))
+    samples = patterns[image_index] + 2 * rng.standard_normal(
+        (len(image_index), scale["n_voxels"]), dtype=np.float32)
+    test_items = rng.standard_normal((scale["n_items"], scale["n_voxels"]), dtype=np.float32)
+    return images, samples, image_index, test_items
+
+
+def _report_stage(seconds):
+    stage, stage_seconds = list(seconds.items())[-1]
+    print(f"  {stage}: {stage_seconds:.1f} s (peak so far {peak_memory_gb():.2f} GB)",
+          flush=True)
+
+
+def return_freed_memory_to_the_system():
+    """Make glibc return every large freed array to the system at once.
+
+    By default glibc raises its mmap threshold after large frees (up to 32 MB), so arrays freed
+    by one stage stay in the heap: the resident size then overstates what is held and the
+    decoding's budget (the 8 GB target minus the resident size) comes out too small.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+
+def resident_bytes():
+    """Resident memory of this process now (Linux)."""
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_gb():
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def folder_gb(folder):
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 1e9
+
+
+def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
+    """The app's decoding, timed stage by stage; returns (stage seconds, decoded, encoder)."""
+    encoder = TimedEncoder(get_encoder("vgg19-random"))
+    layers = list(encoder.layers)
+    seconds = {}
+    start = time.perf_counter()
+    cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=CV_UNITS,
+                                         batch_size=batch_size, cache=cache)
+    seconds["pass 1: sample units (+ write cache)"] = time.perf_counter() - start
+    _report_stage(seconds)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Layer .* chose the")  # random data
+        decoder = KernelRidgeDecoder().fit(samples, image_index, cv_targets)
+    seconds["fit: z-score, kernel, 5-fold CV of alpha"] = time.perf_counter() - start
+    _report_stage(seconds)
+
+    start = time.perf_counter()
+    coefficients = decoder.coefficients(test_items)
+    seconds["coefficients of the test items"] = time.perf_counter() - start
+    _report_stage(seconds)
+
+    start = time.perf_counter()
+    counts = np.bincount(image_index, minlength=len(images))
+    # What decoding may add to what the process already holds, within the 8 GB target.
+    memory_budget = int(TARGET_GB * 1e9) - resident_bytes() - MEMORY_MARGIN
+    print(f"  resident before decoding {resident_bytes() / 1e9:.2f} GB; decoding budget "
+          f"{memory_budget / 1e9:.2f} GB", flush=True)
+    decoded, train_mean, _ = decode_features(encoder, images, coefficients, counts,
+                                             batch_size=batch_size, progress=False,
+                                             cache=cache, memory_budget=memory_budget)
+    seconds["pass 2: decode every unit (read cache)"] = time.perf_counter() - start
+    layer_units = {layer: mean.size for layer, mean in train_mean.items()}
+    groups = plan_layer_groups(layer_units, {layer: len(test_items) for layer in layers},
+                               batch_size, memory_budget, cached=True)
+    return seconds, decoded, train_mean, coefficients, counts, encoder, (memory_budget, groups)
+
+
+def float16_error(images, coefficients, counts, decoded, batch_size):
+    """Error of the float16-cached decoded features against an uncached float32 pass.
+
+    Returns, per layer, the error's norm relative to the decoded features' norm, and its RMS
+    relative to the spread of the training features (the scale reconstruction matches).
+    """
+    exact, _, spread = decode_features(get_encoder("vgg19-random"), images, coefficients,
+                                       counts, batch_size=batch_size, progress=False)
+    rows = {}
+    for layer, reference in exact.items():
+        error = decoded[layer] - reference
+        rows[layer] = (np.linalg.norm(error) / np.linalg.norm(reference),
+                       np.sqrt(np.mean(error.astype(np.float64) ** 2)) / spread[layer])
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the scale")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cache-dir", type=Path,
+                        help="cache folder (default: a temporary folder, deleted at the end)")
+    parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--cache-from", default="conv1_1",
+                        help="first layer kept in the cache; earlier ones are recomputed")
+    parser.add_argument("--float16-error", action="store_true",
+                        help="also measure the error of float16 storage (one more pass)")
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+    return_freed_memory_to_the_system()
+
+    images, samples, image_index, test_items = synthesise(scale)
+    n_samples, n_voxels = samples.shape
+    print(f"{scale['n_images']} images of {IMAGE_SIZE} px, {n_samples} samples x {n_voxels} "
+          f"voxels, {scale['n_items']} test items, batch {args.batch_size}; load average "
+          f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}", flush=True)
+
+    cache_root = args.cache_dir or Path(tempfile.mkdtemp(prefix="decode_scale_"))
+    try:
+        layers = get_encoder("vgg19-random").layers
+        cache = TimedCache.for_encoder(cache_root, get_encoder("vgg19-random"),
+                                       dtype=args.cache_dtype,
+                                       layers=layers[layers.index(args.cache_from):])
+        start = time.perf_counter()
+        seconds, decoded, train_mean, coefficients, counts, encoder, plan = run_pipeline(
+            images, samples, image_index, test_items, cache, args.batch_size)
+        wall = time.perf_counter() - start
+        cache_gb = folder_gb(cache_root)
+        peak_gb = peak_memory_gb()
+        errors = (float16_error(images, coefficients, counts, decoded, args.batch_size)
+                  if args.float16_error else None)
+    finally:
+        if args.cache_dir is None:
+            shutil.rmtree(cache_root, ignore_errors=True)
+
+    n_units = sum(mean.size for mean in train_mean.values())
+    one_pass = encoder.seconds * len(images) / encoder.images
+    share = encoder.seconds / wall
+    print(f"\n{'stage':<44}{'seconds':>10}")
+    for stage, stage_seconds in seconds.items():
+        print(f"{stage:<44}{stage_seconds:>10.1f}")
+    print(f"{'total wall time':<44}{wall:>10.1f}")
+    print(f"{'  inside encoder forwards':<44}{encoder.seconds:>10.1f}"
+          f"   ({encoder.images} images run, {100 * share:.0f}% of wall)")
+    print(f"{'  one forward pass of the training images':<44}{one_pass:>10.1f}"
+          f"   (the floor: {100 * one_pass / wall:.0f}% of wall)")
+    print(f"{'  cache reads / writes (background threads)':<44}"
+          f"{cache.read_seconds:>5.1f} / {cache.write_seconds:.1f}"
+          f"   ({cache_gb:.1f} GB {args.cache_dtype}, layers {args.cache_from}..fc8)")
+    print(f"{'peak resident memory (GB)':<44}{peak_gb:>10.2f}"
+          f"   (decoding budget {plan[0] / 1e9:.2f} GB: {len(plan[1])} layer group(s))")
+    print(f"{'units decoded per item':<44}{n_units:>10,}")
+    if errors:
+        print(f"\n{'layer':<10}{'float16 error / |decoded|':>28}"
+              f"{'RMS error / training spread':>30}")
+        for layer, (relative, of_spread) in errors.items():
+            print(f"{layer:<10}{relative:>28.2e}{of_spread:>30.2e}")
+    verdict = ", ".join([
+        f"wall {'OK' if wall <= TARGET_SECONDS else 'OVER'}",
+        f"memory {'OK' if peak_gb <= TARGET_GB else 'OVER'}",
+        f"forward share {'OK' if share >= TARGET_SHARE else 'UNDER'}"])
+    print(f"SUMMARY {'quick' if args.quick else 'full'} {scale['n_images']} images/{n_samples}x"
+          f"{n_voxels}/{scale['n_items']} items, 19 VGG19 layers ({n_units:,} units): "
+          f"{wall:.0f} s wall, {encoder.seconds:.0f} s in forwards ({100 * share:.0f}%), one-pass "
+          f"floor {one_pass:.0f} s, peak {peak_gb:.2f} GB, cache {cache_gb:.1f} GB "
+          f"[{verdict}], load average {os.getloadavg()[1]:.1f} (5 min) at the end")
+
+
+if __name__ == "__main__":
+    main()
