@@ -142,6 +142,7 @@ def motion_parameters(n_volumes, motion_mm, rng):
 
 
 def _rotation(angles):
+    # Kept independent of bidsrecon.preproc.motion on purpose: the motion tests compare the two.
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
     about_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
