@@ -94,6 +94,8 @@ def build_parser():
     method.add_argument("--iterations", type=_positive_int, default=200,
                         help="L-BFGS iterations of the reconstruction (default: 200, the paper's)")
     method.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    method.add_argument("--save-decoded-features", action="store_true",
+                        help="also write the decoded features of every test item (HDF5, one dataset per layer)")
 
     perf = parser.add_argument_group("resources")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
@@ -156,6 +158,7 @@ def parse_args(argv=None):
         layers=tuple(args.layers),
         image_size=args.image_size,
         iterations=args.iterations,
+        save_decoded_features=args.save_decoded_features,
     )
 
 

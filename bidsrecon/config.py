@@ -40,3 +40,4 @@ class Config:
     image_size: int = 64
     iterations: int = 200
     cv_units: int = 1000
+    save_decoded_features: bool = False

@@ -134,7 +134,12 @@ def test_roi_and_voxel_selection(tiny_dataset, tmp_path):
 def test_raw_input_with_slice_timing_and_lss(tiny_dataset, tmp_path):
     out = tmp_path / "bidsrecon"
     assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--slice-timing",
-                 "--samples", "lss", *FAST]) == 0
+                 "--samples", "lss", "--save-decoded-features", *FAST]) == 0
+    from bidsrecon.decoding.artifact import load_decoded_features
+
+    decoded, items, metadata = load_decoded_features(out / "sub-01" / "decoder" / "sub-01_desc-decoded_features.h5")
+    assert metadata["Encoder"] == "efficientnet-lite0-random"
+    assert all(len(values) == len(items) for values in decoded.values()) and set(items["set"]) >= {"natural"}
     motion = pd.read_csv(next((tmp_path / "work").rglob("realign/mapflow/_realign0/*motion*.tsv")), sep="\t")
     assert {"trans_x", "rot_z"} <= set(motion.columns) and motion["trans_x"].abs().max() > 0
     assert len(pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")) == 4

@@ -60,6 +60,9 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     decoder_file = File(exists=True, mandatory=True, desc="the decoder's JSON sidecar")
     decoder_arrays = File(exists=True, mandatory=True, desc="the decoder's safetensors")
     accuracy_file = File(exists=True, mandatory=True, desc="TSV of decoding accuracy per set and layer")
+    save_decoded_features = traits.Bool(False, usedefault=True, desc="also write the decoded features (HDF5)")
+    features_file = File(exists=True, desc="decoded features (DecodeFeatures.out_features)")
+    items_file = File(exists=True, desc="TSV of the decoded items")
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
     iterations = traits.Int(mandatory=True)
     seed = traits.Int(mandatory=True)
@@ -137,5 +140,22 @@ class WriteDerivatives(SimpleInterface):
             path = subject_dir / "decoder" / Path(source).name
             atomic_write_bytes(path, Path(source).read_bytes())
             written.append(str(path))
+        if self.inputs.save_decoded_features:
+            written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
         self._results["out_files"] = written
         return runtime
+
+    def _write_decoded_features(self, subject_dir, subject, decoder, runtime):
+        """Decoded features of every test item, for other reconstruction methods to take."""
+        from bidsrecon.arrays import load_arrays
+        from bidsrecon.decoding.artifact import save_decoded_features
+
+        decoded = load_arrays(self.inputs.features_file)["decoded"]
+        scratch = Path(runtime.cwd) / "decoded_features.h5"
+        save_decoded_features(scratch, {layer: decoded[layer] for layer in decoder["Layers"]},
+                              pd.read_csv(self.inputs.items_file, sep="\t"),
+                              metadata={"Encoder": decoder["Encoder"], "ImageSize": decoder["ImageSize"],
+                                        "Description": "decoded before the spread correction"})
+        path = subject_dir / "decoder" / f"sub-{subject}_desc-decoded_features.h5"
+        atomic_write_bytes(path, scratch.read_bytes())
+        return str(path)

@@ -73,7 +73,8 @@ def init_participant_wf(plan, config, name=None):
     # Always rerun the sink: the outputs may have been removed since the last run.
     write_derivatives = pe.Node(
         WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
-                         iterations=config.iterations, seed=config.seed),
+                         iterations=config.iterations, seed=config.seed,
+                         save_decoded_features=config.save_decoded_features),
         name="write_derivatives",
         overwrite=True,
     )
@@ -121,6 +122,7 @@ def init_participant_wf(plan, config, name=None):
         (evaluate, write_derivatives, [("out_truths", "truths_file"), ("out_items", "items_metrics"),
                                        ("out_sets", "set_metrics")]),
         (decode, write_derivatives, [("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
-                                     ("out_accuracy", "accuracy_file")]),
+                                     ("out_accuracy", "accuracy_file"), ("out_features", "features_file"),
+                                     ("out_items", "items_file")]),
     ])  # fmt: skip
     return workflow
