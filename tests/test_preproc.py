@@ -139,3 +139,12 @@ def test_slice_time_correct_aligns_every_slice_to_the_reference_time():
     after = np.abs(corrected[..., 1:-1] - wanted[1:-1]).max(axis=(0, 1, 3))  # ends are held, not extrapolated
     assert before.max() > 0.2
     assert after.max() < 0.01
+
+
+def test_no_confound_columns_reads_an_empty_table(tmp_path):
+    # `--confounds` given without a value selects no column; that must not crash the samples node.
+    from bidsrecon.preproc.inputs import read_confounds
+
+    path = tmp_path / "confounds.tsv"
+    path.write_text("trans_x\tframewise_displacement\n0.1\tn/a\n0.2\t0.3\n")
+    assert read_confounds(path, [], 2).shape == (2, 0)

@@ -134,7 +134,7 @@ def read_confounds(path, columns, n_volumes):
         raise BidsReconError(f"{path}: {len(table)} rows of confounds for a run of {n_volumes} volumes",
                              EXIT_BAD_ARGUMENTS)
     chosen = table[list(columns)].apply(lambda column: column.str.strip())
-    absent = chosen.isin(_MISSING_VALUES).to_numpy()
+    absent = chosen.isin(_MISSING_VALUES).to_numpy(dtype=bool)  # bool even with no columns
     values = np.array(chosen.apply(pd.to_numeric, errors="coerce"), dtype=np.float64)  # writable copy
     bad = ~absent & ~np.isfinite(values)
     if bad.any():
