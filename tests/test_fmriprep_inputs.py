@@ -284,7 +284,7 @@ def test_pattern_matching_nothing_lists_the_columns(indexed):
 def test_non_numeric_confound_column(tmp_path):
     path = tmp_path / "confounds.tsv"
     pd.DataFrame({"trans_x": [0.1, 0.2, 0.3], "label": ["a", "b", "n/a"]}).to_csv(path, sep="\t", index=False)
-    with pytest.raises(BidsReconError, match="'label' is not numeric \\(row 1: 'a'\\)"):
+    with pytest.raises(BidsReconError, match="confound 'label' row 1 is 'a', not a number"):
         select_confounds(path, ["label"])
     with pytest.raises(BidsReconError, match="empty column name"):
         resolve_confound_columns(["trans_x"], [""])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.preproc.inputs import read_confounds
 
 MOTION_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 DEFAULT_SPACE = "T1w"
@@ -432,15 +433,8 @@ def select_confounds(path, patterns=None):
     BidsReconError
         Exit 64 when a pattern matches no column or a selected column is not numeric.
     """
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    # One reader of confound values for the whole app: the samples node uses it too.
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     names = resolve_confound_columns(list(table.columns), patterns, str(path))
-    values = np.zeros((len(table), len(names)))
-    for index, name in enumerate(names):
-        column = pd.to_numeric(table[name], errors="coerce")
-        bad = column.isna() & table[name].notna()
-        if bad.any():
-            raise BidsReconError(
-                f"{path}: confound column {name!r} is not numeric (row {int(np.flatnonzero(bad)[0]) + 1}: "
-                f"{table[name][bad].iloc[0]!r})", EXIT_BAD_ARGUMENTS)
-        values[:, index] = column.fillna(0.0).to_numpy(dtype=np.float64)
+    values = read_confounds(path, names, len(table))
     return names, values
