@@ -233,7 +233,7 @@ def test_a_3d_preprocessed_bold_is_refused(tmp_path):
     func = _write_run(root, "sub-02_task-a", ["space-T1w"])
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4)),
              func / "sub-02_task-a_space-T1w_desc-preproc_bold.nii.gz")
-    with pytest.raises(BidsReconError, match="expected a 4-D bold series, got shape \\(4, 4, 4\\)"):
+    with pytest.raises(BidsReconError, match="must be 4-D with at least 2 volumes; got shape \\(4, 4, 4\\)"):
         find_fmriprep_run(index_derivatives(parse_derivatives([str(root)])), {"subject": "02", "task": "a"})
 
 

@@ -239,7 +239,7 @@ def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs):
     """The Run entries of one bold file, one per set with trials."""
     events = _events_path(bold_path)
     tr = _repetition_time(layout, bold_path)
-    n_volumes = _n_volumes(bold_path)
+    n_volumes = bold_volumes(bold_path)
     trials = {trial_set.name: read_trials(events, trial_set) for trial_set in trial_sets}
     trials = _fit_to_run(trials, Path(bold_path).name, n_volumes, tr, delay, cut_runs)
     return [Run(bold_path, events, tr, n_volumes, entities["session"], entities["task"], entities["run"],
@@ -394,7 +394,8 @@ def _repetition_time(layout, bold_path):
     return float(tr)
 
 
-def _n_volumes(bold_path):
+def bold_volumes(bold_path):
+    """Volumes of a functional run; a clear error when it is not a readable 4-D series."""
     try:
         shape = nib.load(bold_path).shape
     except (OSError, EOFError, nib.filebasedimages.ImageFileError) as error:

@@ -16,10 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 
+from bidsrecon.bids.collect import bold_volumes
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.preproc.inputs import read_confounds
 
@@ -286,7 +285,7 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
 
     confounds_path = files["confounds"].path
     columns = resolve_confound_columns(_table_columns(confounds_path), confounds, confounds_path)
-    n_volumes = _n_volumes(bold.path)
+    n_volumes = bold_volumes(bold.path)
     n_rows = len(pd.read_csv(confounds_path, sep="\t", usecols=[0]))
     if n_rows != n_volumes:
         raise BidsReconError(
@@ -346,13 +345,6 @@ def _pattern(run, query):
     suffix = suffixes[0] if len(suffixes) == 1 else "{" + ",".join(suffixes) + "}"
     extension = extensions[0] if len(extensions) == 1 else "{" + ",".join(extensions) + "}"
     return folder + "_".join(parts) + f"_{suffix}{extension}"
-
-
-def _n_volumes(bold_path):
-    shape = nib.load(bold_path).shape
-    if len(shape) != 4:
-        raise BidsReconError(f"{bold_path}: expected a 4-D bold series, got shape {shape}")
-    return int(shape[3])
 
 
 def _table_columns(path):
