@@ -48,7 +48,7 @@ def _photographs(tmp_path, size):
 
 def test_registry_lists_the_encoders():
     assert set(available_encoders()) == {
-        "efficientnet-lite0", "efficientnet-lite0-random", "vgg19", "vgg19-random"}
+        "efficientnet-lite0", "efficientnet-lite0-random", "vgg19", "vgg19-caffe", "vgg19-random"}
 
 
 def test_unknown_encoder_lists_the_available_ones():
@@ -231,6 +231,29 @@ def test_vgg19_loads_a_weights_file(tmp_path):
     torch.testing.assert_close(conv1_1, expected.expand_as(conv1_1))
 
 
+def test_vgg19_caffe_takes_bgr_0_255_minus_the_mean_pixel(tmp_path):
+    path = tmp_path / "vgg19_caffe.pth"
+    state = {key: value.clone() for key, value in torch.load(
+        _constant_vgg19_file(tmp_path / "vgg19.pth"), weights_only=True).items()}
+    # Filter 0 reads only the first input channel: for the Caffe network, that is blue.
+    state["features.0.weight"] = torch.zeros(64, 3, 3, 3)
+    state["features.0.weight"][0, 0, 1, 1] = 1.0
+    state["features.0.bias"] = torch.zeros(64)
+    torch.save(state, path)
+    encoder = get_encoder("vgg19-caffe", weights_file=path)
+    assert encoder.name == "vgg19-caffe" and "Caffe" in encoder.description
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        conv1_1 = encoder.features(images, ["conv1_1"])["conv1_1"]
+    torch.testing.assert_close(conv1_1[:, 0], 255 * images[:, 2] - vgg19.CAFFE_MEAN_BGR[0])
+
+
+def test_vgg19_caffe_without_weights_says_what_to_pass():
+    with pytest.raises(BidsReconError, match="--encoder-weights") as error:
+        get_encoder("vgg19-caffe")
+    assert error.value.exit_code == EXIT_INPUT_MISSING
+
+
 def test_vgg19_finds_weights_in_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
@@ -254,6 +277,8 @@ def test_wrong_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(BidsReconError, match="lite0.pth") as error:
         get_encoder("vgg19", weights_file=wrong)
     assert error.value.exit_code == EXIT_INPUT_MISSING
+    # The message names the keys that do not match, both ways.
+    assert "features.0.weight" in str(error.value) and "stem" in str(error.value)
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not torch")
     with pytest.raises(BidsReconError, match="garbage.pth"):

