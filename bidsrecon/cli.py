@@ -85,17 +85,38 @@ def build_parser():
     method = parser.add_argument_group("decoding and reconstruction")
     method.add_argument("--encoder", default="efficientnet-lite0",
                         help="network whose features are decoded and inverted (default: efficientnet-lite0; "
-                        "also vgg19; *-random variants are for tests only)")
+                        "also vgg19, vgg19-caffe; *-random variants are for tests only)")
     method.add_argument("--encoder-weights", type=Path, default=None, metavar="FILE",
                         help="weights file of the encoder (state dict; loaded without executing code)")
     method.add_argument("--layers", nargs="+", default=[], metavar="LAYER",
                         help="encoder layers to decode and invert (default: the encoder's default set)")
     method.add_argument("--image-size", type=_positive_int, default=64, help="reconstruction size in pixels (default: 64)")
     method.add_argument("--iterations", type=_positive_int, default=200,
-                        help="L-BFGS iterations of the reconstruction (default: 200, the paper's)")
+                        help="iterations of the reconstruction's optimiser (default: 200, the paper's)")
     method.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     method.add_argument("--save-decoded-features", action="store_true",
                         help="also write the decoded features of every test item (HDF5, one dataset per layer)")
+
+    recon = parser.add_argument_group("reconstruction")
+    recon.add_argument("--optimiser", "--optimizer", dest="optimiser", choices=("lbfgs", "gd", "generator"),
+                       default="lbfgs", help="lbfgs: L-BFGS over pixels, no prior (the paper's default); gd: "
+                       "momentum gradient descent over pixels with decay and blur; generator: momentum descent "
+                       "over a DGN generator's latent (needs --generator-weights)")
+    recon.add_argument("--generator-weights", type=Path, default=None, metavar="FILE",
+                       help="the DGN generator's weights (the lab's PyTorch fc7 generator, a state dict)")
+    recon.add_argument("--generator-latent-max", default=None, metavar="VALUE|FILE",
+                       help="upper bound of the generator's latent: a number, or a text file of 4096 values "
+                       "(the lab uses 3 SD of AlexNet fc7 activations); default: no upper bound")
+    recon.add_argument("--jitter", type=int, default=0, metavar="PIXELS",
+                       help="gd only: largest random image shift per iteration, in pixels at 224 px (default: 0)")
+    recon.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                       help="where to reconstruct (default: auto, a GPU when there is one)")
+    recon.add_argument("--mixed-precision", action="store_true",
+                       help="run the networks in bfloat16 on CUDA (faster; the loss stays float32)")
+    recon.add_argument("--batch-size", type=_positive_int, default=8,
+                       help="items reconstructed together (default: 8; results do not depend on it)")
+    recon.add_argument("--snapshot-every", type=_positive_int, default=None, metavar="N",
+                       help="also save every item's image every N iterations (sub-XX/recon/snapshots/)")
 
     perf = parser.add_argument_group("resources")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
@@ -120,6 +141,11 @@ def parse_args(argv=None):
             f"unknown analysis level '{args.analysis_level}'; choose one of: {', '.join(ANALYSIS_LEVELS)}",
             EXIT_UNKNOWN_LEVEL,
         )
+    if (args.optimiser == "generator") != (args.generator_weights is not None):
+        raise BidsReconError("--optimiser generator needs --generator-weights FILE, and only it takes "
+                             "one", EXIT_BAD_ARGUMENTS)
+    if args.jitter < 0:
+        raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
     for name, path in (("output_dir", args.output_dir), ("work directory", work_dir)):
         if _inside(path, args.bids_dir):
@@ -159,6 +185,14 @@ def parse_args(argv=None):
         image_size=args.image_size,
         iterations=args.iterations,
         save_decoded_features=args.save_decoded_features,
+        optimiser=args.optimiser,
+        generator_weights=args.generator_weights.resolve() if args.generator_weights else None,
+        generator_latent_max=args.generator_latent_max,
+        jitter=args.jitter,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+        batch_size=args.batch_size,
+        snapshot_every=args.snapshot_every or 0,
     )
 
 

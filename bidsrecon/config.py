@@ -41,3 +41,12 @@ class Config:
     iterations: int = 200
     cv_units: int = 1000
     save_decoded_features: bool = False
+    # reconstruction (the paper's defaults, REFERENCE.md §1)
+    optimiser: str = "lbfgs"
+    generator_weights: Path = None
+    generator_latent_max: str = None
+    jitter: int = 0
+    device: str = "auto"
+    mixed_precision: bool = False
+    batch_size: int = 8
+    snapshot_every: int = 0

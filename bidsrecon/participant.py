@@ -12,7 +12,7 @@ from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import run_validator
-from bidsrecon.errors import EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
 from bidsrecon.spec import TRAINING, load_spec
 
 LOGGER = logging.getLogger("bidsrecon")
@@ -42,11 +42,34 @@ def run_participant_level(config):
     space = parse_space(config.space)
     rois = parse_rois(config.rois)
     # Every participant's inputs are checked before any heavy work starts.
+    check_networks(config)
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois) for subject in subjects]
     init_output_dir(config.output_dir, config.bids_dir)
     for plan in plans:
         _run_workflow(plan, config)
         _report(plan.subject, config.output_dir)
+
+
+def check_networks(config):
+    """Load the encoder (and generator) once and check the layers, device and precision asked for.
+
+    A missing weights file, an unknown layer or an absent GPU is found here, in seconds, rather
+    than after the preprocessing and decoding.
+    """
+    from bidsrecon.encoders import get_encoder
+    from bidsrecon.recon.generator import load_generator, read_latent_bound
+    from bidsrecon.recon.invert import resolve_device
+
+    device = resolve_device(config.device)
+    if config.mixed_precision and device.type != "cuda":
+        raise BidsReconError(f"--mixed-precision runs on CUDA only; this run uses {device.type}. "
+                             "Drop --mixed-precision or use --device cuda.", EXIT_BAD_ARGUMENTS)
+    encoder = get_encoder(config.encoder, weights_file=config.encoder_weights, seed=config.seed)
+    encoder.check_layers(config.layers or None)
+    if config.optimiser == "generator":
+        load_generator(config.generator_weights)
+        if config.generator_latent_max is not None:
+            read_latent_bound(config.generator_latent_max)
 
 
 def validate_input(bids_dir):

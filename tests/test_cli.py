@@ -123,3 +123,18 @@ def test_unknown_roi_and_missing_derivatives(tiny_dataset, tmp_path):
     result = run_cli(tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "--derivatives",
                      f"fmriprep={tmp_path / 'nowhere'}", "-w", tmp_path / "work")
     one_line_error(result, 66, "nowhere")
+
+
+def test_bad_reconstruction_networks_are_found_before_any_work(tiny_dataset, tmp_path):
+    common = [tiny_dataset, tmp_path / "out", "participant", "--skip-bids-validation", "-w", tmp_path / "work"]
+    one_line_error(run_cli(*common, "--optimiser", "generator"), 64, "--generator-weights")
+    wrong = tmp_path / "generator.pt"
+    wrong.write_bytes(b"not a state dict")
+    one_line_error(run_cli(*common, "--optimiser", "generator", "--generator-weights", wrong), 66, "generator.pt")
+    one_line_error(run_cli(*common, "--layers", "block99"), 64, "block99", "valid layers: stem")
+    one_line_error(run_cli(*common, "--encoder", "vgg19-caffe"), 66, "--encoder-weights")
+    import torch
+    if not torch.cuda.is_available():
+        one_line_error(run_cli(*common, "--device", "cuda"), 64, "--device cuda", "--device cpu")
+        one_line_error(run_cli(*common, "--mixed-precision"), 64, "CUDA only")
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.npy"))

@@ -143,3 +143,33 @@ def test_raw_input_with_slice_timing_and_lss(tiny_dataset, tmp_path):
     motion = pd.read_csv(next((tmp_path / "work").rglob("realign/mapflow/_realign0/*motion*.tsv")), sep="\t")
     assert {"trans_x", "rot_z"} <= set(motion.columns) and motion["trans_x"].abs().max() > 0
     assert len(pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")) == 4
+
+
+@pytest.mark.slow
+def test_generator_optimiser_with_snapshots(tiny_dataset, tmp_path):
+    import torch
+
+    from bidsrecon.recon.generator import random_generator
+
+    weights = tmp_path / "dgn_random.pt"
+    torch.save(random_generator(seed=1)._module.state_dict(), weights)
+    out = tmp_path / "bidsrecon"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation",
+                 "--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "6",
+                 "--optimiser", "generator", "--generator-weights", str(weights), "--generator-latent-max", "8",
+                 "--snapshot-every", "3", "--batch-size", "4", "--nprocs", "1"]) == 0
+    recons = sorted((out / "sub-01" / "recon").glob("*_desc-recon_image.png"))
+    sidecar = json.loads(recons[0].with_suffix(".json").read_text())
+    settings = sidecar["OptimizerSettings"]
+    assert settings["optimiser"] == "generator" and settings["n_iter"] == 6 and settings["latent_max"] == 8
+    assert settings["latent_decay"] == 0.01 and settings["momentum"] == 0.9  # the paper's defaults
+    assert "dgn_random.pt" in settings["generator"] and len(settings["generator_sha256"]) == 64
+    assert settings["device"] == "cpu" and not settings["mixed_precision"]
+    assert "latent" in sidecar["Optimizer"]
+    snapshots = sorted((out / "sub-01" / "recon" / "snapshots").glob("*.png"))
+    assert len(snapshots) == 2 * len(recons)
+    stem = recons[0].name.replace("_desc-recon_image.png", "")
+    last = out / "sub-01" / "recon" / "snapshots" / f"{stem}_iter-0006_desc-recon_image.png"
+    assert Image.open(last).tobytes() == Image.open(recons[0]).tobytes()
+    code, report = validate(out)
+    assert code == 0, report

@@ -16,11 +16,20 @@ from nipype.interfaces.base import (
 
 from bidsrecon.bids.derivatives import atomic_write_bytes, atomic_write_text, item_stem, write_json
 
-OPTIMISER = (
-    "L-BFGS with a strong-Wolfe line search over the pixels of an image parameterised through a sigmoid "
-    "(values stay in [0, 1]), started from a flat image of the encoder's mean colour; loss: the sum over layers "
-    "of w_l * ||features_l(image) - decoded_l||^2 with w_l proportional to 1/||decoded_l||^2 (Shen et al. 2019)"
-)
+OPTIMISERS = {
+    "lbfgs": "L-BFGS (a curvature history and an Armijo backtracking line search per item) over the pixels of "
+             "an image parameterised through a sigmoid (values stay in [0, 1]), started from a flat image of the "
+             "encoder's mean colour (Shen et al. 2019)",
+    "gd": "Gradient descent with momentum over pixels: gradients divided by their mean magnitude, learning rate "
+          "decaying linearly, pixel decay towards the mean colour and a Gaussian blur after each step (the "
+          "Kamitani lab's icnn defaults)",
+    "generator": "Gradient descent with momentum over the 4096-d latent of a DGN generator (Dosovitskiy & Brox "
+                 "2016), with latent decay and bounds; the generated image is centre-cropped to 224 px "
+                 "(Shen et al. 2019, Fig 2)",
+}
+LOSS = ("Sum over layers of w_l * ||features_l(image) - decoded_l||^2, features before the activation, w_l "
+        "proportional to 1/||decoded_l||^2 and summing to 1; decoded features rescaled to the training features' "
+        "spread first (Shen et al. 2019)")
 
 ITEM_COLUMNS = {
     "set": "Test set of the item.",
@@ -64,8 +73,9 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     features_file = File(exists=True, desc="decoded features (DecodeFeatures.out_features)")
     items_file = File(exists=True, desc="TSV of the decoded items")
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
-    iterations = traits.Int(mandatory=True)
     seed = traits.Int(mandatory=True)
+    recon_settings_file = File(exists=True, mandatory=True, desc="Reconstruct.out_settings")
+    snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -88,6 +98,8 @@ class WriteDerivatives(SimpleInterface):
         items = pd.read_csv(self.inputs.items_metrics, sep="\t")
         trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
         decoder = json.loads(Path(self.inputs.decoder_file).read_text())
+        settings = json.loads(Path(self.inputs.recon_settings_file).read_text())
+        snapshots = np.load(self.inputs.snapshots_file) if self.inputs.snapshots_file else {}
         written = []
 
         stems = [item_stem(subject, row.set, row.stimulus) for row in items.itertuples()]
@@ -114,14 +126,21 @@ class WriteDerivatives(SimpleInterface):
                 "Encoder": decoder["Encoder"],
                 "EncoderDescription": decoder["EncoderDescription"],
                 "Layers": decoder["Layers"],
-                "Optimizer": OPTIMISER,
-                "Iterations": self.inputs.iterations,
+                "Optimizer": OPTIMISERS[settings["optimiser"]],
+                "OptimizerSettings": settings,
+                "Loss": LOSS,
+                "Iterations": settings["n_iter"],
                 "Seed": self.inputs.seed,
                 "ImageSize": int(images.shape[1]),
             }
             path = subject_dir / "recon" / f"{stem}_desc-recon_image.json"
             write_json(path, sidecar)
             written.append(str(path))
+            for iteration in sorted(snapshots):
+                path = subject_dir / "recon" / "snapshots" / f"{stem}_{iteration}_desc-recon_image.png"
+                save_png(snapshots[iteration][index] / np.float32(255), scratch)
+                atomic_write_bytes(path, scratch.read_bytes())
+                written.append(str(path))
 
         sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
         sets["encoder"] = decoder["Encoder"]

@@ -16,31 +16,79 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     iterations = traits.Int(200, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
+    optimiser = traits.Enum("lbfgs", "gd", "generator", usedefault=True)
+    generator_weights = traits.Str("", usedefault=True)
+    generator_latent_max = traits.Str("", usedefault=True, desc="a number or a file; empty: unbounded")
+    jitter = traits.Int(0, usedefault=True)
+    device = traits.Str("auto", usedefault=True)
+    mixed_precision = traits.Bool(False, usedefault=True)
+    batch_size = traits.Int(8, usedefault=True)
+    snapshot_every = traits.Int(0, usedefault=True)
 
 
 class _ReconstructOutputSpec(TraitedSpec):
     out_images = File(exists=True, desc="float32 .npy (n_items, size, size, 3) in [0, 1]")
+    out_settings = File(exists=True, desc="JSON: optimiser, its settings, generator, device")
+    out_snapshots = traits.Str(desc="uint8 .npz, one (n_items, size, size, 3) array per snapshot "
+                                    "iteration named iter-NNNN; empty without snapshots")
 
 
 class Reconstruct(SimpleInterface):
-    """Correct the decoded features' spread, then invert them through the encoder (L-BFGS over pixels)."""
+    """Correct the decoded features' spread, then invert them through the encoder."""
 
     input_spec = _ReconstructInputSpec
     output_spec = _ReconstructOutputSpec
 
     def _run_interface(self, runtime):
+        import json
+
         from bidsrecon.encoders import get_encoder
         from bidsrecon.recon import correct_spread, reconstruct
+        from bidsrecon.recon.generator import load_generator, read_latent_bound
+        from bidsrecon.recon.invert import SETTINGS, describe_settings, resolve_device
 
-        arrays = load_arrays(self.inputs.features_file)
+        inputs = self.inputs
+        arrays = load_arrays(inputs.features_file)
         spread = {layer: float(value[0]) for layer, value in arrays["train_spread"].items()}
         targets = correct_spread(arrays["decoded"], arrays["train_mean"], spread)
-        encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed)
-        with limited_threads(self.inputs.n_threads):
-            images = reconstruct(encoder, targets, self.inputs.image_size, n_iter=self.inputs.iterations,
-                                 seed=self.inputs.seed)
+        device = resolve_device(inputs.device)
+        encoder = get_encoder(inputs.encoder, weights_file=inputs.encoder_weights or None, seed=inputs.seed,
+                              device=device)
+        settings = {"n_iter": inputs.iterations}
+        generator = None
+        if inputs.optimiser == "generator":
+            generator = load_generator(inputs.generator_weights, device=device)
+            if inputs.generator_latent_max:
+                settings["latent_max"] = read_latent_bound(inputs.generator_latent_max)
+        elif inputs.optimiser == "gd":
+            settings["jitter"] = inputs.jitter
+        settings = SETTINGS[inputs.optimiser](**settings)
+        snapshots = {}
+
+        def keep_snapshot(iteration, items, images):
+            key = f"iter-{iteration:04d}"
+            if key not in snapshots:
+                snapshots[key] = np.zeros((len(targets[next(iter(targets))]),) + images.shape[1:], np.uint8)
+            snapshots[key][items] = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+        with limited_threads(inputs.n_threads):
+            images = reconstruct(encoder, targets, inputs.image_size, optimiser=inputs.optimiser,
+                                 settings=settings, generator=generator, seed=inputs.seed,
+                                 batch_size=inputs.batch_size, mixed_precision=inputs.mixed_precision,
+                                 snapshot_every=inputs.snapshot_every, on_snapshot=keep_snapshot)
         self._results["out_images"] = f"{runtime.cwd}/reconstructions.npy"
         np.save(self._results["out_images"], images.astype(np.float32), allow_pickle=False)
+        description = {**describe_settings(inputs.optimiser, settings), "device": device.type,
+                       "mixed_precision": inputs.mixed_precision}
+        if generator is not None:
+            description.update(generator=generator.description, generator_sha256=generator.weights_sha256)
+        self._results["out_settings"] = f"{runtime.cwd}/reconstruction.json"
+        with open(self._results["out_settings"], "w") as stream:
+            json.dump(description, stream, indent=2)
+        self._results["out_snapshots"] = ""
+        if snapshots:
+            self._results["out_snapshots"] = f"{runtime.cwd}/snapshots.npz"
+            np.savez(self._results["out_snapshots"], **snapshots)
         return runtime
 
 

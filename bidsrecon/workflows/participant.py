@@ -68,12 +68,18 @@ def init_participant_wf(plan, config, name=None):
         name="decode",
         n_procs=config.nprocs,
     )
-    reconstruct = pe.Node(Reconstruct(iterations=config.iterations, **encoder), name="reconstruct", n_procs=config.nprocs)
+    reconstruct = pe.Node(
+        Reconstruct(iterations=config.iterations, optimiser=config.optimiser,
+                    generator_weights=str(config.generator_weights or ""),
+                    generator_latent_max=str(config.generator_latent_max or ""), jitter=config.jitter,
+                    device=config.device, mixed_precision=config.mixed_precision, batch_size=config.batch_size,
+                    snapshot_every=config.snapshot_every, **encoder),
+        name="reconstruct", n_procs=config.nprocs)
     evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file), name="evaluate")
     # Always rerun the sink: the outputs may have been removed since the last run.
     write_derivatives = pe.Node(
         WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
-                         iterations=config.iterations, seed=config.seed,
+                         seed=config.seed,
                          save_decoded_features=config.save_decoded_features),
         name="write_derivatives",
         overwrite=True,
@@ -118,7 +124,8 @@ def init_participant_wf(plan, config, name=None):
         (decode, reconstruct, [("out_features", "features_file")]),
         (decode, evaluate, [("out_items", "items_file")]),
         (reconstruct, evaluate, [("out_images", "images_file")]),
-        (reconstruct, write_derivatives, [("out_images", "images_file")]),
+        (reconstruct, write_derivatives, [("out_images", "images_file"), ("out_settings", "recon_settings_file"),
+                                          ("out_snapshots", "snapshots_file")]),
         (evaluate, write_derivatives, [("out_truths", "truths_file"), ("out_items", "items_metrics"),
                                        ("out_sets", "set_metrics")]),
         (decode, write_derivatives, [("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
