@@ -242,7 +242,7 @@ def test_batch_mates_do_not_change_an_items_reconstruction(random_lite0, small_p
 def test_descent_optimisers_reduce_the_loss(random_lite0, small_problem, optimiser):
     images, targets = small_problem
     options = ({"settings": PixelDescentSettings(n_iter=30, jitter=4)} if optimiser == "gd" else
-               {"settings": GeneratorDescentSettings(n_iter=30, latent_max=5.0),
+               {"settings": GeneratorDescentSettings(n_iter=30, latent_max=np.full(4096, 5.0)),
                 "generator": random_generator(seed=2)})
     first = reconstruct(random_lite0, targets, SMALL, optimiser=optimiser, progress=False, **options)
     again = reconstruct(random_lite0, targets, SMALL, optimiser=optimiser, progress=False, **options)

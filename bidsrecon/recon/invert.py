@@ -295,13 +295,18 @@ class _GeneratorDescent:
         """Start from a latent of zeros (the paper's); ``start_logits`` (pixels) is not used."""
         s = self.settings
         device = self.problem.device
-        upper = None if s.latent_max is None else torch.as_tensor(
-            np.asarray(s.latent_max, dtype=np.float32), device=device)
+        # torch.clamp takes two numbers or two tensors: a per-unit bound makes both tensors.
+        lower, upper = s.latent_min, s.latent_max
+        if upper is not None and np.ndim(upper):
+            upper = torch.as_tensor(np.asarray(upper, dtype=np.float32), device=device)
+            lower = torch.full_like(upper, lower)
+        elif upper is not None:
+            upper = float(upper)
         start = torch.zeros((self.problem.n_items, LATENT_SIZE), device=device)
         variable, _ = minimise_momentum(
             self.problem.objective(self.render), start, s.n_iter, lr=(s.lr_start, s.lr_end),
             momentum=s.momentum, shrink=lambda latent, _: (1 - s.latent_decay) * latent,
-            clamp=(s.latent_min, upper), seed=seed, on_iteration=on_iteration)
+            clamp=(lower, upper), seed=seed, on_iteration=on_iteration)
         return variable
 
     def images(self, variable):

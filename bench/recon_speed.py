@@ -1,0 +1,177 @@
+"""Reconstruction speed: our optimisation loop against a bare forward+backward of the same encoder.
+
+For each image size and batch, prints the seconds per pass of a bare forward+backward through
+the frozen encoder (its plain ``forward``, gradient to the input only: the floor of any feature
+inversion), the seconds per iteration of our loop for the ``lbfgs`` (the default) and ``gd``
+optimisers with all layers of the encoder in the loss, the loss evaluations per L-BFGS iteration,
+our overhead over the bare pass, and how many 200-iteration reconstructions finish per second.
+Issue 5 asks the overhead to stay within 10%.
+
+With ``--device cuda`` it also runs the paper's full setting once: VGG19, 224 px, 200 iterations,
+a batch of 50, and prints the seconds per image (target: under 0.5 s on an H100-class GPU).
+
+The weights are random (``vgg19-random``; timing does not depend on them). The last line is a
+one-line summary; ``--quick`` runs the 128-px rows only.
+
+Usage: python bench/recon_speed.py [--quick] [--device cpu|cuda|auto] [--mixed-precision]
+"""
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from bidsrecon.encoders import get_encoder
+from bidsrecon.recon import reconstruct
+from bidsrecon.recon.invert import resolve_device
+
+#: Iterations timed per measurement, after one warm-up iteration.
+TIMED_ITERATIONS = 3
+#: Each measurement is repeated and its fastest kept: on a shared machine, the slower repeats
+#: measure the neighbours.
+REPEATS = 3
+PAPER_ITERATIONS = 200
+
+
+def synchronise(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def smooth_images(n_items, size, seed=0):
+    """Blocky random images: feature targets with realistic structure, reproducible."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(size=(n_items, 3, 8, 8)).astype(np.float32)
+    return torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(size, size), mode="bilinear")
+
+
+def true_features(encoder, images):
+    with torch.no_grad():
+        return {name: value.cpu().numpy() for name, value in encoder.features(images.to(encoder.device)).items()}
+
+
+def bare_seconds_per_pass(encoder, images, mixed_precision):
+    """Seconds of one forward+backward through the plain module (gradient to the input only)."""
+    module = encoder._module
+    device = encoder.device
+    images = images.to(device)
+
+    def one_pass():
+        pixels = images.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed_precision):
+            output = module(pixels)
+        (grad,) = torch.autograd.grad(output.float().sum(), pixels)
+        return grad
+
+    one_pass()
+    timings = []
+    for _ in range(REPEATS):
+        synchronise(device)
+        started = time.perf_counter()
+        for _ in range(TIMED_ITERATIONS):
+            one_pass()
+        synchronise(device)
+        timings.append((time.perf_counter() - started) / TIMED_ITERATIONS)
+    return min(timings)
+
+
+def loop_seconds_per_iteration(encoder, targets, size, optimiser, batch, mixed_precision):
+    """Seconds per iteration of ``reconstruct`` (the difference of two runs cancels the set-up)
+    and, for L-BFGS, the evaluations of the loss per iteration."""
+    passes = []
+    features = encoder.features
+
+    def counting_features(images, layers=None):
+        passes.append(len(images))
+        return features(images, layers)
+
+    def run(n_iter):
+        passes.clear()
+        synchronise(encoder.device)
+        started = time.perf_counter()
+        reconstruct(encoder, targets, size, optimiser=optimiser, n_iter=n_iter, progress=False,
+                    batch_size=batch, mixed_precision=mixed_precision)
+        return time.perf_counter() - started  # reconstruct returns NumPy arrays: synchronised
+
+    encoder.features = counting_features
+    try:
+        run(1)  # warm-up
+        set_up = min(run(1) for _ in range(REPEATS))
+        total = min(run(1 + TIMED_ITERATIONS) for _ in range(REPEATS))
+        # One pass is _check_targets' probe of a single image, one the start's evaluation.
+        evaluations = (sum(passes[1:]) / batch - 1) / (1 + TIMED_ITERATIONS)
+    finally:
+        del encoder.features
+    return (total - set_up) / TIMED_ITERATIONS, evaluations
+
+
+def measure_row(encoder, size, batch, mixed_precision):
+    images = smooth_images(batch, size)
+    targets = true_features(encoder, images)
+    bare = bare_seconds_per_pass(encoder, images, mixed_precision)
+    lbfgs, evaluations = loop_seconds_per_iteration(encoder, targets, size, "lbfgs", batch, mixed_precision)
+    gd, _ = loop_seconds_per_iteration(encoder, targets, size, "gd", batch, mixed_precision)
+    return {"size": size, "batch": batch, "bare s/pass": bare, "lbfgs s/iter": lbfgs,
+            "evals/iter": evaluations, "lbfgs overhead %": 100 * (lbfgs / bare - 1),
+            "lbfgs s/eval overhead %": 100 * (lbfgs / evaluations / bare - 1),
+            "gd s/iter": gd, "gd overhead %": 100 * (gd / bare - 1),
+            "images/s (200 iter)": batch / (PAPER_ITERATIONS * lbfgs)}
+
+
+def paper_setting(encoder, mixed_precision, batch=50):
+    """VGG19, 224 px, 200 L-BFGS iterations, a batch of 50: seconds per image."""
+    targets = true_features(encoder, smooth_images(batch, 224, seed=1))
+    synchronise(encoder.device)
+    started = time.perf_counter()
+    reconstruct(encoder, targets, 224, n_iter=PAPER_ITERATIONS, progress=False, batch_size=batch,
+                mixed_precision=mixed_precision)
+    synchronise(encoder.device)
+    return (time.perf_counter() - started) / batch
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="128-px rows only")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument("--encoder", default="vgg19-random")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    encoder = get_encoder(args.encoder, device=device)
+    print(f"encoder {encoder.description}; all {len(encoder.layers)} layers in the loss; device "
+          f"{describe_device(device)}; torch {torch.__version__}"
+          f"{'; bfloat16 autocast' if args.mixed_precision else ''}", flush=True)
+
+    sizes = (128,) if args.quick else (128, 224)
+    rows = []
+    for size in sizes:
+        for batch in (1, 8):
+            rows.append(measure_row(encoder, size, batch, args.mixed_precision))
+            print("  ".join(f"{key} {value:.4g}" for key, value in rows[-1].items()), flush=True)
+
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    worst = table["lbfgs overhead %"].max()
+    summary = (f"SUMMARY device={device.type} lbfgs overhead over bare forward+backward: worst "
+               f"{worst:.1f}% ({'within' if worst <= 10 else 'OVER'} 10%), per evaluation worst "
+               f"{table['lbfgs s/eval overhead %'].max():.1f}%; gd worst {table['gd overhead %'].max():.1f}%; "
+               f"best {table['images/s (200 iter)'].max():.3g} images/s at 200 iterations")
+    if device.type == "cuda" and encoder.name.startswith("vgg19"):
+        per_image = paper_setting(encoder, args.mixed_precision)
+        print(f"paper setting (VGG19, 224 px, {PAPER_ITERATIONS} iterations, batch 50): "
+              f"{per_image:.3f} s per image")
+        summary += (f" | VGG19 224 px 200 iter batch 50: {per_image:.3f} s/image "
+                    f"({'under' if per_image < 0.5 else 'OVER'} 0.5)")
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
