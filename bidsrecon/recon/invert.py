@@ -177,26 +177,41 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
         _check_positive_int(snapshot_every, "snapshot_every")
     targets = {name: torch.as_tensor(np.asarray(targets[name]), dtype=torch.float32)
                for name in layers}
-    weights = layer_weights(targets)
+    # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
+    # reproducible up to rounding only; the CPU's is exact).
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = encoder.device.type == "cuda" or benchmark
+    try:
+        return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
+                                    seed, progress, batch_size, mixed_precision, snapshot_every,
+                                    on_snapshot)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator, seed,
+                         progress, batch_size, mixed_precision, snapshot_every, on_snapshot):
+    """The heavy loop of :func:`reconstruct`, over batches of items; arguments checked there."""
+    n_items = len(next(iter(targets.values())))
 
     # Drawn for all items at once, so that an item's start does not depend on its batch.
     start = flat_start(encoder.mean_rgb, n_items, image_size, seed)
     images = np.empty((n_items, image_size, image_size, 3), dtype=np.float32)
-    batches = [np.arange(first, min(first + batch_size, n_items))
+    # Slices, not index arrays: a batch of the targets is a view, not a copy.
+    batches = [slice(first, min(first + batch_size, n_items))
                for first in range(0, n_items, batch_size)]
     with tqdm(total=len(batches) * settings.n_iter, desc=f"reconstruct ({optimiser})",
               unit="iter", file=sys.stderr, disable=not progress) as bar:
         for batch in batches:
             problem = _Problem(encoder, {name: value[batch] for name, value in targets.items()},
-                               {name: value[batch] for name, value in weights.items()},
-                               mixed_precision)
+                               mixed_precision, batch.start)
             render = _RENDERERS[optimiser](problem, image_size, settings, generator)
 
             def on_iteration(iteration, variable, loss, batch=batch):
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.mean().item():.4g}", refresh=False)
                 if snapshot_every and on_snapshot is not None and iteration % snapshot_every == 0:
-                    on_snapshot(iteration, batch, render.images(variable))
+                    on_snapshot(iteration, np.arange(n_items)[batch], render.images(variable))
 
             variable = render.optimise(start[batch], seed, on_iteration)
             images[batch] = render.images(variable)
@@ -206,11 +221,12 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
 class _Problem:
     """The loss of one batch, and its gradient with respect to the images' parameters."""
 
-    def __init__(self, encoder, targets, weights, mixed_precision):
+    def __init__(self, encoder, targets, mixed_precision, first_item=0):
         self.encoder = encoder
         self.device = encoder.device
         self.targets = {name: value.to(self.device) for name, value in targets.items()}
-        self.weights = {name: value.to(self.device) for name, value in weights.items()}
+        # Per item, so computing them batch by batch (on the device) changes nothing.
+        self.weights = {name: value.to(self.device) for name, value in layer_weights(self.targets, first_item).items()}
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
 

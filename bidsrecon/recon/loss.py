@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 
-def layer_weights(targets):
+def layer_weights(targets, first_item=0):
     """Per-item layer weights w_l ∝ 1/‖f̂_l‖², normalised to sum to 1 over layers.
 
     A layer whose target is all zeros for an item would get an infinite weight (the known
@@ -13,8 +13,10 @@ def layer_weights(targets):
 
     Parameters
     ----------
-    targets : dict of str to array-like, each of shape (n_items, ...)
-        Target features by layer.
+    targets : dict of str to array-like or torch.Tensor, each of shape (n_items, ...)
+        Target features by layer; tensors stay on their device.
+    first_item : int, default=0
+        Number of the first item in messages (for a batch of a larger set).
 
     Returns
     -------
@@ -26,12 +28,13 @@ def layer_weights(targets):
     for name, zero_items in zip(names, zero):
         if zero_items.any():
             warnings.warn(f"Target features of layer {name!r} are all zero for item(s) "
-                          f"{np.flatnonzero(zero_items).tolist()}; that layer gets weight 0.",
+                          f"{(first_item + np.flatnonzero(zero_items)).tolist()}; that layer gets "
+                          "weight 0.",
                           stacklevel=2)
     empty_items = np.flatnonzero(zero.all(axis=0))
     if empty_items.size:
         raise ValueError(f"Target features are all zero in every layer for item(s) "
-                         f"{empty_items.tolist()}: there is nothing to reconstruct.")
+                         f"{(first_item + empty_items).tolist()}: there is nothing to reconstruct.")
     inverse = np.divide(1.0, squared_norms, out=np.zeros_like(squared_norms), where=~zero)
     weights = inverse / inverse.sum(axis=0)
     return {name: torch.as_tensor(weights[i], dtype=torch.float32)
@@ -39,8 +42,11 @@ def layer_weights(targets):
 
 
 def _squared_norms(features):
-    features = torch.as_tensor(features).detach().double().cpu().numpy()
-    return (features.reshape(len(features), -1) ** 2).sum(axis=1)
+    """‖item‖² per item, summed in float64 on the features' own device (a GPU does it in
+    milliseconds; the CPU in one pass)."""
+    features = torch.as_tensor(features).detach()
+    norms = torch.linalg.vector_norm(features.flatten(1), dim=1, dtype=torch.float64)
+    return (norms ** 2).cpu().numpy()
 
 
 def feature_loss(features, targets, weights):
