@@ -31,7 +31,7 @@ from bidsrecon.recon.invert import resolve_device
 TIMED_ITERATIONS = {"cpu": 3, "cuda": 40, "mps": 40}
 #: Each measurement is repeated and its fastest kept: on a shared machine, the slower repeats
 #: measure the neighbours.
-REPEATS = 3
+REPEATS = 5
 PAPER_ITERATIONS = 200
 
 
