@@ -176,7 +176,7 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
     seconds["pass 2: decode every unit (read cache)"] = time.perf_counter() - start
     layer_units = {layer: mean.size for layer, mean in train_mean.items()}
     groups = plan_layer_groups(layer_units, {layer: len(test_items) for layer in layers},
-                               batch_size, memory_budget, cached=True)
+                               batch_size, memory_budget, cached=cache is not None)
     return seconds, decoded, train_mean, coefficients, counts, encoder, (memory_budget, groups)
 
 
@@ -205,6 +205,8 @@ def main(argv=None):
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--cache-from", default="conv1_1",
                         help="first layer kept in the cache; earlier ones are recomputed")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="no feature cache: pass 2 recomputes every feature (the app's default)")
     parser.add_argument("--float16-error", action="store_true",
                         help="also measure the error of float16 storage (one more pass)")
     args = parser.parse_args(argv)
@@ -220,9 +222,9 @@ def main(argv=None):
     cache_root = args.cache_dir or Path(tempfile.mkdtemp(prefix="decode_scale_"))
     try:
         layers = get_encoder("vgg19-random").layers
-        cache = TimedCache.for_encoder(cache_root, get_encoder("vgg19-random"),
-                                       dtype=args.cache_dtype,
-                                       layers=layers[layers.index(args.cache_from):])
+        cache = None if args.no_cache else TimedCache.for_encoder(
+            cache_root, get_encoder("vgg19-random"), dtype=args.cache_dtype,
+            layers=layers[layers.index(args.cache_from):])
         start = time.perf_counter()
         seconds, decoded, train_mean, coefficients, counts, encoder, plan = run_pipeline(
             images, samples, image_index, test_items, cache, args.batch_size)
@@ -246,9 +248,10 @@ def main(argv=None):
           f"   ({encoder.images} images run, {100 * share:.0f}% of wall)")
     print(f"{'  one forward pass of the training images':<44}{one_pass:>10.1f}"
           f"   (the floor: {100 * one_pass / wall:.0f}% of wall)")
-    print(f"{'  cache reads / writes (background threads)':<44}"
-          f"{cache.read_seconds:>5.1f} / {cache.write_seconds:.1f}"
-          f"   ({cache_gb:.1f} GB {args.cache_dtype}, layers {args.cache_from}..fc8)")
+    if cache is not None:
+        print(f"{'  cache reads / writes (background threads)':<44}"
+              f"{cache.read_seconds:>5.1f} / {cache.write_seconds:.1f}"
+              f"   ({cache_gb:.1f} GB {args.cache_dtype}, layers {args.cache_from}..fc8)")
     print(f"{'peak resident memory (GB)':<44}{peak_gb:>10.2f}"
           f"   (decoding budget {plan[0] / 1e9:.2f} GB: {len(plan[1])} layer group(s))")
     print(f"{'units decoded per item':<44}{n_units:>10,}")

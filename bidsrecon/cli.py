@@ -88,6 +88,10 @@ def build_parser():
                         "also vgg19, vgg19-caffe; *-random variants are for tests only)")
     method.add_argument("--encoder-weights", type=Path, default=None, metavar="FILE",
                         help="weights file of the encoder (state dict; loaded without executing code)")
+    method.add_argument("--decoder", choices=("kernel", "fastl2lir"), default="kernel",
+                        help="kernel: kernel ridge with one penalty per layer, every unit streamed (default); "
+                        "fastl2lir: the Kamitani lab's ridge per unit on its 500 best voxels (alpha 100), "
+                        "slow: for layer subsets and comparison")
     method.add_argument("--layers", nargs="+", default=[], metavar="LAYER",
                         help="encoder layers to decode and invert (default: the encoder's default set)")
     method.add_argument("--image-size", type=_positive_int, default=64, help="reconstruction size in pixels (default: 64)")
@@ -124,6 +128,13 @@ def build_parser():
                       "(default: bidsrecon-work in the system temporary folder)")
     perf.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=None,
                       help="CPUs to use (default: all available)")
+    perf.add_argument("--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=float, default=None, metavar="GB",
+                      help="memory limit in GB: the decoding splits its work to stay under it and Nipype "
+                      "schedules nodes within it (default: no limit)")
+    perf.add_argument("--feature-cache", choices=("off", "float32", "float16"), default="off",
+                      help="keep the encoder's features of the stimuli in <work dir>/feature_cache, keyed by "
+                      "encoder, weights, image content, size and layer, so later runs and other subjects with "
+                      "the same stimuli reuse them (float16 halves the disk; default: off)")
     perf.add_argument("--verbose", "-v", action="count", default=0, help="more log output (repeat for more)")
     return parser
 
@@ -144,6 +155,8 @@ def parse_args(argv=None):
     if (args.optimiser == "generator") != (args.generator_weights is not None):
         raise BidsReconError("--optimiser generator needs --generator-weights FILE, and only it takes "
                              "one", EXIT_BAD_ARGUMENTS)
+    if args.mem_gb is not None and args.mem_gb <= 0:
+        raise BidsReconError(f"--mem must be a positive number of GB, got {args.mem_gb:g}", EXIT_BAD_ARGUMENTS)
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
@@ -185,6 +198,7 @@ def parse_args(argv=None):
         image_size=args.image_size,
         iterations=args.iterations,
         save_decoded_features=args.save_decoded_features,
+        decoder=args.decoder,
         optimiser=args.optimiser,
         generator_weights=args.generator_weights.resolve() if args.generator_weights else None,
         generator_latent_max=args.generator_latent_max,
@@ -193,6 +207,8 @@ def parse_args(argv=None):
         mixed_precision=args.mixed_precision,
         batch_size=args.batch_size,
         snapshot_every=args.snapshot_every or 0,
+        mem_gb=args.mem_gb,
+        feature_cache=args.feature_cache,
     )
 
 

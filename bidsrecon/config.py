@@ -41,6 +41,7 @@ class Config:
     iterations: int = 200
     cv_units: int = 1000
     save_decoded_features: bool = False
+    decoder: str = "kernel"
     # reconstruction (the paper's defaults, REFERENCE.md §1)
     optimiser: str = "lbfgs"
     generator_weights: Path = None
@@ -50,3 +51,6 @@ class Config:
     mixed_precision: bool = False
     batch_size: int = 8
     snapshot_every: int = 0
+    # resources
+    mem_gb: float = None
+    feature_cache: str = "off"

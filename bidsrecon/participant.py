@@ -167,6 +167,8 @@ def _run_workflow(plan, config):
         "remove_unnecessary_outputs": False,
     }
     plugin = ("MultiProc", {"n_procs": config.nprocs}) if config.nprocs > 1 else ("Linear", {})
+    if config.mem_gb and plugin[0] == "MultiProc":
+        plugin[1]["memory_gb"] = config.mem_gb
     try:
         workflow.run(plugin=plugin[0], plugin_args=plugin[1])
     except RuntimeError as error:

@@ -36,6 +36,9 @@ def test_option_spellings(tmp_path):
                          "--task-label", "perception", "--verbose"])
     assert (config.work_dir, config.nprocs, config.seed, config.task_labels, config.verbose) == (
         tmp_path / "w", 2, 7, ("perception",), 1)
+    for flag in ("--mem", "--mem-gb", "--mem_gb"):
+        assert parse_args([str(bids), str(out), "participant", flag, "7.5"]).mem_gb == 7.5
+    assert parse_args([str(bids), str(out), "participant", "--optimizer", "gd"]).optimiser == "gd"
 
 
 def one_line_error(result, code, *fragments):

@@ -173,3 +173,38 @@ def test_generator_optimiser_with_snapshots(tiny_dataset, tmp_path):
     assert Image.open(last).tobytes() == Image.open(recons[0]).tobytes()
     code, report = validate(out)
     assert code == 0, report
+
+
+@pytest.mark.slow
+def test_feature_cache_is_reused_and_memory_limit_respected(tiny_dataset, tmp_path):
+    out, work = tmp_path / "bidsrecon", tmp_path / "work"
+    # The packaged weights: a random encoder's weights would follow --seed, and so its cache keys.
+    common = [str(tiny_dataset), str(out), "participant", "-w", str(work), "--skip-bids-validation",
+              "--image-size", "32", "--iterations", "3", "--nprocs", "1", "--feature-cache", "float16", "--mem", "6"]
+    assert main(common) == 0
+    entries = {path: path.stat().st_mtime_ns for path in (work / "feature_cache").rglob("*") if path.is_file()}
+    assert entries, "the first run wrote no feature cache"
+    first = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
+    # Another seed re-runs the decoding (new alpha-search sample): it reads the cache, writes nothing new.
+    assert main([*common, "--seed", "1"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in (work / "feature_cache").rglob("*") if path.is_file()} == entries
+    second = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
+    assert list(second["layer"]) == list(first["layer"])
+    # A limit already spent before decoding is a clear error, not an out-of-memory crash.
+    result = main([*common, "--mem", "0.01", "--seed", "2"])
+    assert result == 1
+
+
+@pytest.mark.slow
+def test_per_unit_decoder_mode(tiny_dataset, tmp_path):
+    out = tmp_path / "bidsrecon"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--skip-bids-validation",
+                 "--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "3", "--nprocs", "1",
+                 "--decoder", "fastl2lir", "--layers", "block2", "block3"]) == 0
+    decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
+    assert decoder["Format"] == "bidsrecon-per-unit-decoder" and "fastl2lir" in decoder["Method"]
+    assert decoder["Layers"] == ["block2", "block3"] and decoder["Alpha"]["block2"] == 100.0
+    accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
+    assert set(accuracy["layer"]) == {"block2", "block3"}
+    code, report = validate(out)
+    assert code == 0, report

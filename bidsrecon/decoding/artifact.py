@@ -38,6 +38,7 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconEr
 #: Version of the artifact's layout; a loader refuses layouts newer than its own.
 ARTIFACT_FORMAT = 1
 _FORMAT_NAME = "bidsrecon-kernel-ridge-decoder"
+_PER_UNIT_FORMAT_NAME = "bidsrecon-per-unit-decoder"
 _FEATURES_FORMAT_NAME = "bidsrecon-decoded-features"
 #: Names listed in an error message before "and N more".
 _NAMES_SHOWN = 5
@@ -145,6 +146,70 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
     save_arrays(arrays_path, arrays, metadata={"format": _FORMAT_NAME,
                                                "layers": json.dumps(layers)})
     # The sidecar is written last, with the arrays' hash: a pair interrupted midway never loads.
+    sidecar["ArraysSHA256"] = file_sha256(arrays_path)
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
+    return arrays_path, sidecar_path
+
+
+def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_sha256,
+                          image_size, training_stimuli, training_stimulus_hashes, voxel_mask_file,
+                          software_version, voxel_indices=None, extra_fields=None):
+    """Write fitted per-unit decoders (the lab's mode), one per layer, with a JSON sidecar.
+
+    The arrays are each unit's selected voxels (int32), weights and bias (float32, z-scored
+    units), and the voxels' and units' training mean and SD, under ``<layer>/...``. The sidecar
+    says what they apply to, as :func:`save_decoder`'s does. There is no loader yet: applying
+    saved decoders (``--decoders-dir``) is for the kernel ridge decoder only.
+
+    Parameters
+    ----------
+    path_stem : str or Path
+    decoders : dict of str to PerUnitDecoder
+        Fitted decoder of each layer, in the order to record.
+    Other parameters
+        As for :func:`save_decoder`.
+
+    Returns
+    -------
+    arrays_path, sidecar_path : Path
+    """
+    layers = list(decoders)
+    first = decoders[layers[0]]
+    n_voxels = len(first.voxel_mean_)
+    mask = _mask_summary(voxel_mask_file)
+    voxel_indices = _check_voxel_indices(voxel_indices, n_voxels, mask["Voxels"])
+    arrays_path, sidecar_path = decoder_paths(path_stem)
+    sidecar = {
+        "Format": _PER_UNIT_FORMAT_NAME,
+        "FormatVersion": ARTIFACT_FORMAT,
+        "Method": "ridge regression per unit on the voxels most correlated with it on the training "
+                  "data (the Kamitani lab's fastl2lir)",
+        "Encoder": encoder_name,
+        "EncoderWeightsSHA256": encoder_weights_sha256,
+        "ImageSize": int(image_size),
+        "Layers": layers,
+        "Alpha": {layer: float(decoders[layer].alpha) for layer in layers},
+        "VoxelsPerUnit": {layer: int(decoders[layer].selected_voxels_.shape[1]) for layer in layers},
+        "TrainingStimuli": [str(name) for name in training_stimuli],
+        "TrainingStimulusSHA256": [str(value) for value in training_stimulus_hashes],
+        "VoxelMask": mask,
+        "Voxels": int(n_voxels),
+        "SoftwareVersion": str(software_version),
+        "ArraysFile": arrays_path.name,
+        **(extra_fields or {}),
+    }
+    arrays = {layer: {"selected_voxels": model.selected_voxels_.astype(np.int32),
+                      "coef": model.coef_.astype(np.float32),
+                      "intercept": model.intercept_.astype(np.float32),
+                      "feature_mean": model.feature_mean_.astype(np.float32),
+                      "feature_std": model.feature_std_.astype(np.float32)}
+              for layer, model in decoders.items()}
+    arrays["voxels"] = {"mean": first.voxel_mean_, "std": first.voxel_std_}
+    if voxel_indices is not None:
+        arrays["voxels"]["voxel_indices"] = voxel_indices
+    arrays_path.parent.mkdir(parents=True, exist_ok=True)
+    save_arrays(arrays_path, arrays, metadata={"format": _PER_UNIT_FORMAT_NAME,
+                                               "layers": json.dumps(layers)})
     sidecar["ArraysSHA256"] = file_sha256(arrays_path)
     sidecar_path.write_text(json.dumps(sidecar, indent=2))
     return arrays_path, sidecar_path

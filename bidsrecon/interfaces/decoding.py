@@ -32,6 +32,11 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     accuracy_units = traits.Int(10000, usedefault=True, desc="units per layer sampled to score decoding accuracy")
     seed = traits.Int(0, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
+    feature_cache = traits.Str("", usedefault=True, desc="folder of the feature cache ('' = no cache)")
+    feature_cache_dtype = traits.Enum("float32", "float16", usedefault=True)
+    memory_gb = traits.Float(0.0, usedefault=True, desc="peak memory of this node in GB (0: no limit)")
+    method = traits.Enum("kernel", "fastl2lir", usedefault=True,
+                         desc="kernel ridge (every unit, streamed) or the lab's per-unit ridge on 500 voxels")
 
 
 class _DecodeOutputSpec(TraitedSpec):
@@ -58,7 +63,8 @@ class DecodeFeatures(SimpleInterface):
 
     def _decode(self, runtime):
         from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
-        from bidsrecon.decoding.artifact import save_decoder
+        from bidsrecon.decoding.artifact import save_decoder, save_per_unit_decoder
+        from bidsrecon.decoding.cache import FeatureCache
         from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
         from bidsrecon.encoders.base import file_sha256
         from bidsrecon.encoders import get_encoder
@@ -89,10 +95,33 @@ class DecodeFeatures(SimpleInterface):
         layers = list(self.inputs.layers) or list(encoder.default_layers)
         images = load_images([stimuli[name] for name in train_names], self.inputs.image_size)
 
-        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=self.inputs.cv_units, seed=self.inputs.seed)
-        decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(samples[training], image_index, cv_targets)
-        coefficients = decoder.coefficients(item_samples)
-        decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts)
+        cache = None
+        if self.inputs.feature_cache:
+            cache = FeatureCache.for_encoder(self.inputs.feature_cache, encoder, dtype=self.inputs.feature_cache_dtype)
+        description = dict(
+            encoder_name=encoder.name, encoder_weights_sha256=encoder.weights_sha256, image_size=self.inputs.image_size,
+            training_stimuli=list(train_names), training_stimulus_hashes=[file_sha256(stimuli[name]) for name in train_names],
+            voxel_mask_file=self.inputs.mask_file, software_version=__version__, voxel_indices=kept)
+        extra = {"EncoderDescription": encoder.description, "TrainingImages": int(len(train_names)),
+                 "VoxelSelection": selection}
+        stem = f"{runtime.cwd}/{self.inputs.decoder_name}"
+        if self.inputs.method == "fastl2lir":
+            decoded, train_mean, train_spread, decoders = _decode_per_unit(
+                encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
+            paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
+        else:
+            cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=self.inputs.cv_units,
+                                                 seed=self.inputs.seed, cache=cache)
+            decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(samples[training], image_index, cv_targets)
+            coefficients = decoder.coefficients(item_samples)
+            decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
+                                                                memory_budget=_memory_budget(self.inputs.memory_gb))
+            extra.update({
+                "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
+                "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]] for layer in layers},
+            })
+            paths = save_decoder(stem, decoder, layers=layers, **description, extra_fields=extra)
+        self._results["out_decoder_arrays"], self._results["out_decoder"] = (str(path) for path in paths)
 
         self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"
         save_arrays(
@@ -106,24 +135,65 @@ class DecodeFeatures(SimpleInterface):
         )
         self._results["out_items"] = f"{runtime.cwd}/items.tsv"
         items.to_csv(self._results["out_items"], sep="\t", index=False)
-        stem = f"{runtime.cwd}/{self.inputs.decoder_name}"
-        self._results["out_decoder_arrays"], self._results["out_decoder"] = (str(p) for p in save_decoder(
-            stem, decoder, layers=layers, encoder_name=encoder.name, encoder_weights_sha256=encoder.weights_sha256,
-            image_size=self.inputs.image_size, training_stimuli=list(train_names),
-            training_stimulus_hashes=[file_sha256(stimuli[name]) for name in train_names],
-            voxel_mask_file=self.inputs.mask_file, software_version=__version__, voxel_indices=kept,
-            extra_fields={
-                "EncoderDescription": encoder.description,
-                "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
-                "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]] for layer in layers},
-                "TrainingImages": int(len(train_names)),
-                "VoxelSelection": selection,
-            },
-        ))
         self._results["out_accuracy"] = f"{runtime.cwd}/decoding_accuracy.tsv"
         accuracy = _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, self.inputs.image_size,
                                       self.inputs.accuracy_units, self.inputs.seed)
         accuracy.to_csv(self._results["out_accuracy"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+
+
+def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache):
+    """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
+
+    All training features of the layers are held in memory (and each unit fitted on its own),
+    so this mode is meant for layer subsets; the kernel ridge decoder streams every unit.
+
+    Returns
+    -------
+    decoded, train_mean, train_spread : as :func:`bidsrecon.decoding.decode_features`
+    decoders : dict of str to PerUnitDecoder
+    """
+    from bidsrecon.decoding.per_unit import PerUnitDecoder
+    from bidsrecon.decoding.stream import iter_feature_batches
+    from bidsrecon.recon.spread import spread_from_moments
+
+    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache)]
+    weights = counts / counts.sum()
+    decoded, train_mean, train_spread, decoders = {}, {}, {}, {}
+    for layer in layers:
+        features = np.concatenate([batch[layer] for batch in batches])
+        shape = features.shape[1:]
+        features = features.reshape(len(features), -1)
+        mean, mean_square = weights @ features, weights @ features.astype(np.float64) ** 2
+        train_mean[layer] = mean.reshape(shape).astype(np.float32)
+        train_spread[layer] = spread_from_moments(mean.reshape(shape), mean_square.reshape(shape))
+        decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
+        decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
+    return decoded, train_mean, train_spread, decoders
+
+
+#: Left out of a --mem budget for what the decoding's memory model does not count (allocator slack).
+MEMORY_MARGIN = 300_000_000
+
+
+def _memory_budget(memory_gb):
+    """Bytes the streamed decoding may add to what this process holds now, within ``memory_gb``.
+
+    None (no limit) for 0. A budget already spent is an error that says how much is held.
+    """
+    if not memory_gb:
+        return None
+    import os
+
+    with open("/proc/self/statm") as stream:
+        resident = int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    budget = int(memory_gb * 1e9) - resident - MEMORY_MARGIN
+    if budget <= 0:
+        from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+
+        raise BidsReconError(f"--mem {memory_gb:g} GB is spent before decoding starts: the decoding step already "
+                             f"holds {resident / 1e9:.2f} GB (samples, images, encoder). Raise --mem.",
+                             EXIT_BAD_ARGUMENTS)
+    return budget
 
 
 def _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, image_size, n_units, seed):
