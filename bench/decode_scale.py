@@ -6,12 +6,13 @@ their content; the grid-edge warnings of the alpha search are expected and silen
 network is ``vgg19-random`` (the same arithmetic as the ImageNet weights). The pipeline is the
 app's:
 
-1. pass 1 through the encoder: sample 1,000 units per layer for choosing alpha, writing every
-   feature to a :class:`~bidsrecon.decoding.cache.FeatureCache` (float16) on the way;
+1. pass 1 through the encoder: sample 1,000 units per layer for choosing alpha (with ``--cache``,
+   writing every feature to a :class:`~bidsrecon.decoding.cache.FeatureCache` on the way);
 2. fit the kernel ridge decoder (z-scoring, kernel, grouped 5-fold cross-validation of alpha);
 3. coefficients of the 50 test items;
-4. pass 2: decode every unit of every layer, reading the cached features (layers left out of the
-   cache with ``--cache-from`` are recomputed: the encoder then stops at the last of them).
+4. pass 2: decode every unit of every layer, running the encoder again (the app's default,
+   ``--feature-cache off``), or reading the cached features with ``--cache`` (layers left out of
+   the cache with ``--cache-from`` are recomputed).
 
 It prints a table of wall time per stage, the time inside the encoder's forward passes and in
 cache reads and writes, the peak resident memory (``ru_maxrss``, the whole process) and the
@@ -24,10 +25,11 @@ With ``--float16-error`` the decoded features are computed a second time without
 
 Usage::
 
-    python bench/decode_scale.py --quick     # a tenth of the scale: 1-2 minutes, 3.6 GB of cache
-    python bench/decode_scale.py             # full scale: 20 minutes on the shared 2-core
-                                             # machine, 36 GB of (temporary) cache on disk
-    python bench/decode_scale.py --cache-from conv4_1   # cache the deep layers only
+    python bench/decode_scale.py --quick     # a tenth of the scale: 1-2 minutes
+    python bench/decode_scale.py             # full scale: about 8 minutes on a quiet 2-core machine
+    python bench/decode_scale.py --cache float16   # with the feature cache: 36 GB of (temporary)
+                                             # disk at full scale, and slower here (disk-bound)
+    python bench/decode_scale.py --cache float16 --cache-from conv4_1   # deep layers only
 """
 import argparse
 import ctypes
@@ -149,7 +151,7 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
     start = time.perf_counter()
     cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=CV_UNITS,
                                          batch_size=batch_size, cache=cache)
-    seconds["pass 1: sample units (+ write cache)"] = time.perf_counter() - start
+    seconds["pass 1: sample units" + (" (+ write cache)" if cache else "")] = time.perf_counter() - start
     _report_stage(seconds)
 
     start = time.perf_counter()
@@ -173,7 +175,7 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
     decoded, train_mean, _ = decode_features(encoder, images, coefficients, counts,
                                              batch_size=batch_size, progress=False,
                                              cache=cache, memory_budget=memory_budget)
-    seconds["pass 2: decode every unit (read cache)"] = time.perf_counter() - start
+    seconds["pass 2: decode every unit" + (" (read cache)" if cache else "")] = time.perf_counter() - start
     layer_units = {layer: mean.size for layer, mean in train_mean.items()}
     groups = plan_layer_groups(layer_units, {layer: len(test_items) for layer in layers},
                                batch_size, memory_budget, cached=cache is not None)
@@ -202,11 +204,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", type=Path,
                         help="cache folder (default: a temporary folder, deleted at the end)")
-    parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--cache", choices=("off", "float16", "float32"), default="off",
+                        help="feature cache and its storage (default: off, as the app's default)")
     parser.add_argument("--cache-from", default="conv1_1",
                         help="first layer kept in the cache; earlier ones are recomputed")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="no feature cache: pass 2 recomputes every feature (the app's default)")
     parser.add_argument("--float16-error", action="store_true",
                         help="also measure the error of float16 storage (one more pass)")
     args = parser.parse_args(argv)
@@ -222,8 +223,8 @@ def main(argv=None):
     cache_root = args.cache_dir or Path(tempfile.mkdtemp(prefix="decode_scale_"))
     try:
         layers = get_encoder("vgg19-random").layers
-        cache = None if args.no_cache else TimedCache.for_encoder(
-            cache_root, get_encoder("vgg19-random"), dtype=args.cache_dtype,
+        cache = None if args.cache == "off" else TimedCache.for_encoder(
+            cache_root, get_encoder("vgg19-random"), dtype=args.cache,
             layers=layers[layers.index(args.cache_from):])
         start = time.perf_counter()
         seconds, decoded, train_mean, coefficients, counts, encoder, plan = run_pipeline(
@@ -251,7 +252,7 @@ def main(argv=None):
     if cache is not None:
         print(f"{'  cache reads / writes (background threads)':<44}"
               f"{cache.read_seconds:>5.1f} / {cache.write_seconds:.1f}"
-              f"   ({cache_gb:.1f} GB {args.cache_dtype}, layers {args.cache_from}..fc8)")
+              f"   ({cache_gb:.1f} GB {args.cache}, layers {args.cache_from}..fc8)")
     print(f"{'peak resident memory (GB)':<44}{peak_gb:>10.2f}"
           f"   (decoding budget {plan[0] / 1e9:.2f} GB: {len(plan[1])} layer group(s))")
     print(f"{'units decoded per item':<44}{n_units:>10,}")

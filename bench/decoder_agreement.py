@@ -77,7 +77,8 @@ def decode_node_inputs(work_dir):
     Returns
     -------
     dict or None
-        Input name to value; file inputs as paths (a list of paths for the per-run files).
+        Input name to value; file inputs as paths (a list of paths for the per-run files), and
+        ``node_dir``, the node's folder.
     """
     # Nipype records a node's inputs as JSON [name, value] pairs next to its outputs (files as
     # [path, hash]); "_unfinished" marks a run that did not complete. Never the .pklz pickles.
@@ -87,7 +88,8 @@ def decode_node_inputs(work_dir):
         return None
     if len({path.parent for path in records}) > 1:
         raise SystemExit(f"{work_dir} holds several participants; use a work dir with one.")
-    inputs = dict(json.loads(max(records, key=lambda path: path.stat().st_mtime).read_text()))
+    record = max(records, key=lambda path: path.stat().st_mtime)
+    inputs = dict(json.loads(record.read_text()), node_dir=record.parent)
     for name in ("samples_files", "trials_files"):
         inputs[name] = [entry[0] for entry in inputs[name]]
     inputs["stimuli_file"] = inputs["stimuli_file"][0]
@@ -215,6 +217,8 @@ def main(argv=None):
                                                                       cv_targets)
         coefficients = kernel.coefficients(data["item_samples"])
         kernel_fit_s = time.perf_counter() - tick
+        # The alphas of the decoder the app saved, printed next to ours: equal ones show the fit is the app's.
+        app_alpha = json.loads(next(inputs["node_dir"].glob("*_decoder.json")).read_text())["Alpha"]
         natural_diffs, all_diffs, timings = {}, [], []
         for layer in layers:
             F = features[layer][:n_train].astype(np.float64)
@@ -234,9 +238,10 @@ def main(argv=None):
             per_unit_rows = accuracy_rows(items, per_unit, true, train_mean, train_std)
 
             position = int(np.flatnonzero(kernel.alphas_ == kernel.alpha_[layer])[0])
-            print(f"\nlayer {layer}: kernel alpha {kernel.alpha_[layer]:.4g} (grid {position + 1}/"
-                  f"{len(kernel.alphas_)}, CV r {kernel.cv_scores_[layer][position]:.3f}); time: ours "
-                  f"{weighted_sum_s:.2f} s + shared fit, per-unit {per_unit_s:.1f} s")
+            print(f"\nlayer {layer}: kernel alpha {kernel.alpha_[layer]:.4g} (the app's "
+                  f"{app_alpha.get(layer, np.nan):.4g}; grid {position + 1}/{len(kernel.alphas_)}, CV r "
+                  f"{kernel.cv_scores_[layer][position]:.3f}); time: ours {weighted_sum_s:.2f} s + shared fit, "
+                  f"per-unit {per_unit_s:.1f} s")
             print(f"  {'set':<9}{'items':>6} | {'profile r: ours':>15}{'per-unit':>9}{'diff':>8} | "
                   f"{'pattern r: ours':>15}{'per-unit':>9}{'diff':>8}")
             for scope, (n_items, profile, pattern) in ours_rows.items():
