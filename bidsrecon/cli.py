@@ -114,7 +114,7 @@ def build_parser():
     recon.add_argument("--jitter", type=int, default=0, metavar="PIXELS",
                        help="gd only: largest random image shift per iteration, in pixels at 224 px (default: 0)")
     recon.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                       help="where to reconstruct (default: auto, a GPU when there is one)")
+                       help="where the encoder runs, for decoding and reconstruction (default: auto, a GPU when there is one)")
     recon.add_argument("--mixed-precision", action="store_true",
                        help="run the networks in bfloat16 on CUDA (faster; the loss stays float32)")
     recon.add_argument("--batch-size", type=_positive_int, default=8,

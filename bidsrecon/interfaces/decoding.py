@@ -35,6 +35,7 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     feature_cache = traits.Str("", usedefault=True, desc="folder of the feature cache ('' = no cache)")
     feature_cache_dtype = traits.Enum("float32", "float16", usedefault=True)
     memory_gb = traits.Float(0.0, usedefault=True, desc="peak memory of this node in GB (0: no limit)")
+    device = traits.Str("cpu", usedefault=True, desc="where the encoder runs: auto, cpu, cuda or mps")
     method = traits.Enum("kernel", "fastl2lir", usedefault=True,
                          desc="kernel ridge (every unit, streamed) or the lab's per-unit ridge on 500 voxels")
 
@@ -69,6 +70,7 @@ class DecodeFeatures(SimpleInterface):
         from bidsrecon.encoders.base import file_sha256
         from bidsrecon.encoders import get_encoder
         from bidsrecon.images import load_images
+        from bidsrecon.recon.invert import resolve_device
 
         samples = np.concatenate([np.load(f, allow_pickle=False) for f in self.inputs.samples_files])
         trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
@@ -91,7 +93,8 @@ class DecodeFeatures(SimpleInterface):
             for row in items.itertuples()
         ])
 
-        encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed)
+        encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed,
+                              device=resolve_device(self.inputs.device))
         layers = list(self.inputs.layers) or list(encoder.default_layers)
         images = load_images([stimuli[name] for name in train_names], self.inputs.image_size)
 

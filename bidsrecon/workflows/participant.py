@@ -65,6 +65,7 @@ def init_participant_wf(plan, config, name=None):
         DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
                        layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
                        decoder_name=f"sub-{subject}_decoder", memory_gb=config.mem_gb or 0.0, method=config.decoder,
+                       device=config.device,
                        feature_cache="" if config.feature_cache == "off" else str(config.work_dir / "feature_cache"),
                        feature_cache_dtype="float16" if config.feature_cache == "float16" else "float32", **encoder),
         name="decode",
