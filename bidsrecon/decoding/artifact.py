@@ -108,14 +108,9 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
 
     arrays_path, sidecar_path = decoder_paths(path_stem)
     sidecar = {
-        "Format": _FORMAT_NAME,
-        "FormatVersion": ARTIFACT_FORMAT,
-        "Method": "kernel ridge regression, one penalty per layer chosen by grouped "
-                  "cross-validation",
-        "Encoder": encoder_name,
-        "EncoderWeightsSHA256": encoder_weights_sha256,
-        "ImageSize": int(image_size),
-        "Layers": layers,
+        **_sidecar_head(_FORMAT_NAME, "kernel ridge regression, one penalty per layer chosen by "
+                        "grouped cross-validation", encoder_name, encoder_weights_sha256,
+                        image_size, layers),
         "Alpha": {layer: float(decoder.alpha_[layer]) for layer in layers},
         "Parameters": _parameters_to_json(decoder),
         "TrainingSamples": int(decoder.X_.shape[0]),
@@ -142,13 +137,7 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
     }
     if voxel_indices is not None:
         arrays["fit"]["voxel_indices"] = voxel_indices
-    arrays_path.parent.mkdir(parents=True, exist_ok=True)
-    save_arrays(arrays_path, arrays, metadata={"format": _FORMAT_NAME,
-                                               "layers": json.dumps(layers)})
-    # The sidecar is written last, with the arrays' hash: a pair interrupted midway never loads.
-    sidecar["ArraysSHA256"] = file_sha256(arrays_path)
-    sidecar_path.write_text(json.dumps(sidecar, indent=2))
-    return arrays_path, sidecar_path
+    return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 
 
 def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_sha256,
@@ -180,14 +169,9 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
     voxel_indices = _check_voxel_indices(voxel_indices, n_voxels, mask["Voxels"])
     arrays_path, sidecar_path = decoder_paths(path_stem)
     sidecar = {
-        "Format": _PER_UNIT_FORMAT_NAME,
-        "FormatVersion": ARTIFACT_FORMAT,
-        "Method": "ridge regression per unit on the voxels most correlated with it on the training "
-                  "data (the Kamitani lab's fastl2lir)",
-        "Encoder": encoder_name,
-        "EncoderWeightsSHA256": encoder_weights_sha256,
-        "ImageSize": int(image_size),
-        "Layers": layers,
+        **_sidecar_head(_PER_UNIT_FORMAT_NAME, "ridge regression per unit on the voxels most "
+                        "correlated with it on the training data (the Kamitani lab's fastl2lir)",
+                        encoder_name, encoder_weights_sha256, image_size, layers),
         "Alpha": {layer: float(decoders[layer].alpha) for layer in layers},
         "VoxelsPerUnit": {layer: int(decoders[layer].selected_voxels_.shape[1]) for layer in layers},
         "TrainingStimuli": [str(name) for name in training_stimuli],
@@ -207,12 +191,7 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
     arrays["voxels"] = {"mean": first.voxel_mean_, "std": first.voxel_std_}
     if voxel_indices is not None:
         arrays["voxels"]["voxel_indices"] = voxel_indices
-    arrays_path.parent.mkdir(parents=True, exist_ok=True)
-    save_arrays(arrays_path, arrays, metadata={"format": _PER_UNIT_FORMAT_NAME,
-                                               "layers": json.dumps(layers)})
-    sidecar["ArraysSHA256"] = file_sha256(arrays_path)
-    sidecar_path.write_text(json.dumps(sidecar, indent=2))
-    return arrays_path, sidecar_path
+    return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 
 
 def read_decoder_description(path_stem):
@@ -458,6 +437,24 @@ def _check_decoded_features(decoded, items):
         raise ValueError(f"Every layer of decoded needs one row per item ({len(items)} items); "
                          f"got rows {rows}.")
     return layers, columns
+
+def _write_pair(arrays_path, arrays, sidecar_path, sidecar):
+    """Write the arrays, then the sidecar with the arrays' hash: a pair interrupted midway never
+    loads."""
+    arrays_path.parent.mkdir(parents=True, exist_ok=True)
+    save_arrays(arrays_path, arrays, metadata={"format": sidecar["Format"],
+                                               "layers": json.dumps(sidecar["Layers"])})
+    sidecar["ArraysSHA256"] = file_sha256(arrays_path)
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
+    return arrays_path, sidecar_path
+
+
+def _sidecar_head(format_name, method, encoder_name, encoder_weights_sha256, image_size, layers):
+    """The sidecar fields every decoder artifact starts with."""
+    return {"Format": format_name, "FormatVersion": ARTIFACT_FORMAT, "Method": method,
+            "Encoder": encoder_name, "EncoderWeightsSHA256": encoder_weights_sha256,
+            "ImageSize": int(image_size), "Layers": layers}
+
 
 def _mask_summary(mask_file):
     """What the sidecar records of a mask: file hash, grid, voxel count and voxel-set hash."""
