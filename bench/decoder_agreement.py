@@ -11,7 +11,8 @@ lab's ``fastl2lir``) with the lab's defaults, 500 voxels per unit and alpha 100.
 How
 ---
 1. Simulate ``WORK_DIR/bids`` (if absent) and run the app once (outputs in ``WORK_DIR/out``, work
-   dir ``WORK_DIR/work``), unless its ``decode`` node already ran with the encoder, layers and seed.
+   dir ``WORK_DIR/work``), unless its ``decode`` node already ran the kernel decoder with the
+   encoder, layers and seed asked for.
 2. Read the decode node's inputs from Nipype's JSON record of them (per-run samples ``.npy`` and
    trials TSVs in the node's order, stimuli TSV, encoder, layers, seed, ``cv_units``,
    ``n_voxels``) and build training samples, image index and test items (test trials of one
@@ -108,13 +109,14 @@ def run_app_once(root, args):
     if not bids.exists():
         print(f"simulating the {args.preset} preset (seed {args.seed}) into {bids}", flush=True)
         simulate_dataset(bids, preset=args.preset, seed=args.seed)
-    wanted = {"encoder": args.encoder, "layers": list(args.layers), "seed": args.seed}
+    # The kernel decoder's run is the one compared ("method" is absent from older records).
+    wanted = {"encoder": args.encoder, "layers": list(args.layers), "seed": args.seed, "method": "kernel"}
     inputs = decode_node_inputs(work)
-    if inputs is not None and all(inputs.get(key) == value for key, value in wanted.items()):
+    if inputs is not None and all(inputs.get(key, "kernel") == value for key, value in wanted.items()):
         print(f"the app's outputs are in {work}: not run again", flush=True)
         return inputs
     argv = [str(bids), str(root / "out"), "participant", "-w", str(work), "--skip-bids-validation",
-            "--nprocs", "1", "--seed", str(args.seed), "--encoder", args.encoder]
+            "--nprocs", "1", "--seed", str(args.seed), "--encoder", args.encoder, "--decoder", "kernel"]
     argv += ["--layers", *args.layers] if args.layers else []
     print("running: bidsrecon " + " ".join(argv), flush=True)
     if bidsrecon_main(argv) != 0:
