@@ -46,7 +46,7 @@ import numpy as np
 
 from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
 from bidsrecon.decoding.cache import FeatureCache
-from bidsrecon.decoding.stream import plan_layer_groups
+from bidsrecon.decoding.stream import plan_decoding
 from bidsrecon.encoders import get_encoder
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
@@ -177,9 +177,10 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
                                              cache=cache, memory_budget=memory_budget)
     seconds["pass 2: decode every unit" + (" (read cache)" if cache else "")] = time.perf_counter() - start
     layer_units = {layer: mean.size for layer, mean in train_mean.items()}
-    groups = plan_layer_groups(layer_units, {layer: len(test_items) for layer in layers},
-                               batch_size, memory_budget, cached=cache is not None)
-    return seconds, decoded, train_mean, coefficients, counts, encoder, (memory_budget, groups)
+    decoding_batch, groups = plan_decoding(layer_units, {layer: len(test_items) for layer in layers},
+                                           batch_size, memory_budget, cached=cache is not None)
+    return seconds, decoded, train_mean, coefficients, counts, encoder, (memory_budget, groups,
+                                                                         decoding_batch)
 
 
 def float16_error(images, coefficients, counts, decoded, batch_size):
@@ -254,7 +255,8 @@ def main(argv=None):
               f"{cache.read_seconds:>5.1f} / {cache.write_seconds:.1f}"
               f"   ({cache_gb:.1f} GB {args.cache}, layers {args.cache_from}..fc8)")
     print(f"{'peak resident memory (GB)':<44}{peak_gb:>10.2f}"
-          f"   (decoding budget {plan[0] / 1e9:.2f} GB: {len(plan[1])} layer group(s))")
+          f"   (decoding budget {plan[0] / 1e9:.2f} GB: {len(plan[1])} layer group(s), "
+          f"batch {plan[2]})")
     print(f"{'units decoded per item':<44}{n_units:>10,}")
     if errors:
         print(f"\n{'layer':<10}{'float16 error / |decoded|':>28}"

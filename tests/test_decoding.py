@@ -411,3 +411,23 @@ def test_decode_features_under_a_memory_budget_matches_one_pass():
         np.testing.assert_allclose(decoded[layer], reference[layer], atol=1e-6 * scale)
         np.testing.assert_allclose(train_mean[layer], reference_mean[layer], rtol=1e-6)
         assert train_spread[layer] == pytest.approx(reference_spread[layer], rel=1e-6)
+
+
+def test_plan_decoding_prefers_a_smaller_batch_to_a_second_pass():
+    from bidsrecon.decoding.stream import decoding_memory, plan_decoding, plan_layer_groups
+
+    layer_units = {"a": 1000, "b": 500, "c": 10}
+    layer_items = dict.fromkeys(layer_units, 2)
+    # Layer a alone fits a batch of 8 (with everyone's outputs); all three fit a batch of 6.
+    budget = decoding_memory(layer_units, {"a": 2}, 8) + 4 * 2 * (500 + 10)
+    assert decoding_memory(layer_units, layer_items, 6) <= budget < decoding_memory(layer_units, layer_items, 7)
+    assert len(plan_layer_groups(layer_units, layer_items, 8, budget)) == 2
+    assert plan_decoding(layer_units, layer_items, 8, budget) == (6, [["a", "b", "c"]])
+    # Not below a quarter of the batch: 16 equal layers fit one group only at a batch of 2 when
+    # one of them fits a batch of 16, so the layers are split at the batch asked for.
+    many = {f"l{index}": 1000 for index in range(16)}
+    many_items = dict.fromkeys(many, 2)
+    budget = decoding_memory(many, {"l0": 2}, 16) + 4 * 2 * 1000 * 15
+    assert decoding_memory(many, many_items, 3) > budget
+    assert plan_decoding(many, many_items, 16, budget) == (
+        16, plan_layer_groups(many, many_items, 16, budget))

@@ -217,10 +217,10 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         See :func:`iter_feature_batches`.
     memory_budget : int, optional
         Bytes this call may allocate (its inputs, the encoder's weights and the interpreter not
-        counted). When given, the layers are split into groups that fit
-        (:func:`plan_layer_groups`), one pass over the images per group: the later passes read
-        from ``cache`` where one is given, and run the encoder again otherwise. One pass over
-        all layers when omitted.
+        counted). When given, the batch is made smaller, or else the layers are split into
+        groups that fit (:func:`plan_decoding`), one pass over the images per group: the later
+        passes read from ``cache`` where one is given, and run the encoder again otherwise. One
+        pass over all layers when omitted.
 
     Returns
     -------
@@ -238,7 +238,7 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
     if memory_budget is None:
         layer_groups = [list(coefficients)]
     else:
-        layer_groups = plan_layer_groups(
+        batch_size, layer_groups = plan_decoding(
             _layer_units(encoder, images), {layer: len(c) for layer, c in coefficients.items()},
             batch_size, memory_budget, cached=cache is not None)
     decoded, train_mean, train_spread = {}, {}, {}
@@ -288,6 +288,31 @@ def decoding_memory(layer_units, layer_items, batch_size, cached=False):
                                        + max(group_units))
     forward = 4 * batch_size * 2 * largest_in_forward
     return int(outputs + accumulators + batch_features + forward)
+
+
+def plan_decoding(layer_units, layer_items, batch_size, memory_budget, cached=False):
+    """Batch size and layer groups for :func:`decode_features` under a memory budget.
+
+    A smaller batch, down to a quarter of ``batch_size``, is preferred to a second pass over
+    the images: a pass costs a whole forward of the training set, a smaller batch only some of
+    the encoder's throughput (and, on a CPU, the accumulation's: each batch reads and writes
+    every output once).
+
+    Returns
+    -------
+    batch_size : int
+    groups : list of list of str
+        As :func:`plan_layer_groups`.
+    """
+    for smaller in range(batch_size, max(1, batch_size // 4) - 1, -1):
+        try:
+            groups = plan_layer_groups(layer_units, layer_items, smaller, memory_budget, cached)
+        except BidsReconError:
+            continue
+        if len(groups) == 1:
+            return smaller, groups
+    return batch_size, plan_layer_groups(layer_units, layer_items, batch_size, memory_budget,
+                                         cached)
 
 
 def plan_layer_groups(layer_units, layer_items, batch_size, memory_budget, cached=False):
