@@ -102,7 +102,8 @@ class TimedCache(FeatureCache):
 def synthesise(scale, seed=0):
     """Random images, training samples with an image-specific pattern, and test items."""
     rng = np.random.default_rng(seed)
-    images = rng.random((scale["n_images"], IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    # uint8, as the app holds its stimuli (a quarter of float32's memory).
+    images = rng.integers(0, 256, (scale["n_images"], IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     patterns = rng.standard_normal((scale["n_images"], scale["n_voxels"]), dtype=np.float32)
     image_index = rng.permutation(np.repeat(np.arange(scale["n_images"]), scale["repeats"]))
     samples = patterns[image_index] + 2 * rng.standard_normal(

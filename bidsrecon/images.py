@@ -26,7 +26,7 @@ def _square_centre(image):
     return image.crop((left, top, left + side, top + side))
 
 
-def load_image(path, size):
+def load_image(path, size, dtype=np.float32):
     """Read an image as RGB, crop its centre to a square and resize it.
 
     Grey and palette images are converted to RGB; an alpha channel is dropped.
@@ -36,10 +36,13 @@ def load_image(path, size):
     path : str or Path
     size : int
         Side of the output in pixels; resizing is antialiased (Lanczos).
+    dtype : {numpy.float32, numpy.uint8}, default numpy.float32
+        uint8 keeps the resized 0-255 values (a quarter of the memory, for large stimulus
+        sets); float32 divides them by 255.
 
     Returns
     -------
-    ndarray, shape (size, size, 3), float32 in [0, 1]
+    ndarray, shape (size, size, 3), float32 in [0, 1] or uint8
     """
     _check_size(size)
     path = Path(path)
@@ -52,20 +55,22 @@ def load_image(path, size):
         raise BidsReconError(f"Cannot read image {path}: {error}",
                              EXIT_INPUT_MISSING) from error
     resized = square.resize((size, size), Image.Resampling.LANCZOS)
+    if np.dtype(dtype) == np.uint8:
+        return np.asarray(resized, dtype=np.uint8)
     return np.asarray(resized, dtype=np.float32) / 255.0
 
 
-def load_images(paths, size):
+def load_images(paths, size, dtype=np.float32):
     """:func:`load_image` for each path, stacked.
 
     Returns
     -------
-    ndarray, shape (n_images, size, size, 3), float32 in [0, 1]
+    ndarray, shape (n_images, size, size, 3), float32 in [0, 1] or uint8
     """
     _check_size(size)
-    images = [load_image(path, size) for path in paths]
+    images = [load_image(path, size, dtype) for path in paths]
     if not images:
-        return np.zeros((0, size, size, 3), dtype=np.float32)
+        return np.zeros((0, size, size, 3), dtype=dtype)
     return np.stack(images)
 
 

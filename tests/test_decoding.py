@@ -431,3 +431,15 @@ def test_plan_decoding_prefers_a_smaller_batch_to_a_second_pass():
     assert decoding_memory(many, many_items, 3) > budget
     assert plan_decoding(many, many_items, 16, budget) == (
         16, plan_layer_groups(many, many_items, 16, budget))
+
+
+def test_uint8_images_decode_exactly_as_their_float32_values():
+    encoder = TinyEncoder()
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    coefficients = {"conv1": np.random.default_rng(4).standard_normal((2, 5))}
+    counts = np.array([1, 2, 1, 1, 2])
+    from_uint8 = decode_features(encoder, pixels, coefficients, counts, batch_size=2, progress=False)
+    from_float = decode_features(encoder, pixels.astype(np.float32) / 255.0, coefficients, counts,
+                                 batch_size=2, progress=False)
+    for ours, reference in zip(from_uint8, from_float):
+        np.testing.assert_array_equal(ours["conv1"], reference["conv1"])

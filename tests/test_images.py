@@ -110,3 +110,17 @@ def test_to_display_stretches_and_ignores_outliers():
 def test_to_display_leaves_a_flat_image_as_it_is():
     flat = np.full((4, 4, 3), 0.3)
     np.testing.assert_allclose(to_display(flat), 0.3, atol=1e-7)
+
+
+def test_load_image_as_uint8_keeps_the_values_float32_divides(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bidsrecon.images import load_image, load_images
+
+    path = tmp_path / "gradient.png"
+    Image.fromarray(np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3)).save(path)
+    as_uint8 = load_image(path, 16, dtype=np.uint8)
+    assert as_uint8.dtype == np.uint8
+    np.testing.assert_array_equal(as_uint8.astype(np.float32) / 255.0, load_image(path, 16))
+    assert load_images([path, path], 16, dtype=np.uint8).dtype == np.uint8

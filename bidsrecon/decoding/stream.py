@@ -426,11 +426,17 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
 
 
 def _image_batch(images, start, stop):
-    """Images ``start:stop`` as a contiguous float32 array (b, H, W, 3), range-checked."""
+    """Images ``start:stop`` as a contiguous float32 array (b, H, W, 3), range-checked.
+
+    uint8 images (0-255, four times smaller to hold) are divided by 255 here, exactly as
+    :func:`bidsrecon.images.load_image` does for float32 ones.
+    """
     if isinstance(images, np.ndarray):
         batch = images[start:stop]
     else:
         batch = np.stack([np.asarray(images[index]) for index in range(start, stop)])
+    if batch.dtype == np.uint8:
+        batch = batch.astype(np.float32) / 255.0
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError("images must be RGB arrays of shape (n, H, W, 3) (or a sequence of "

@@ -96,7 +96,8 @@ class DecodeFeatures(SimpleInterface):
         encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed,
                               device=resolve_device(self.inputs.device))
         layers = list(self.inputs.layers) or list(encoder.default_layers)
-        images = load_images([stimuli[name] for name in train_names], self.inputs.image_size)
+        # uint8: 1,200 stimuli at 224 px take 180 MB instead of 720 MB while the features stream.
+        images = load_images([stimuli[name] for name in train_names], self.inputs.image_size, dtype=np.uint8)
 
         cache = None
         if self.inputs.feature_cache:
