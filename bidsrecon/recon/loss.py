@@ -45,6 +45,8 @@ def _squared_norms(features):
     """‖item‖² per item, summed in float64 on the features' own device (a GPU does it in
     milliseconds; the CPU in one pass)."""
     features = torch.as_tensor(features).detach()
+    if features.device.type == "mps":  # Apple's GPUs have no float64
+        features = features.cpu()
     norms = torch.linalg.vector_norm(features.flatten(1), dim=1, dtype=torch.float64)
     return (norms ** 2).cpu().numpy()
 
