@@ -53,9 +53,6 @@ class KernelRidgeDecoder(BaseEstimator):
         Training mean and SD (ddof 1) of each voxel; constant voxels get SD 1.
     X_ : ndarray, shape (n_samples, n_voxels)
         Z-scored training samples.
-    kernel_ : ndarray, shape (n_samples, n_samples)
-        ``X_ X_ᵀ``, kept for :meth:`coefficients` (at ds001506's scale it costs ten seconds to
-        recompute and 290 MB to keep); a decoder reloaded from disk recomputes it once.
     image_index_ : ndarray of int, shape (n_samples,)
         Training image shown in each sample.
     n_images_ : int
@@ -106,7 +103,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.image_index_ = image_index
         self.n_images_ = n_images
 
-        kernel = self.kernel_ = self.X_ @ self.X_.T
+        kernel = self.X_ @ self.X_.T
         kernel_scale = np.mean(np.diag(kernel))
         if kernel_scale == 0:
             raise ValueError("Every voxel of X is constant over the training samples; "
@@ -145,9 +142,7 @@ class KernelRidgeDecoder(BaseEstimator):
             raise ValueError(f"X_test has {X_test.shape[1]} voxels; the decoder was fitted on "
                              f"{self.X_.shape[1]}.")
         test_kernel = ((X_test - self.voxel_mean_) / self.voxel_std_) @ self.X_.T
-        if getattr(self, "kernel_", None) is None:
-            self.kernel_ = self.X_ @ self.X_.T
-        kernel = self.kernel_
+        kernel = self.X_ @ self.X_.T
         collapsed_by_alpha = {}
         for alpha in set(self.alpha_.values()):
             regularised = kernel + alpha * np.eye(len(kernel))
