@@ -56,7 +56,11 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     from bidsrecon.decoding.artifact import load_decoder
 
     assert (out / "sub-01" / "decoder" / decoder["ArraysFile"]).is_file()
-    reloaded = load_decoder(out / "sub-01" / "decoder" / "sub-01_decoder", expected_encoder="efficientnet-lite0-random")
+    # Its voxel mask travels with it, and is the one it was trained in.
+    mask = out / "sub-01" / "decoder" / decoder["VoxelMask"]["File"]
+    assert mask.name == "sub-01_desc-decoder_mask.nii.gz"
+    reloaded = load_decoder(out / "sub-01" / "decoder" / "sub-01_decoder", expected_encoder="efficientnet-lite0-random",
+                            expected_mask_file=mask)
     assert set(reloaded.alpha_) == set(decoder["Layers"])
     accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
     assert len(accuracy) == len(metrics) * len(decoder["Layers"])

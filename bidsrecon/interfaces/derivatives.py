@@ -75,6 +75,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
     seed = traits.Int(mandatory=True)
     recon_settings_file = File(exists=True, mandatory=True, desc="Reconstruct.out_settings")
+    mask_file = File(exists=True, mandatory=True, desc="the voxel mask the decoder was trained in")
     snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")
 
 
@@ -154,11 +155,17 @@ class WriteDerivatives(SimpleInterface):
             atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
             write_json(subject_dir / f"{stem}.json", {column: {"Description": text} for column, text in columns.items()})
             written.append(str(path))
-        # The sidecar names its arrays file, so both keep the names the decode node gave them.
-        for source in (self.inputs.decoder_arrays, self.inputs.decoder_file):
-            path = subject_dir / "decoder" / Path(source).name
-            atomic_write_bytes(path, Path(source).read_bytes())
-            written.append(str(path))
+        # The sidecar names its arrays file, so the arrays keep the name the decode node gave them.
+        arrays = subject_dir / "decoder" / Path(self.inputs.decoder_arrays).name
+        atomic_write_bytes(arrays, Path(self.inputs.decoder_arrays).read_bytes())
+        # The voxel mask goes with the decoder (byte for byte: its hash is in the sidecar), so that
+        # the decoder can be applied to data sampled in the same voxels later.
+        mask = subject_dir / "decoder" / f"sub-{subject}_desc-decoder_mask.nii.gz"
+        atomic_write_bytes(mask, Path(self.inputs.mask_file).read_bytes())
+        decoder["VoxelMask"]["File"] = mask.name
+        sidecar = subject_dir / "decoder" / Path(self.inputs.decoder_file).name
+        write_json(sidecar, decoder)
+        written += [str(arrays), str(mask), str(sidecar)]
         if self.inputs.save_decoded_features:
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
         self._results["out_files"] = written

@@ -123,6 +123,7 @@ def init_participant_wf(plan, config, name=None):
     workflow.connect([
         (build_mask, run_samples, [("out_mask", "mask_file")]),
         (build_mask, decode, [("out_mask", "mask_file")]),
+        (build_mask, write_derivatives, [("out_mask", "mask_file")]),
         (run_samples, decode, [("out_samples", "samples_files")]),
         (decode, reconstruct, [("out_features", "features_file")]),
         (decode, evaluate, [("out_items", "items_file")]),
