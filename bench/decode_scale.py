@@ -46,7 +46,7 @@ import numpy as np
 
 from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
 from bidsrecon.decoding.cache import FeatureCache
-from bidsrecon.decoding.stream import plan_decoding
+from bidsrecon.decoding.stream import budget_within, plan_decoding, resident_bytes
 from bidsrecon.encoders import get_encoder
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
@@ -56,8 +56,6 @@ CV_UNITS = 1000
 TARGET_SECONDS, TARGET_GB, TARGET_SHARE = 600.0, 8.0, 0.60
 #: glibc's mallopt parameter of the size above which allocations are mmapped.
 M_MMAP_THRESHOLD = -3
-#: Left out of the decoding's memory budget for what its model does not count (allocator slack).
-MEMORY_MARGIN = 300_000_000
 
 
 class TimedEncoder:
@@ -129,12 +127,6 @@ def return_freed_memory_to_the_system():
     libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
-def resident_bytes():
-    """Resident memory of this process now (Linux)."""
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_memory_gb():
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
@@ -170,7 +162,7 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
     start = time.perf_counter()
     counts = np.bincount(image_index, minlength=len(images))
     # What decoding may add to what the process already holds, within the 8 GB target.
-    memory_budget = int(TARGET_GB * 1e9) - resident_bytes() - MEMORY_MARGIN
+    memory_budget = budget_within(TARGET_GB * 1e9)
     print(f"  resident before decoding {resident_bytes() / 1e9:.2f} GB; decoding budget "
           f"{memory_budget / 1e9:.2f} GB", flush=True)
     decoded, train_mean, _ = decode_features(encoder, images, coefficients, counts,

@@ -22,9 +22,8 @@ import time
 import numpy as np
 import torch
 
-from bidsrecon.encoders import get_encoder
+from bidsrecon.encoders import get_encoder, resolve_device
 from bidsrecon.recon import reconstruct
-from bidsrecon.recon.invert import resolve_device
 
 #: Iterations timed per measurement, after one warm-up iteration, by device type: a GPU iteration
 #: takes milliseconds, so more of them are needed to rise above the timer's and set-up's noise.

@@ -56,9 +56,8 @@ def check_networks(config):
     A missing weights file, an unknown layer or an absent GPU is found here, in seconds, rather
     than after the preprocessing and decoding.
     """
-    from bidsrecon.encoders import get_encoder
+    from bidsrecon.encoders import get_encoder, resolve_device
     from bidsrecon.recon.generator import load_generator, read_latent_bound
-    from bidsrecon.recon.invert import resolve_device
 
     device = resolve_device(config.device)
     if config.mixed_precision and device.type != "cuda":

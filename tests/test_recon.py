@@ -5,14 +5,14 @@ import skimage.data
 import torch
 from PIL import Image
 
-from bidsrecon.encoders import get_encoder
+from bidsrecon.encoders import get_encoder, resolve_device
 from bidsrecon.encoders.vgg19 import default_weights_path
 from bidsrecon.errors import BidsReconError
 from bidsrecon.images import load_images
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
 from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
-from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, resolve_device
+from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings
 from bidsrecon.recon.lbfgs import minimise_lbfgs
 from bidsrecon.recon.spread import item_spread
 

@@ -17,6 +17,7 @@ holds are read instead of computed, and those it lacks are computed (running the
 the images and layers missing) and written, so a second pass or a second subject shown the same
 stimuli reads from disk.
 """
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -288,6 +289,33 @@ def decoding_memory(layer_units, layer_items, batch_size, cached=False):
                                        + max(group_units))
     forward = 4 * batch_size * 2 * largest_in_forward
     return int(outputs + accumulators + batch_features + forward)
+
+
+#: Left out of a memory limit for what :func:`decoding_memory` does not count (allocator slack).
+MEMORY_MARGIN = 300_000_000
+
+
+def resident_bytes():
+    """Resident memory of this process now, in bytes (Linux)."""
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def budget_within(limit_bytes):
+    """Bytes :func:`decode_features` may add to what this process holds now, within a limit.
+
+    Raises
+    ------
+    BidsReconError
+        When the process already holds the limit (less the margin).
+    """
+    held = resident_bytes()
+    budget = int(limit_bytes) - held - MEMORY_MARGIN
+    if budget <= 0:
+        raise BidsReconError(f"A memory limit of {limit_bytes / 1e9:g} GB is spent before decoding starts: "
+                             f"this process already holds {held / 1e9:.2f} GB (samples, images, encoder). "
+                             "Raise the limit (--mem).", EXIT_BAD_ARGUMENTS)
+    return budget
 
 
 def plan_decoding(layer_units, layer_items, batch_size, memory_budget, cached=False):

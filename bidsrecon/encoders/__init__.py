@@ -8,13 +8,13 @@
 paper's network) needs torchvision's weight file, ``vgg19-caffe`` the lab's Caffe conversion;
 the ``-random`` encoders are for tests only.
 """
-from bidsrecon.encoders.base import Encoder
+from bidsrecon.encoders.base import Encoder, resolve_device
 from bidsrecon.encoders.efficientnet_lite import (
     make_efficientnet_lite0, make_efficientnet_lite0_random)
 from bidsrecon.encoders.vgg19 import make_vgg19, make_vgg19_caffe, make_vgg19_random
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 
-__all__ = ["Encoder", "available_encoders", "get_encoder"]
+__all__ = ["Encoder", "available_encoders", "get_encoder", "resolve_device"]
 
 _WITH_WEIGHTS = {"efficientnet-lite0": make_efficientnet_lite0, "vgg19": make_vgg19,
                  "vgg19-caffe": make_vgg19_caffe}

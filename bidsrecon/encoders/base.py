@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 
 #: ImageNet's mean colour (RGB, 0-1): the flat image reconstruction starts from.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -127,6 +127,28 @@ class Encoder:
                 tracer_kwargs={"leaf_modules": self._leaf_modules})
             self._extractors[layers] = extractor.eval()
         return self._extractors[layers]
+
+
+def resolve_device(name):
+    """torch device for ``auto``, ``cpu``, ``cuda`` or ``mps``; a clear error when absent.
+
+    ``auto`` takes CUDA when available, then Apple's MPS, then the CPU.
+    """
+    available = {"cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None
+                 and torch.backends.mps.is_available(),
+                 "cpu": True}
+    if name == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
+    if name not in available:
+        raise BidsReconError(f"Unknown device {name!r}; choose auto, cpu, cuda or mps.",
+                             EXIT_BAD_ARGUMENTS)
+    if not available[name]:
+        raise BidsReconError(f"--device {name} was asked for, but torch sees no {name.upper()} "
+                             f"device on this machine (torch {torch.__version__}). Use --device "
+                             "cpu, or --device auto to take a GPU only when there is one.",
+                             EXIT_BAD_ARGUMENTS)
+    return torch.device(name)
 
 
 def _check_images(images):

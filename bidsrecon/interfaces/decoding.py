@@ -66,11 +66,11 @@ class DecodeFeatures(SimpleInterface):
         from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
         from bidsrecon.decoding.artifact import save_decoder, save_per_unit_decoder
         from bidsrecon.decoding.cache import FeatureCache
+        from bidsrecon.decoding.stream import budget_within
         from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
         from bidsrecon.encoders.base import file_sha256
-        from bidsrecon.encoders import get_encoder
+        from bidsrecon.encoders import get_encoder, resolve_device
         from bidsrecon.images import load_images
-        from bidsrecon.recon.invert import resolve_device
 
         samples = np.concatenate([np.load(f, allow_pickle=False) for f in self.inputs.samples_files])
         trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
@@ -118,8 +118,9 @@ class DecodeFeatures(SimpleInterface):
                                                  seed=self.inputs.seed, cache=cache)
             decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(samples[training], image_index, cv_targets)
             coefficients = decoder.coefficients(item_samples)
+            budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
             decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
-                                                                memory_budget=_memory_budget(self.inputs.memory_gb))
+                                                                memory_budget=budget)
             extra.update({
                 "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
                 "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]] for layer in layers},
@@ -173,31 +174,6 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
         decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
         decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
     return decoded, train_mean, train_spread, decoders
-
-
-#: Left out of a --mem budget for what the decoding's memory model does not count (allocator slack).
-MEMORY_MARGIN = 300_000_000
-
-
-def _memory_budget(memory_gb):
-    """Bytes the streamed decoding may add to what this process holds now, within ``memory_gb``.
-
-    None (no limit) for 0. A budget already spent is an error that says how much is held.
-    """
-    if not memory_gb:
-        return None
-    import os
-
-    with open("/proc/self/statm") as stream:
-        resident = int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    budget = int(memory_gb * 1e9) - resident - MEMORY_MARGIN
-    if budget <= 0:
-        from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
-
-        raise BidsReconError(f"--mem {memory_gb:g} GB is spent before decoding starts: the decoding step already "
-                             f"holds {resident / 1e9:.2f} GB (samples, images, encoder). Raise --mem.",
-                             EXIT_BAD_ARGUMENTS)
-    return budget
 
 
 def _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, image_size, n_units, seed):

@@ -42,10 +42,10 @@ class Reconstruct(SimpleInterface):
     def _run_interface(self, runtime):
         import json
 
-        from bidsrecon.encoders import get_encoder
+        from bidsrecon.encoders import get_encoder, resolve_device
         from bidsrecon.recon import correct_spread, reconstruct
         from bidsrecon.recon.generator import load_generator, read_latent_bound
-        from bidsrecon.recon.invert import SETTINGS, describe_settings, resolve_device
+        from bidsrecon.recon.invert import SETTINGS, describe_settings
 
         inputs = self.inputs
         arrays = load_arrays(inputs.features_file)

@@ -94,28 +94,6 @@ def describe_settings(optimiser, settings):
     return {"optimiser": optimiser, **values}
 
 
-def resolve_device(name):
-    """torch device for ``auto``, ``cpu``, ``cuda`` or ``mps``; a clear error when absent.
-
-    ``auto`` takes CUDA when available, then Apple's MPS, then the CPU.
-    """
-    available = {"cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None
-                 and torch.backends.mps.is_available(),
-                 "cpu": True}
-    if name == "auto":
-        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
-    if name not in available:
-        raise BidsReconError(f"Unknown device {name!r}; choose auto, cpu, cuda or mps.",
-                             EXIT_BAD_ARGUMENTS)
-    if not available[name]:
-        raise BidsReconError(f"--device {name} was asked for, but torch sees no {name.upper()} "
-                             f"device on this machine (torch {torch.__version__}). Use --device "
-                             "cpu, or --device auto to take a GPU only when there is one.",
-                             EXIT_BAD_ARGUMENTS)
-    return torch.device(name)
-
-
 def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=None,
                 generator=None, seed=0, progress=True, batch_size=None, mixed_precision=False,
                 snapshot_every=0, on_snapshot=None, n_iter=None):
