@@ -127,10 +127,19 @@ def build_parser():
                       help="working directory for intermediate results; reused to resume "
                       "(default: bidsrecon-work in the system temporary folder)")
     perf.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=None,
-                      help="CPUs to use (default: all available)")
+                      help="CPUs to use in all (default: all available)")
+    perf.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int, default=None,
+                      help="threads of one step (encoder, linear algebra) (default: --nprocs)")
     perf.add_argument("--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=float, default=None, metavar="GB",
-                      help="memory limit in GB: the decoding splits its work to stay under it and Nipype "
-                      "schedules nodes within it (default: no limit)")
+                      help="memory limit in GB (10^9 bytes): the decoding splits its work to stay under it and "
+                      "Nipype schedules steps within it (default: no limit)")
+    perf.add_argument("--use-plugin", "--use_plugin", dest="plugin_file", type=Path, default=None, metavar="FILE",
+                      help="YAML or JSON Nipype plugin settings, as fMRIPrep's: 'plugin: SLURM' (or SGE, PBS, "
+                      "MultiProc, Linear) and 'plugin_args: {...}' (default: MultiProc over --nprocs CPUs)")
+    perf.add_argument("--stop-on-first-crash", action="store_true",
+                      help="stop at the first failing step instead of running every step that does not depend on it")
+    perf.add_argument("--resource-monitor", action="store_true",
+                      help="record each step's time, CPU and peak memory (sub-XX/log/sub-XX_desc-resources_log.jsonl)")
     perf.add_argument("--feature-cache", choices=("off", "float32", "float16"), default="off",
                       help="keep the encoder's features of the stimuli in <work dir>/feature_cache, keyed by "
                       "encoder, weights, image content, size and layer, so later runs and other subjects with "
@@ -142,6 +151,11 @@ def build_parser():
 def _inside(path, folder):
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def _resolved_if_file(value):
+    # The workflow runs inside the work directory: a relative file name must not change meaning.
+    return str(Path(value).resolve()) if value is not None and Path(value).is_file() else value
 
 
 def parse_args(argv=None):
@@ -160,6 +174,7 @@ def parse_args(argv=None):
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
+    nprocs = args.nprocs or len(os.sched_getaffinity(0))
     for name, path in (("output_dir", args.output_dir), ("work directory", work_dir)):
         if _inside(path, args.bids_dir):
             raise BidsReconError(
@@ -175,11 +190,16 @@ def parse_args(argv=None):
         participant_labels=tuple(args.participant_labels),
         task_labels=tuple(args.task_labels),
         stimuli_dirs=tuple(p.resolve() for p in args.stimuli_dirs),
-        nprocs=args.nprocs or len(os.sched_getaffinity(0)),
+        nprocs=nprocs,
+        omp_nthreads=min(args.omp_nthreads or nprocs, nprocs),
+        plugin=read_plugin_settings(args.plugin_file, nprocs, args.mem_gb),
+        stop_on_first_crash=args.stop_on_first_crash,
+        resource_monitor=args.resource_monitor,
+        command=tuple(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:])),
         skip_bids_validation=args.skip_bids_validation,
         verbose=args.verbose,
         seed=args.seed,
-        spec=args.spec,
+        spec=_resolved_if_file(args.spec),
         session_labels=tuple(args.session_labels),
         bids_filter_file=args.bids_filter_file.resolve() if args.bids_filter_file else None,
         cut_runs=args.cut_runs,
@@ -201,7 +221,7 @@ def parse_args(argv=None):
         decoder=args.decoder,
         optimiser=args.optimiser,
         generator_weights=args.generator_weights.resolve() if args.generator_weights else None,
-        generator_latent_max=args.generator_latent_max,
+        generator_latent_max=_resolved_if_file(args.generator_latent_max),
         jitter=args.jitter,
         device=args.device,
         mixed_precision=args.mixed_precision,
@@ -210,6 +230,42 @@ def parse_args(argv=None):
         mem_gb=args.mem_gb,
         feature_cache=args.feature_cache,
     )
+
+
+PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph", "LSF", "Condor",
+           "OAR", "IPython")
+
+
+def read_plugin_settings(path, nprocs, mem_gb):
+    """The Nipype plugin and its arguments: from ``--use-plugin FILE``, else MultiProc (Linear on 1 CPU).
+
+    Returns
+    -------
+    tuple
+        ``(name, ((key, value), ...))``: hashable, as the frozen `Config` needs.
+    """
+    if path is None:
+        if nprocs == 1:
+            return ("Linear", ())
+        return ("MultiProc", (("n_procs", nprocs), *((("memory_gb", mem_gb),) if mem_gb else ())))
+    import yaml  # JSON is a subset of YAML: one reader for both
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise BidsReconError(f"--use-plugin {path}: cannot be read as YAML or JSON ({error})",
+                             EXIT_BAD_ARGUMENTS) from None
+    if not isinstance(settings, dict) or settings.get("plugin") not in PLUGINS:
+        raise BidsReconError(f"--use-plugin {path}: needs 'plugin:' set to one of {', '.join(PLUGINS)} "
+                             "(and optionally 'plugin_args:'); see examples/ in the repository", EXIT_BAD_ARGUMENTS)
+    arguments = settings.get("plugin_args") or {}
+    if not isinstance(arguments, dict):
+        raise BidsReconError(f"--use-plugin {path}: 'plugin_args' must be a mapping", EXIT_BAD_ARGUMENTS)
+    if settings["plugin"] == "MultiProc":
+        arguments.setdefault("n_procs", nprocs)
+        if mem_gb:
+            arguments.setdefault("memory_gb", mem_gb)
+    return (settings["plugin"], tuple(sorted(arguments.items())))
 
 
 def _configure_logging(verbose):

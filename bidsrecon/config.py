@@ -54,3 +54,8 @@ class Config:
     # resources
     mem_gb: float = None
     feature_cache: str = "off"
+    omp_nthreads: int = 1  # threads of one process (torch, BLAS)
+    plugin: tuple = ("Linear", ())  # Nipype plugin name and its arguments as (key, value) pairs
+    stop_on_first_crash: bool = False
+    resource_monitor: bool = False
+    command: tuple = ()  # the command line, for the provenance record

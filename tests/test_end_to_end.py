@@ -66,8 +66,10 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     assert len(accuracy) == len(metrics) * len(decoder["Layers"])
 
     # Group level: one table of every participant's scores, one figure per participant.
-    group = pd.read_csv(out / "group" / "group_desc-identification_metrics.tsv", sep="\t")
-    assert list(group["participant_id"].unique()) == ["sub-01"] and len(group) == len(metrics)
+    group = pd.read_csv(out / "group" / "group_desc-metrics.tsv", sep="\t")
+    own = group[group["statistic"] == "value"]
+    assert list(own["participant_id"].unique()) == ["sub-01"] and set(own["set"]) == set(metrics["set"])
+    assert (out / "group" / "group.html").is_file()
     figure = Image.open(out / "figures" / "sub-01_desc-reconstructions.png")
     assert figure.width > 32 * 4
 

@@ -14,8 +14,11 @@ CODE_URL = "https://github.com/bidsrecon/bidsrecon"
 BIDSIGNORE = """\
 recon
 decoder
+qc
+log
 figures
 group
+*.html
 *metrics.tsv
 *metrics.json
 """
@@ -27,8 +30,9 @@ Images reconstructed from brain activity by bidsrecon (deep image reconstruction
 PLoS Comput Biol 15(1): e1006633). Per participant: `recon/` holds each reconstruction
 (`*_desc-recon_image.png`, with a JSON sidecar naming its trials, encoder, layers and settings) next
 to the presented stimulus at the same size (`*_desc-stimulus_image.png`); `*_desc-metrics.tsv` scores
-each test set; `decoder/` describes the fitted decoder. `group/` and `figures/` come from the group
-level.
+each test set; `decoder/` describes the fitted decoder; `qc/` holds head motion and a tSNR map; `log/`
+the command, times and software versions; `sub-<label>.html` is the participant's report. `group/`,
+`figures/` and the group report come from the group level.
 """
 
 

@@ -36,6 +36,8 @@ ITEM_COLUMNS = {
     "stimulus": "Stimulus name (events column named by the specification).",
     "n_trials": "Trials averaged before decoding.",
     "pixel_correlation": "Pearson correlation of reconstruction and stimulus pixels (RGB, reconstruction size).",
+    "ssim": "Structural similarity of reconstruction and stimulus (grayscale, Gaussian window sigma 1.5; "
+    "Wang et al. 2004).",
     "identification_pixel": "Pairwise identification accuracy by pixel correlation against the other items "
     "of the set (chance 0.5).",
 }
@@ -49,12 +51,24 @@ ACCURACY_COLUMNS = {
     "pattern_correlation": "Mean over items of the correlation of decoded and true features across units.",
     "pattern_items_scored": "Items with a defined pattern correlation.",
 }
+MOTION_COLUMNS = {
+    **{f"trans_{axis}": {"Description": f"Translation along {axis}.", "Units": "mm"} for axis in "xyz"},
+    **{f"rot_{axis}": {"Description": f"Rotation about {axis}.", "Units": "rad"} for axis in "xyz"},
+    "framewise_displacement": {"Description": "Framewise displacement (Power et al. 2012, 50-mm head; "
+                               "0 for the first volume).", "Units": "mm"},
+}
 SET_COLUMNS = {
     "set": "Test set.",
     "n_items": "Items reconstructed.",
     "n_trials": "Trials used.",
     "identification_pixel": "Mean pairwise identification accuracy by pixel correlation (chance 0.5).",
+    "identification_pixel_p": "Permutation p-value of identification_pixel: the share of 1000 random "
+    "assignments of stimuli to reconstructions scoring at least as high (plus one, over 1001).",
     "pixel_correlation": "Mean pixel correlation (PixCorr).",
+    "ssim": "Mean structural similarity (SSIM, grayscale, Gaussian window).",
+    "noise_ceiling_identification": "For a dataset made by bidsrecon's simulator: pairwise identification of "
+    "the measured test samples against the noise-free responses in voxel space, the accuracy the noise allows "
+    "(n/a for real data).",
     "encoder": "Encoder whose features were decoded and inverted.",
 }
 
@@ -77,6 +91,11 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     recon_settings_file = File(exists=True, mandatory=True, desc="Reconstruct.out_settings")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the decoder was trained in")
     snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")
+    set_columns_file = File(exists=True, mandatory=True, desc="Evaluate.out_columns")
+    run_labels = traits.List(traits.Str, mandatory=True, desc="each run's label, e.g. ses-x_task-y_run-01")
+    confounds_files = InputMultiObject(File(exists=True), mandatory=True,
+                                       desc="each run's motion parameters (our realignment's or fMRIPrep's)")
+    tsnr_file = File(exists=True, mandatory=True, desc="tSNR map of the reference training run")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -146,14 +165,16 @@ class WriteDerivatives(SimpleInterface):
         sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
         sets["encoder"] = decoder["Encoder"]
         accuracy = pd.read_csv(self.inputs.accuracy_file, sep="\t")
+        set_columns = {**SET_COLUMNS, **json.loads(Path(self.inputs.set_columns_file).read_text())}
         for stem, table, columns in (
-            (f"sub-{subject}_desc-metrics", sets, SET_COLUMNS),
+            (f"sub-{subject}_desc-metrics", sets, set_columns),
             (f"sub-{subject}_desc-items_metrics", items, ITEM_COLUMNS),
             (f"sub-{subject}_desc-decoding_metrics", accuracy, ACCURACY_COLUMNS),
         ):
             path = subject_dir / f"{stem}.tsv"
             atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
-            write_json(subject_dir / f"{stem}.json", {column: {"Description": text} for column, text in columns.items()})
+            write_json(subject_dir / f"{stem}.json", {column: text if isinstance(text, dict) else {"Description": text}
+                                                      for column, text in columns.items() if column in table})
             written.append(str(path))
         # The sidecar names its arrays file, so the arrays keep the name the decode node gave them.
         arrays = subject_dir / "decoder" / Path(self.inputs.decoder_arrays).name
@@ -166,10 +187,25 @@ class WriteDerivatives(SimpleInterface):
         sidecar = subject_dir / "decoder" / Path(self.inputs.decoder_file).name
         write_json(sidecar, decoder)
         written += [str(arrays), str(mask), str(sidecar)]
+        written += self._write_quality(subject_dir, subject)
         if self.inputs.save_decoded_features:
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
         self._results["out_files"] = written
         return runtime
+
+    def _write_quality(self, subject_dir, subject):
+        """Motion traces per run and the tSNR map, for the participant report (``qc/``)."""
+        from bidsrecon.preproc.qc import motion_table
+
+        written = []
+        for label, confounds in zip(self.inputs.run_labels, self.inputs.confounds_files):
+            path = subject_dir / "qc" / f"sub-{subject}_{label}_desc-motion_timeseries.tsv"
+            atomic_write_text(path, motion_table(confounds).to_csv(sep="\t", index=False, float_format="%.6g"))
+            written.append(str(path))
+        write_json(subject_dir / "qc" / f"sub-{subject}_desc-motion_timeseries.json", MOTION_COLUMNS)
+        path = subject_dir / "qc" / f"sub-{subject}_desc-tsnr_boldmap.nii.gz"
+        atomic_write_bytes(path, Path(self.inputs.tsnr_file).read_bytes())
+        return [*written, str(path)]
 
     def _write_decoded_features(self, subject_dir, subject, decoder, runtime):
         """Decoded features of every test item, for other reconstruction methods to take."""

@@ -1,4 +1,7 @@
 """Nipype interfaces of the reconstruction and its evaluation."""
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,46 +99,77 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     images_file = File(exists=True, mandatory=True, desc="reconstructions .npy")
     items_file = File(exists=True, mandatory=True, desc="TSV of the items: set, stimulus, n_trials")
     stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
+    n_permutations = traits.Int(1000, usedefault=True, desc="permutations of the identification test")
+    seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
+    device = traits.Str("auto", usedefault=True, desc="where the evaluation networks run")
+    bids_dir = traits.Str("", usedefault=True, desc="the input dataset (for a simulated one's noise ceiling)")
+    subject = traits.Str("", usedefault=True, desc="participant label, without sub-")
+    spec = traits.Str("ds001506", usedefault=True, desc="decoding specification (names the test sets)")
 
 
 class _EvaluateOutputSpec(TraitedSpec):
-    out_items = File(exists=True, desc="TSV: per item pixel correlation and pairwise identification")
-    out_sets = File(exists=True, desc="TSV: per test set means")
+    out_items = File(exists=True, desc="TSV: per item pixel correlation, SSIM and pairwise identification")
+    out_sets = File(exists=True, desc="TSV: per test set means, p-values, feature identification, ceiling")
+    out_columns = File(exists=True, desc="JSON: descriptions of the set table's network and ceiling columns")
     out_truths = File(exists=True, desc="float32 .npy: the stimuli at the reconstructions' size")
 
 
 class Evaluate(SimpleInterface):
-    """Score each test set: pairwise identification by pixel correlation (chance 0.5) and PixCorr."""
+    """Score each test set (REFERENCE.md §4; Shen et al. 2019; Ozcelik & VanRullen 2023).
+
+    Per item: PixCorr, SSIM and pairwise identification by pixel correlation (chance 0.5). Per
+    set: their means, a permutation p-value of the identification, two-way identification in the
+    features of each network of the field's table whose weights are here (the others "not
+    available", never computed with other weights), and, for a dataset made by our simulator,
+    the identification its noise allows in voxel space.
+    """
 
     input_spec = _EvaluateInputSpec
     output_spec = _EvaluateOutputSpec
 
     def _run_interface(self, runtime):
-        from bidsrecon.evaluation import pairwise_identification, pixel_correlation
+        from bidsrecon.encoders import resolve_device
+        from bidsrecon.evaluation import identification_permutation_test, pairwise_identification, pixcorr, ssim
+        from bidsrecon.evaluation.networks import feature_identification_table
         from bidsrecon.images import load_images
+        from bidsrecon.simulate.ceiling import simulated_noise_ceiling
 
         images = np.load(self.inputs.images_file, allow_pickle=False)
         items = pd.read_csv(self.inputs.items_file, sep="\t")
         stimuli = pd.read_csv(self.inputs.stimuli_file, sep="\t").set_index("stimulus")["path"]
         truths = load_images([stimuli[name] for name in items["stimulus"]], images.shape[1])
+        device = resolve_device(self.inputs.device)
+        ceiling = (simulated_noise_ceiling(self.inputs.bids_dir, self.inputs.subject, spec=self.inputs.spec)
+                   if self.inputs.bids_dir else None)
 
-        items["pixel_correlation"] = pixel_correlation(images, truths)
+        items["pixel_correlation"] = pixcorr(images, truths)
+        items["ssim"] = ssim(images, truths)
         items["identification_pixel"] = np.nan
-        for _, rows in items.groupby("set", sort=False):
-            if len(rows) > 1:
-                index = rows.index.to_numpy()
+        rows, columns = [], {}
+        for set_name, group in items.groupby("set", sort=False):
+            index = group.index.to_numpy()
+            row = {"set": set_name, "n_items": len(group), "n_trials": int(group["n_trials"].sum()),
+                   "identification_pixel": np.nan, "identification_pixel_p": np.nan,
+                   "pixel_correlation": group["pixel_correlation"].mean(), "ssim": group["ssim"].mean()}
+            if len(group) > 1:
                 items.loc[index, "identification_pixel"] = pairwise_identification(images[index], truths[index])
-        sets = items.groupby("set", sort=False).agg(
-            n_items=("stimulus", "size"),
-            n_trials=("n_trials", "sum"),
-            identification_pixel=("identification_pixel", "mean"),
-            pixel_correlation=("pixel_correlation", "mean"),
-        ).reset_index()
+                row["identification_pixel"], row["identification_pixel_p"] = identification_permutation_test(
+                    images[index], truths[index], n_permutations=self.inputs.n_permutations, seed=self.inputs.seed)
+                for network in feature_identification_table(images[index], truths[index], device=device):
+                    column = "identification_" + re.sub(r"[^a-z0-9]", "", network["network"].lower())
+                    row[column] = network["accuracy"] if network["available"] else np.nan
+                    columns[column] = {"Description": f"Mean two-way identification in {network['network']} "
+                                       f"features ({network['layer']}); chance 0.5. {network['note']}".strip()}
+            row["noise_ceiling_identification"] = (ceiling or {}).get(set_name, np.nan)
+            rows.append(row)
+        sets = pd.DataFrame(rows)
 
         self._results["out_items"] = f"{runtime.cwd}/item_metrics.tsv"
         items.to_csv(self._results["out_items"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
         self._results["out_sets"] = f"{runtime.cwd}/set_metrics.tsv"
         sets.to_csv(self._results["out_sets"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+        self._results["out_columns"] = f"{runtime.cwd}/set_columns.json"
+        Path(self._results["out_columns"]).write_text(json.dumps(columns, indent=2))
         self._results["out_truths"] = f"{runtime.cwd}/truths.npy"
         np.save(self._results["out_truths"], truths.astype(np.float32), allow_pickle=False)
         return runtime

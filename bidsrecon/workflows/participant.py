@@ -5,6 +5,7 @@ from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.masks import BuildMask
 from bidsrecon.interfaces.motion import MeanVolume, Realign
+from bidsrecon.interfaces.qc import TemporalSnr
 from bidsrecon.interfaces.reconstruction import Evaluate, Reconstruct
 from bidsrecon.interfaces.samples import EpiMask, RunSamples
 from bidsrecon.preproc.motion import MOTION_COLUMNS
@@ -19,6 +20,7 @@ def init_participant_wf(plan, config, name=None):
         realign_reference -> mean_reference -> brain_mask -> build_mask ----+
                                   +--> realign (per run) --------------------+-> run_samples (per run)
         run_samples -> decode -> reconstruct -> evaluate -> write_derivatives
+        realign_reference, brain_mask -> tsnr -> write_derivatives   (quality, for the report)
 
     Every raw run is registered to one reference, the mean of the realigned first training run, so
     that runs of different sessions share voxel positions; its brain mask is computed from it.
@@ -49,7 +51,7 @@ def init_participant_wf(plan, config, name=None):
         "encoder_weights": str(config.encoder_weights or ""),
         "image_size": config.image_size,
         "seed": config.seed,
-        "n_threads": config.nprocs,
+        "n_threads": config.omp_nthreads,
     }
 
     build_mask = pe.Node(BuildMask(roi_files=list(plan.roi_files)), name="build_mask")
@@ -69,7 +71,7 @@ def init_participant_wf(plan, config, name=None):
                        feature_cache="" if config.feature_cache == "off" else str(config.work_dir / "feature_cache"),
                        feature_cache_dtype="float16" if config.feature_cache == "float16" else "float32", **encoder),
         name="decode",
-        n_procs=config.nprocs,
+        n_procs=config.omp_nthreads,
     )
     reconstruct = pe.Node(
         Reconstruct(iterations=config.iterations, optimiser=config.optimiser,
@@ -77,8 +79,10 @@ def init_participant_wf(plan, config, name=None):
                     generator_latent_max=str(config.generator_latent_max or ""), jitter=config.jitter,
                     device=config.device, mixed_precision=config.mixed_precision, batch_size=config.batch_size,
                     snapshot_every=config.snapshot_every, **encoder),
-        name="reconstruct", n_procs=config.nprocs)
-    evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file), name="evaluate")
+        name="reconstruct", n_procs=config.omp_nthreads)
+    evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file, seed=config.seed, device=config.device,
+                                bids_dir=str(config.bids_dir), subject=subject, spec=str(config.spec)),
+                       name="evaluate")
     # Always rerun the sink: the outputs may have been removed since the last run.
     write_derivatives = pe.Node(
         WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
@@ -87,6 +91,8 @@ def init_participant_wf(plan, config, name=None):
         name="write_derivatives",
         overwrite=True,
     )
+    write_derivatives.inputs.run_labels = [inputs.run.label for inputs in runs]
+    tsnr = pe.Node(TemporalSnr(tr=runs[reference].run.tr, discard_seconds=config.discard_seconds), name="tsnr")
 
     if fmriprep:
         run_samples.inputs.bold_file = [inputs.bold for inputs in runs]
@@ -94,6 +100,9 @@ def init_participant_wf(plan, config, name=None):
         run_samples.inputs.confound_columns = [list(inputs.confound_columns) for inputs in runs]
         build_mask.inputs.brain_mask_file = runs[reference].mask
         build_mask.inputs.reference_file = runs[reference].mask
+        write_derivatives.inputs.confounds_files = [inputs.confounds for inputs in runs]
+        tsnr.inputs.bold_file = runs[reference].bold
+        tsnr.inputs.mask_file = runs[reference].mask
     else:
         realign_options = {"slice_timing_enabled": config.slice_timing}
         realign_reference = pe.Node(
@@ -118,6 +127,9 @@ def init_participant_wf(plan, config, name=None):
             (mean_reference, brain_mask, [("out_file", "bold_file")]),
             (brain_mask, build_mask, [("out_mask", "brain_mask_file"), ("out_mask", "reference_file")]),
             (realign, run_samples, [("realigned_file", "bold_file"), ("motion_file", "confounds_file")]),
+            (realign, write_derivatives, [("motion_file", "confounds_files")]),
+            (realign_reference, tsnr, [("realigned_file", "bold_file")]),
+            (brain_mask, tsnr, [("out_mask", "mask_file")]),
         ])  # fmt: skip
 
     workflow.connect([
@@ -131,7 +143,8 @@ def init_participant_wf(plan, config, name=None):
         (reconstruct, write_derivatives, [("out_images", "images_file"), ("out_settings", "recon_settings_file"),
                                           ("out_snapshots", "snapshots_file")]),
         (evaluate, write_derivatives, [("out_truths", "truths_file"), ("out_items", "items_metrics"),
-                                       ("out_sets", "set_metrics")]),
+                                       ("out_sets", "set_metrics"), ("out_columns", "set_columns_file")]),
+        (tsnr, write_derivatives, [("out_tsnr", "tsnr_file")]),
         (decode, write_derivatives, [("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
                                      ("out_accuracy", "accuracy_file"), ("out_features", "features_file"),
                                      ("out_items", "items_file")]),

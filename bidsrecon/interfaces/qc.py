@@ -1,0 +1,35 @@
+"""Nipype interface of the preprocessing quality map that the participant report shows."""
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from bidsrecon.preproc.inputs import load_bold, load_mask, masked_time_series
+from bidsrecon.preproc.qc import temporal_snr
+
+
+class _TemporalSnrInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True, desc="a 4-D BOLD run (realigned or fMRIPrep's)")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask on the run's grid")
+    tr = traits.Float(mandatory=True, desc="repetition time (s)")
+    discard_seconds = traits.Float(8.0, usedefault=True, desc="seconds at the start left out")
+
+
+class _TemporalSnrOutputSpec(TraitedSpec):
+    out_tsnr = File(exists=True, desc="3-D NIfTI: tSNR inside the mask, 0 outside")
+
+
+class TemporalSnr(SimpleInterface):
+    """A tSNR map of one run (`bidsrecon.preproc.qc.temporal_snr`), for the participant report."""
+
+    input_spec = _TemporalSnrInputSpec
+    output_spec = _TemporalSnrOutputSpec
+
+    def _run_interface(self, runtime):
+        bold = load_bold(self.inputs.bold_file)
+        mask = load_mask(self.inputs.mask_file, bold, self.inputs.bold_file)
+        n_discard = min(int(round(self.inputs.discard_seconds / self.inputs.tr)), bold.shape[3] - 2)
+        volume = np.zeros(mask.shape, dtype=np.float32)
+        volume[mask] = temporal_snr(masked_time_series(bold, mask), n_discard)
+        self._results["out_tsnr"] = f"{runtime.cwd}/tsnr.nii.gz"
+        nib.save(nib.Nifti1Image(volume, bold.affine), self._results["out_tsnr"])
+        return runtime

@@ -1,0 +1,177 @@
+"""The reports' figures, drawn with matplotlib and returned as PNG bytes.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, not pyplot: no
+global figure state, no GUI backend, nothing left open between reports.
+"""
+import os
+import tempfile
+from io import BytesIO
+
+import numpy as np
+
+CHANCE = 0.5
+FD_THRESHOLD_MM = 0.5  # Power et al. (2012)'s usual censoring threshold, drawn for reference
+SET_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _new_figure(width, height):
+    """A matplotlib Figure; matplotlib's caches go under the temporary folder unless MPLCONFIGDIR is usable.
+
+    Matplotlib writes a font cache on first import, to ~/.config/matplotlib by default: in a
+    read-only container (``docker run --read-only --tmpfs /tmp``) or with an unwritable
+    MPLCONFIGDIR that home may not be writable, so it goes to the temporary folder then.
+    """
+    configured = os.environ.get("MPLCONFIGDIR")
+    if not (configured and os.path.isdir(configured) and os.access(configured, os.W_OK)):
+        folder = os.path.join(tempfile.gettempdir(), f"bidsrecon-matplotlib-{os.getuid()}")
+        os.makedirs(folder, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = folder
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def to_png(fig):
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def decoding_accuracy(table, layers, descriptions=None):
+    """Per-layer decoding accuracy: one panel per correlation column, one line per test set.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The participant's ``desc-decoding_metrics.tsv`` (columns ``set``, ``layer`` and scores).
+    layers : list of str
+        Layers in the encoder's order (the x axis).
+    """
+    descriptions = descriptions or {}
+    columns = [c for c in table.columns if "correlation" in c and np.issubdtype(table[c].dtype, np.number)]
+    fig = _new_figure(4.2 * max(len(columns), 1), 3.2)
+    axes = fig.subplots(1, max(len(columns), 1), squeeze=False)[0]
+    positions = {layer: index for index, layer in enumerate(layers)}
+    for axis, column in zip(axes, columns):
+        for colour_index, (set_name, rows) in enumerate(table.groupby("set", sort=False)):
+            rows = rows[rows["layer"].isin(positions)].sort_values("layer", key=lambda s: s.map(positions))
+            axis.plot(rows["layer"].map(positions), rows[column], marker="o", label=set_name,
+                      color=SET_COLOURS[colour_index % len(SET_COLOURS)])
+        axis.axhline(0, color="grey", linewidth=0.8)
+        crowded = len(layers) > 6
+        axis.set_xticks(range(len(layers)), layers, rotation=45 if crowded else 0, ha="right" if crowded else "center")
+        axis.set_title(column.replace("_", " "), fontsize=11)
+        axis.set_ylabel("correlation")
+        axis.set_xlabel("layer")
+    if columns:
+        axes[-1].legend(fontsize=8, title="test set", title_fontsize=8)
+    return to_png(fig)
+
+
+def motion(table, run_label):
+    """Translations, rotations and framewise displacement of one run, stacked over time (volumes)."""
+    fig = _new_figure(9, 4.2)
+    top, middle, bottom = fig.subplots(3, 1, sharex=True)
+    volumes = np.arange(len(table))
+    for axis_name in ("x", "y", "z"):
+        top.plot(volumes, table[f"trans_{axis_name}"], label=axis_name, linewidth=1)
+        # Degrees read better than radians; the TSV keeps radians (BIDS, fMRIPrep).
+        middle.plot(volumes, np.degrees(table[f"rot_{axis_name}"]), label=axis_name, linewidth=1)
+    top.set_ylabel("translation\n(mm)")
+    middle.set_ylabel("rotation\n(degrees)")
+    top.legend(fontsize=8, ncols=3, loc="upper right")
+    fd = table["framewise_displacement"].to_numpy(dtype=float)
+    bottom.plot(volumes, fd, color="black", linewidth=1)
+    bottom.axhline(FD_THRESHOLD_MM, color="#b42318", linestyle="--", linewidth=0.8, label=f"{FD_THRESHOLD_MM} mm")
+    bottom.set_ylabel("FD (mm)")
+    bottom.set_xlabel("volume")
+    bottom.legend(fontsize=8, loc="upper right")
+    top.set_title(run_label, fontsize=10)
+    return to_png(fig)
+
+
+def fd_overview(tables):
+    """Framewise displacement of every run side by side (a box per run, numbered as in the table)."""
+    labels = list(tables)
+    fig = _new_figure(min(max(4.0, 0.35 * len(labels) + 1.5), 12.5), 2.6)
+    axis = fig.subplots()
+    # The first row is 0 by definition (no previous volume): left out of the boxes.
+    data = [tables[label]["framewise_displacement"].to_numpy(dtype=float)[1:] for label in labels]
+    axis.boxplot([values if values.size else [0.0] for values in data], positions=range(1, len(labels) + 1),
+                 widths=0.6, showfliers=True, flierprops={"markersize": 2})
+    axis.axhline(FD_THRESHOLD_MM, color="#b42318", linestyle="--", linewidth=0.8, label=f"{FD_THRESHOLD_MM} mm")
+    axis.set_xticks(range(1, len(labels) + 1), [str(i) for i in range(1, len(labels) + 1)],
+                    fontsize=7 if len(labels) > 30 else 9)
+    axis.set_xlabel("run (numbered as in the table)")
+    axis.set_ylabel("FD (mm)")
+    axis.legend(fontsize=8, loc="upper right")
+    return to_png(fig)
+
+
+def tsnr_mosaic(tsnr, mask=None, columns=8):
+    """Axial slices (bottom to top) of a tSNR map, with the decoded voxels outlined.
+
+    ``tsnr`` and ``mask`` are 3-D arrays already in RAS+ orientation on the same grid.
+    """
+    slices = list(range(tsnr.shape[2]))
+    if len(slices) > 4 * columns:  # at most four rows, evenly spread
+        slices = list(np.linspace(0, tsnr.shape[2] - 1, 4 * columns).round().astype(int))
+    rows = int(np.ceil(len(slices) / columns))
+    columns = min(columns, len(slices))
+    aspect = tsnr.shape[1] / tsnr.shape[0]
+    fig = _new_figure(1.3 * columns + 1.0, 1.3 * rows * aspect + 0.3)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    inside = tsnr[np.isfinite(tsnr) & (tsnr > 0)]
+    vmax = float(np.percentile(inside, 99)) if inside.size else 1.0
+    image = None
+    for axis, z in zip(axes.flat, slices):
+        # RAS+ array transposed, origin at the bottom: anterior is up and the subject's left on the
+        # left (neurological convention, as in fMRIPrep's reports).
+        image = axis.imshow(np.nan_to_num(tsnr[:, :, z]).T, origin="lower", cmap="inferno", vmin=0, vmax=vmax,
+                            interpolation="nearest")
+        if mask is not None and mask[:, :, z].any():
+            axis.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="#38bdf8", linewidths=0.8)
+        axis.set_title(f"z={z}", fontsize=7, pad=2)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="tSNR")
+    return to_png(fig)
+
+
+def identification_bars(table, metrics, set_order):
+    """Pairwise identification per test set: mean ± s.e.m. over participants, each participant a dot.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per participant and set (columns ``participant_id``, ``set`` and ``metrics``).
+    metrics : list of str
+        Identification columns, drawn as grouped bars.
+    set_order : list of str
+    """
+    fig = _new_figure(max(4.5, 1.3 * len(set_order) * max(len(metrics), 1) + 1.5), 3.6)
+    axis = fig.subplots()
+    width = 0.8 / max(len(metrics), 1)
+    rng = np.random.default_rng(0)  # the dots' horizontal jitter only; fixed so reports are reproducible
+    for metric_index, metric in enumerate(metrics):
+        offset = (metric_index - (len(metrics) - 1) / 2) * width
+        for set_index, set_name in enumerate(set_order):
+            values = table.loc[table["set"] == set_name, metric].dropna().to_numpy(dtype=float)
+            if not values.size:
+                continue
+            x = set_index + offset
+            mean = values.mean()
+            sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+            axis.bar(x, 100 * mean, width * 0.9, yerr=100 * sem, capsize=3,
+                     color=SET_COLOURS[metric_index % len(SET_COLOURS)], alpha=0.55,
+                     label=metric.replace("_", " ") if set_index == 0 else None)
+            axis.scatter(x + rng.uniform(-width / 5, width / 5, values.size), 100 * values, s=14, color="black",
+                         zorder=3, label="participant" if metric_index == 0 and set_index == 0 else None)
+    axis.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
+    axis.set_xticks(range(len(set_order)), set_order)
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("pairwise identification (%)")
+    axis.set_xlabel("test set")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return to_png(fig)
