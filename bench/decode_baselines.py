@@ -309,6 +309,7 @@ def print_table(results, missing, scale, wall_s):
                          if method != "kernel ridge (bidsrecon)")
     print(f"summary: all {VGG19_UNITS:,} units from {scale['n_images'] * scale['repeats']}x"
           f"{scale['n_voxels']}: kernel ridge {ours_total / 60:.1f} min projected; {compared}")
+    return speedups
 
 
 def main(argv=None):
@@ -342,8 +343,8 @@ def main(argv=None):
         results.update(run_in(args.baseline_python, scale_name))
         missing = [method for method in TIMERS if method not in results]
     results = {method: results[method] for method in TIMERS if method in results}
-    print_table(results, missing, scale, time.perf_counter() - start)
+    return print_table(results, missing, scale, time.perf_counter() - start)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -20,13 +20,20 @@ cache's size, and a last line with the headline figures. Targets (issue 4): ≤ 
 ≤ 8 GB, ≥ 60% of the wall time inside the encoder's forwards. The time of one forward pass over
 the training images is the floor no decoder can go under; the table reports it as well.
 
+Then, in the same run, the baselines of ``bench/decode_baselines.py`` on a problem of the same
+shape: the time per unit of fastl2lir (500 voxels per unit), himalaya's kernel ridge and
+scikit-learn's Ridge on a sample of units from three layers, each projected to all 14,861,288
+units, and our speed-up against each (target: ≥ 50× against fastl2lir). fastl2lir and himalaya need
+numpy < 2: give ``--baseline-python`` an interpreter that has them (that file says how to make one).
+
 With ``--float16-error`` the decoded features are computed a second time without the cache
 (an extra encoder pass, after the timed pipeline) to measure the error float16 storage causes.
 
 Usage::
 
     python bench/decode_scale.py --quick     # a tenth of the scale: 1-2 minutes
-    python bench/decode_scale.py             # full scale: about 8 minutes on a quiet 2-core machine
+    python bench/decode_scale.py --baseline-python /tmp/fl2l_venv/bin/python
+                                             # full scale: about 20 minutes on a quiet 2-core machine
     python bench/decode_scale.py --cache float16   # with the feature cache: 36 GB of (temporary)
                                              # disk at full scale, and slower here (disk-bound)
     python bench/decode_scale.py --cache float16 --cache-from conv4_1   # deep layers only
@@ -54,6 +61,7 @@ QUICK = {"n_images": 120, "repeats": 5, "n_voxels": 1_170, "n_items": 5}
 IMAGE_SIZE = 224
 CV_UNITS = 1000
 TARGET_SECONDS, TARGET_GB, TARGET_SHARE = 600.0, 8.0, 0.60
+TARGET_SPEEDUP = 50.0  # against fastl2lir, projected to every VGG19 unit
 #: glibc's mallopt parameter of the size above which allocations are mmapped.
 M_MMAP_THRESHOLD = -3
 
@@ -204,6 +212,11 @@ def main(argv=None):
                         help="first layer kept in the cache; earlier ones are recomputed")
     parser.add_argument("--float16-error", action="store_true",
                         help="also measure the error of float16 storage (one more pass)")
+    parser.add_argument("--baseline-python", metavar="PYTHON",
+                        help="interpreter with numpy<2, fastl2lir and himalaya for the baselines' rows "
+                        "(see bench/decode_baselines.py)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="skip the baselines (fastl2lir, himalaya, scikit-learn) after the pipeline")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
     return_freed_memory_to_the_system()
@@ -256,14 +269,27 @@ def main(argv=None):
               f"{'RMS error / training spread':>30}")
         for layer, (relative, of_spread) in errors.items():
             print(f"{layer:<10}{relative:>28.2e}{of_spread:>30.2e}")
+    speedups = {}
+    if not args.no_baselines:
+        # After the pipeline, whose peak memory is already read: the baselines, on a problem of the
+        # same shape, each projected to every VGG19 unit (bench/decode_baselines.py).
+        import decode_baselines
+
+        print("\nbaselines (bench/decode_baselines.py, same samples x voxels):", flush=True)
+        speedups = decode_baselines.main(["--quick"] * args.quick + (
+            ["--baseline-python", args.baseline_python] if args.baseline_python else []))
     verdict = ", ".join([
         f"wall {'OK' if wall <= TARGET_SECONDS else 'OVER'}",
         f"memory {'OK' if peak_gb <= TARGET_GB else 'OVER'}",
-        f"forward share {'OK' if share >= TARGET_SHARE else 'UNDER'}"])
+        f"forward share {'OK' if share >= TARGET_SHARE else 'UNDER'}"]
+        + ([f"vs fastl2lir {'OK' if speedups['fastl2lir 0.11'] >= TARGET_SPEEDUP else 'UNDER'}"]
+           if "fastl2lir 0.11" in speedups else []))
+    compared = "".join(f", {speedup:.0f}x faster than {method}" for method, speedup in speedups.items()
+                       if method != "kernel ridge (bidsrecon)")
     print(f"SUMMARY {'quick' if args.quick else 'full'} {scale['n_images']} images/{n_samples}x"
           f"{n_voxels}/{scale['n_items']} items, 19 VGG19 layers ({n_units:,} units): "
           f"{wall:.0f} s wall, {encoder.seconds:.0f} s in forwards ({100 * share:.0f}%), one-pass "
-          f"floor {one_pass:.0f} s, peak {peak_gb:.2f} GB, cache {cache_gb:.1f} GB "
+          f"floor {one_pass:.0f} s, peak {peak_gb:.2f} GB, cache {cache_gb:.1f} GB{compared} "
           f"[{verdict}], load average {os.getloadavg()[1]:.1f} (5 min) at the end")
 
 

@@ -141,3 +141,35 @@ def test_bad_reconstruction_networks_are_found_before_any_work(tiny_dataset, tmp
         one_line_error(run_cli(*common, "--device", "cuda"), 64, "--device cuda", "--device cpu")
         one_line_error(run_cli(*common, "--mixed-precision"), 64, "CUDA only")
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.npy"))
+
+
+def test_execution_options(tmp_path):
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    config = parse_args([str(bids), str(out), "participant", "--nprocs", "4"])
+    assert config.omp_nthreads == 4 and config.plugin == ("MultiProc", (("n_procs", 4),))
+    assert not config.stop_on_first_crash and not config.resource_monitor
+    config = parse_args([str(bids), str(out), "participant", "--nprocs", "1", "--omp-nthreads", "3"])
+    assert config.omp_nthreads == 1 and config.plugin == ("Linear", ())  # never more threads than CPUs
+    config = parse_args([str(bids), str(out), "participant", "--nprocs", "2", "--mem", "6", "--stop-on-first-crash",
+                         "--resource-monitor"])
+    assert config.plugin == ("MultiProc", (("n_procs", 2), ("memory_gb", 6.0)))
+    assert config.stop_on_first_crash and config.resource_monitor
+    # fMRIPrep's plugin file format; MultiProc's unset arguments come from --nprocs and --mem.
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --time=2:00:00\n")
+    assert parse_args([str(bids), str(out), "participant", "--use-plugin", str(plugin)]).plugin == (
+        "SLURM", (("sbatch_args", "--time=2:00:00"),))
+    plugin.write_text('{"plugin": "MultiProc", "plugin_args": {"n_procs": 3}}')
+    assert parse_args([str(bids), str(out), "participant", "--use-plugin", str(plugin), "--mem", "5"]).plugin == (
+        "MultiProc", (("memory_gb", 5.0), ("n_procs", 3)))
+
+
+def test_bad_plugin_files(tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64, str(plugin))
+    plugin.write_text("plugin: Dask\n")
+    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64, "MultiProc",
+                   str(plugin))
+    plugin.write_text("plugin: [unclosed\n")
+    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64,
+                   "cannot be read as YAML or JSON")

@@ -14,6 +14,7 @@ from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
 from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings
 from bidsrecon.recon.lbfgs import minimise_lbfgs
+from bidsrecon.recon.loss import feature_loss_and_output_gradients
 from bidsrecon.recon.spread import item_spread
 
 SMALL = 32
@@ -45,6 +46,31 @@ def _pixel_correlation(reconstructions, originals):
 
 
 # ---------------------------------------------------------------- layer weights
+
+def test_closed_form_output_gradients_equal_autograd_of_the_loss(random_lite0):
+    """The loop hands the loss's gradient per layer to one backward pass; it must be the loss's gradient."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, SMALL, SMALL, generator=generator)
+    targets = _true_features(random_lite0, np.random.default_rng(1).random((3, SMALL, SMALL, 3), np.float32),
+                             FEW_LAYERS)
+    targets = {name: torch.from_numpy(value) for name, value in targets.items()}
+    weights = layer_weights(targets)
+
+    def gradient(closed_form):
+        variable = images.clone().requires_grad_(True)
+        features = random_lite0.features(variable, FEW_LAYERS)
+        if not closed_form:
+            loss = feature_loss(features, targets, weights)
+            return loss.detach(), torch.autograd.grad(loss.sum(), variable)[0]
+        loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
+        return loss, torch.autograd.grad([features[n] for n in FEW_LAYERS], variable,
+                                         grad_outputs=[output_gradients[n] for n in FEW_LAYERS])[0]
+
+    (loss, grad), (expected_loss, expected_grad) = gradient(True), gradient(False)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6 * float(expected_grad.abs().max()))
+    assert float(expected_grad.abs().max()) > 0
+
 
 def test_layer_weights_are_inverse_squared_norms_summing_to_one():
     targets = {"a": np.ones((2, 4)), "b": np.full((2, 3, 2, 2), 2.0)}

@@ -30,7 +30,7 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
 from bidsrecon.recon.lbfgs import minimise_lbfgs
-from bidsrecon.recon.loss import feature_loss, layer_weights
+from bidsrecon.recon.loss import feature_loss_and_output_gradients, layer_weights
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
@@ -221,9 +221,10 @@ class _Problem:
             if len(items) != self.n_items:  # a line search re-evaluating some items only
                 targets = {name: value[items] for name, value in targets.items()}
                 weights = {name: value[items] for name, value in weights.items()}
-            loss = feature_loss(features, targets, weights)
-            (grad,) = torch.autograd.grad(loss.sum(), variable)
-            return loss.detach(), grad
+            loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
+            (grad,) = torch.autograd.grad([features[name] for name in targets], variable,
+                                          grad_outputs=[output_gradients[name] for name in targets])
+            return loss, grad
 
         return evaluate
 
