@@ -166,10 +166,10 @@ def test_execution_options(tmp_path):
 
 def test_bad_plugin_files(tmp_path):
     plugin = tmp_path / "plugin.yml"
-    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64, str(plugin))
+    one_line_error(run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--use-plugin", plugin), 64, str(plugin))
     plugin.write_text("plugin: Dask\n")
-    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64, "MultiProc",
+    one_line_error(run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--use-plugin", plugin), 64, "MultiProc",
                    str(plugin))
     plugin.write_text("plugin: [unclosed\n")
-    one_line_error(run_cli(tmp_path, tmp_path / "out", "participant", "--use-plugin", plugin), 64,
+    one_line_error(run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--use-plugin", plugin), 64,
                    "cannot be read as YAML or JSON")
