@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bidsrecon import __version__
 from bidsrecon.config import Config
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_UNKNOWN_LEVEL, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_UNKNOWN_LEVEL, BidsReconError
 from bidsrecon.spec import builtin_spec_names
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -88,10 +88,17 @@ def build_parser():
                         "also vgg19, vgg19-caffe; *-random variants are for tests only)")
     method.add_argument("--encoder-weights", type=Path, default=None, metavar="FILE",
                         help="weights file of the encoder (state dict; loaded without executing code)")
-    method.add_argument("--decoder", choices=("kernel", "fastl2lir"), default="kernel",
+    # No default here, so that --decoders-dir can refuse an explicit --decoder (config default: kernel).
+    method.add_argument("--decoder", choices=("kernel", "fastl2lir"), default=None,
                         help="kernel: kernel ridge with one penalty per layer, every unit streamed (default); "
                         "fastl2lir: the Kamitani lab's ridge per unit on its 500 best voxels (alpha 100), "
                         "slow: for layer subsets and comparison")
+    method.add_argument("--decoders-dir", type=Path, default=None, metavar="DIR",
+                        help="apply the decoders saved in DIR, a previous bidsrecon output dataset "
+                        "(sub-<label>/decoder/), instead of fitting them: no training runs are needed or read, "
+                        "the samples are taken in the saved voxel mask and raw runs are realigned to the saved "
+                        "reference volume; --encoder, --encoder-weights, --image-size and --layers must match "
+                        "the saved decoder (--n-voxels, --roi and --decoder are refused)")
     method.add_argument("--layers", nargs="+", default=[], metavar="LAYER",
                         help="encoder layers to decode and invert (default: the encoder's default set)")
     method.add_argument("--image-size", type=_positive_int, default=64, help="reconstruction size in pixels (default: 64)")
@@ -158,6 +165,26 @@ def _resolved_if_file(value):
     return str(Path(value).resolve()) if value is not None and Path(value).is_file() else value
 
 
+def _check_decoders_dir(args):
+    """``--decoders-dir`` must be a folder, and excludes the options that only shape a fit.
+
+    They are refused rather than ignored: a user who asks for 500 voxels or V1 only would
+    otherwise get the saved decoder's voxels without noticing.
+    """
+    if args.decoders_dir is None:
+        return
+    if not args.decoders_dir.is_dir():
+        raise BidsReconError(f"--decoders-dir {args.decoders_dir}: no such folder; give the output folder of an "
+                             "earlier 'bidsrecon ... participant' run (it holds sub-<label>/decoder/)",
+                             EXIT_INPUT_MISSING)
+    fitting = [option for option, given in (("--n-voxels", args.n_voxels is not None), ("--roi", bool(args.rois)),
+                                            ("--decoder", args.decoder is not None)) if given]
+    if fitting:
+        raise BidsReconError(f"--decoders-dir applies saved decoders, whose voxels and type were fixed when they "
+                             f"were fitted; drop {', '.join(fitting)} (or drop --decoders-dir to fit a new decoder)",
+                             EXIT_BAD_ARGUMENTS)
+
+
 def parse_args(argv=None):
     """Parse and check the command line; returns a `Config`."""
     args = build_parser().parse_args(argv)
@@ -173,6 +200,7 @@ def parse_args(argv=None):
         raise BidsReconError(f"--mem must be a positive number of GB, got {args.mem_gb:g}", EXIT_BAD_ARGUMENTS)
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
+    _check_decoders_dir(args)
     work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
     for name, path in (("output_dir", args.output_dir), ("work directory", work_dir)):
@@ -218,7 +246,8 @@ def parse_args(argv=None):
         image_size=args.image_size,
         iterations=args.iterations,
         save_decoded_features=args.save_decoded_features,
-        decoder=args.decoder,
+        decoder=args.decoder or "kernel",
+        decoders_dir=args.decoders_dir.resolve() if args.decoders_dir else None,
         optimiser=args.optimiser,
         generator_weights=args.generator_weights.resolve() if args.generator_weights else None,
         generator_latent_max=_resolved_if_file(args.generator_latent_max),

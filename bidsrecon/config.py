@@ -42,6 +42,7 @@ class Config:
     cv_units: int = 1000
     save_decoded_features: bool = False
     decoder: str = "kernel"
+    decoders_dir: Path = None  # a previous output dataset whose saved decoders are applied, not refitted
     # reconstruction (the paper's defaults, REFERENCE.md §1)
     optimiser: str = "lbfgs"
     generator_weights: Path = None

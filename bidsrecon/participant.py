@@ -15,6 +15,7 @@ from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import run_validator
+from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
 from bidsrecon.reports import write_participant_report
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
 from bidsrecon.spec import TRAINING, load_spec
@@ -46,8 +47,9 @@ def run_participant_level(config):
     space = parse_space(config.space)
     rois = parse_rois(config.rois)
     # Every participant's inputs are checked before any heavy work starts.
-    check_networks(config)
-    plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois) for subject in subjects]
+    encoder = check_networks(config)
+    plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)
+             for subject in subjects]
     init_output_dir(config.output_dir, config.bids_dir)
     for plan in plans:
         started = datetime.now(timezone.utc)
@@ -62,6 +64,11 @@ def check_networks(config):
 
     A missing weights file, an unknown layer or an absent GPU is found here, in seconds, rather
     than after the preprocessing and decoding.
+
+    Returns
+    -------
+    bidsrecon.encoders.base.Encoder
+        The encoder, whose name and weights hash a saved decoder is checked against.
     """
     from bidsrecon.encoders import get_encoder, resolve_device
     from bidsrecon.recon.generator import load_generator, read_latent_bound
@@ -76,6 +83,7 @@ def check_networks(config):
         load_generator(config.generator_weights)
         if config.generator_latent_max is not None:
             read_latent_bound(config.generator_latent_max)
+    return encoder
 
 
 def validate_input(bids_dir):
@@ -99,14 +107,23 @@ class ParticipantPlan:
     trials_files: list
     stimuli_file: str
     roi_files: list
+    saved_decoder: SavedDecoder = None  # --decoders-dir: the decoder applied (then no training runs)
 
 
-def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=()):
-    """Collect one participant's runs, stimuli and masks and write the workflow's input tables."""
+def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=(), *, encoder=None):
+    """Collect one participant's runs, stimuli and masks and write the workflow's input tables.
+
+    With ``config.decoders_dir`` the participant's saved decoder is found and checked against
+    the runs, the settings and the training images (``encoder``, from `check_networks`, gives
+    the encoder's name and weights hash); no training run is collected then.
+    """
     filters = load_bids_filters(config.bids_filter_file) if config.bids_filter_file else None
+    # Looked for first: a participant without a decoder is the likeliest mistake, and the clearest.
+    saved = find_saved_decoder(config.decoders_dir, subject) if config.decoders_dir else None
     runs = collect_runs(
         layout, subject, spec, config.task_labels, config.delay_seconds,
         session_labels=config.session_labels, bids_filters=filters, cut_runs=config.cut_runs,
+        training=saved is None,
     )
     order = [trial_set.name for trial_set in spec.sets]
     runs = sorted(runs, key=lambda run: order.index(run.set_name))
@@ -121,16 +138,24 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
         trials_files.append(str(path))
 
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
-    names = sorted(set(all_trials["stimulus"]))
+    # A saved decoder's output is built from its training images' features: they are needed too.
+    names = sorted(set(all_trials["stimulus"]) | set(saved.training_stimuli if saved else ()))
     stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",),
                            stim_files=stim_file_map(all_trials))
+    if saved:
+        check_saved_decoder(saved, encoder=encoder.name if encoder else config.encoder,
+                            encoder_weights_sha256=encoder.weights_sha256 if encoder else None,
+                            image_size=config.image_size, layers=config.layers,
+                            bold_files=[run_inputs.bold for run_inputs in inputs], raw_input=not derivatives,
+                            stimulus_files=stimuli)
     stimuli_file = work / "stimuli.tsv"
     _write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
                       .to_csv(sep="\t", index=False))
-    LOGGER.info("sub-%s: %d runs, %d training trials", subject, len(runs),
-                sum(len(r.trials) for r in runs if r.set_name == TRAINING))
+    LOGGER.info("sub-%s: %d runs, %d training trials%s", subject, len(runs),
+                sum(len(r.trials) for r in runs if r.set_name == TRAINING),
+                f"; applying the saved decoder {saved.sidecar_file}" if saved else "")
     return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
-                           roi_files(rois, config.bids_dir, subject) if rois else [])
+                           roi_files(rois, config.bids_dir, subject) if rois else [], saved)
 
 
 def _run_inputs(layout, run, config, derivatives, space):

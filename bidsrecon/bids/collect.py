@@ -129,7 +129,7 @@ def load_bids_filters(path):
 
 
 def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_labels=None,
-                 bids_filters=None, cut_runs=False):
+                 bids_filters=None, cut_runs=False, training=True):
     """Every run of ``subject`` that a set of ``spec`` selects, with that set's trials.
 
     Parameters
@@ -149,6 +149,9 @@ def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_
     cut_runs : bool
         ``--cut-runs``: drop (with a warning) the trials that end past the run's last volume
         instead of stopping with an error.
+    training : bool
+        False when no decoder is fitted (``--decoders-dir`` applies saved ones): the training
+        split is not looked at, so it may select nothing and none of its runs is read.
 
     Returns
     -------
@@ -166,19 +169,20 @@ def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_
     sessions = _check_labels(session_labels, "ses-", layout.get_sessions(), "session", "--session-label")
     tasks = _check_labels(task_labels, "task-", layout.get_tasks(), "task", "--task-label")
     selection = _describe_selection(sessions, tasks, bids_filters)
-    runs, matched = [], {trial_set.name: 0 for trial_set in spec.sets}
+    sets = spec.sets if training else spec.tests
+    runs, matched = [], {trial_set.name: 0 for trial_set in sets}
     for bold in _query_bold(layout, subject, bids_filters):
         entities = _entity_labels(bold.get_entities())
         if (sessions and entities["session"] not in sessions) or (tasks and entities["task"] not in tasks):
             continue
-        trial_sets = [trial_set for trial_set in spec.sets if trial_set.matches(entities)]
+        trial_sets = [trial_set for trial_set in sets if trial_set.matches(entities)]
         if not trial_sets:
             continue
         for trial_set in trial_sets:
             matched[trial_set.name] += 1
         runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs)
     _check_no_leak(runs)
-    _check_selection(subject, spec, runs, matched, selection)
+    _check_selection(subject, spec, sets, runs, matched, selection)
     return runs
 
 
@@ -314,9 +318,9 @@ def _describe_selection(sessions, tasks, bids_filters):
     return f" (runs restricted by {'; '.join(parts)})" if parts else ""
 
 
-def _check_selection(subject, spec, runs, matched, selection):
-    """Every required set, and at least one test set, must select runs and trials."""
-    for trial_set in spec.sets:
+def _check_selection(subject, spec, sets, runs, matched, selection):
+    """Every required set of ``sets``, and at least one test set, must select runs and trials."""
+    for trial_set in sets:
         if any(run.set_name == trial_set.name for run in runs):
             continue
         if matched[trial_set.name]:

@@ -148,7 +148,8 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
     The arrays are each unit's selected voxels (int32), weights and bias (float32, z-scored
     units), and the voxels' and units' training mean and SD, under ``<layer>/...``. The sidecar
     says what they apply to, as :func:`save_decoder`'s does. There is no loader yet: applying
-    saved decoders (``--decoders-dir``) is for the kernel ridge decoder only.
+    saved decoders (``--decoders-dir``) is for the kernel ridge decoder only, and
+    :func:`read_decoder_description` refuses this format with a message saying so.
 
     Parameters
     ----------
@@ -225,6 +226,11 @@ def read_decoder_description(path_stem):
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BidsReconError(f"{sidecar_path} is not valid JSON ({error}); it is not a "
                              "decoder sidecar written by bidsrecon.", EXIT_BAD_ARGUMENTS) from None
+    if isinstance(sidecar, dict) and sidecar.get("Format") == _PER_UNIT_FORMAT_NAME:
+        raise BidsReconError(
+            f"{sidecar_path} is a per-unit decoder (--decoder fastl2lir); applying saved per-unit "
+            "decoders is not supported yet. Retrain with the kernel ridge decoder (--decoder kernel, "
+            "the default) to apply it later, or fit again on the training data.", EXIT_BAD_ARGUMENTS)
     if not isinstance(sidecar, dict) or sidecar.get("Format") != _FORMAT_NAME:
         raise BidsReconError(f"{sidecar_path} is not a decoder sidecar written by bidsrecon "
                              f"(its \"Format\" is not {_FORMAT_NAME!r}).", EXIT_BAD_ARGUMENTS)
@@ -276,7 +282,8 @@ def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,
             f"{arrays_path} does not match the sha256 recorded in {sidecar_path}: the file was "
             "changed or replaced after saving. Copy the decoder's two files together, or "
             "retrain.", EXIT_BAD_ARGUMENTS)
-    where = f"Saved decoder {Path(path_stem).name}"
+    # The sidecar's path, so that the message says which file of which folder to look at.
+    where = f"Saved decoder {sidecar_path}"
     _check_expected(where, "encoder", sidecar["Encoder"], expected_encoder,
                     "Run with the decoder's encoder, or retrain the decoder.")
     _check_expected(where, "encoder weights (sha256)", sidecar["EncoderWeightsSHA256"],

@@ -1,4 +1,4 @@
-"""Nipype interface of the decoding: fit the kernel-ridge decoder and decode every test item."""
+"""Nipype interface of the decoding: fit the kernel-ridge decoder (or load a saved one) and decode every test item."""
 import json
 
 import numpy as np
@@ -9,12 +9,23 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
 from bidsrecon import __version__
 from bidsrecon.arrays import save_arrays
 from bidsrecon.interfaces.threads import limited_threads
+
+
+def _saved_decoder(sidecar_file):
+    """Stem, sidecar content and voxel selection of the saved decoder whose sidecar is ``sidecar_file``."""
+    from pathlib import Path
+
+    from bidsrecon.decoding.artifact import load_voxel_indices, read_decoder_description
+
+    stem = str(Path(sidecar_file).with_suffix(""))
+    return {"stem": stem, "description": read_decoder_description(stem), "voxel_indices": load_voxel_indices(stem)}
 
 
 class _DecodeInputSpec(BaseInterfaceInputSpec):
@@ -38,6 +49,8 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     device = traits.Str("cpu", usedefault=True, desc="where the encoder runs: auto, cpu, cuda or mps")
     method = traits.Enum("kernel", "fastl2lir", usedefault=True,
                          desc="kernel ridge (every unit, streamed) or the lab's per-unit ridge on 500 voxels")
+    decoder_file = File(exists=True, desc="JSON sidecar of a saved kernel ridge decoder (--decoders-dir): applied "
+                        "instead of fitting one; its layers, voxel selection and training images are used")
 
 
 class _DecodeOutputSpec(TraitedSpec):
@@ -51,7 +64,10 @@ class _DecodeOutputSpec(TraitedSpec):
 class DecodeFeatures(SimpleInterface):
     """Fit the decoder on the training trials and decode the features of each test item.
 
-    Trials of the same test item are averaged before decoding (the paper's choice).
+    Trials of the same test item are averaged before decoding (the paper's choice). With
+    ``decoder_file`` nothing is fitted: the saved decoder is loaded (checked against the mask,
+    encoder, image size and training images; never unpickled) and applied, and its files are
+    passed on as ``out_decoder`` and ``out_decoder_arrays``.
     """
 
     input_spec = _DecodeInputSpec
@@ -80,7 +96,13 @@ class DecodeFeatures(SimpleInterface):
         train_names, image_index = np.unique(trials.loc[training, "stimulus"], return_inverse=True)
         counts = np.bincount(image_index, minlength=len(train_names))
         selection, kept = {"Method": "none", "Voxels": int(samples.shape[1])}, None
-        if self.inputs.n_voxels and self.inputs.n_voxels < samples.shape[1]:
+        saved = None
+        if isdefined(self.inputs.decoder_file):
+            saved = _saved_decoder(self.inputs.decoder_file)
+            kept = saved["voxel_indices"]
+            if kept is not None:
+                samples = samples[:, kept]
+        elif self.inputs.n_voxels and self.inputs.n_voxels < samples.shape[1]:
             # Ranked on training trials only, so no test data steers the choice.
             kept = select_voxels(samples[training], image_index, self.inputs.n_voxels)
             selection = {"Method": selection_method(image_index), "Voxels": len(kept), "Of": int(samples.shape[1])}
@@ -95,6 +117,9 @@ class DecodeFeatures(SimpleInterface):
 
         encoder = get_encoder(self.inputs.encoder, weights_file=self.inputs.encoder_weights or None, seed=self.inputs.seed,
                               device=resolve_device(self.inputs.device))
+        if saved:
+            self._apply_saved(saved, encoder, samples, items, item_samples, stimuli, runtime)
+            return
         layers = list(self.inputs.layers) or list(encoder.default_layers)
         # uint8: 1,200 stimuli at 224 px take 180 MB instead of 720 MB while the features stream.
         images = load_images([stimuli[name] for name in train_names], self.inputs.image_size, dtype=np.uint8)
@@ -127,7 +152,41 @@ class DecodeFeatures(SimpleInterface):
             })
             paths = save_decoder(stem, decoder, layers=layers, **description, extra_fields=extra)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = (str(path) for path in paths)
+        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime)
 
+    def _apply_saved(self, saved, encoder, samples, items, item_samples, stimuli, runtime):
+        """Decode with the saved decoder: ``A_u F + (1 - sum_j A_u[:, j]) ybar``, ``F`` its training images'."""
+        from bidsrecon.decoding import decode_features
+        from bidsrecon.decoding.artifact import decoder_paths, load_decoder
+        from bidsrecon.decoding.cache import FeatureCache
+        from bidsrecon.decoding.stream import budget_within
+        from bidsrecon.images import load_images
+
+        stem = saved["stem"]
+        # The plan checked all this already; checked again here, where the decoder is used.
+        decoder = load_decoder(stem, expected_mask_file=self.inputs.mask_file, expected_encoder=encoder.name,
+                               expected_weights_sha256=encoder.weights_sha256,
+                               expected_image_size=self.inputs.image_size, stimulus_files=stimuli.to_dict())
+        layers = list(saved["description"]["Layers"])
+        if samples.shape[1] != decoder.X_.shape[1]:
+            raise ValueError(f"{self.inputs.mask_file} gives {samples.shape[1]} voxels; the saved decoder "
+                             f"{stem} has {decoder.X_.shape[1]}")
+        train_names = saved["description"]["TrainingStimuli"]
+        images = load_images([stimuli[name] for name in train_names], self.inputs.image_size, dtype=np.uint8)
+        # The training mean is weighted by each image's training trials, as when the decoder was fitted.
+        counts = np.bincount(decoder.image_index_, minlength=len(train_names))
+        cache = None
+        if self.inputs.feature_cache:
+            cache = FeatureCache.for_encoder(self.inputs.feature_cache, encoder, dtype=self.inputs.feature_cache_dtype)
+        budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
+        decoded, train_mean, train_spread = decode_features(encoder, images, decoder.coefficients(item_samples),
+                                                            counts, cache=cache, memory_budget=budget)
+        arrays_path, sidecar_path = decoder_paths(stem)
+        self._results["out_decoder_arrays"], self._results["out_decoder"] = str(arrays_path), str(sidecar_path)
+        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime)
+
+    def _write_outputs(self, encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime):
+        """Decoded features, the items table and the decoding accuracy per test set and layer."""
         self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"
         save_arrays(
             self._results["out_features"],

@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -90,6 +91,11 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(mandatory=True)
     recon_settings_file = File(exists=True, mandatory=True, desc="Reconstruct.out_settings")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the decoder was trained in")
+    reference_file = File(exists=True, desc="raw input: the mean volume every run was realigned to, kept "
+                          "with the decoder so that later sessions can be realigned to it")
+    copy_decoder = traits.Bool(False, usedefault=True,
+                               desc="the decoder was applied (--decoders-dir), not fitted: copy its files, "
+                               "sidecar included, byte for byte")
     snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")
     set_columns_file = File(exists=True, mandatory=True, desc="Evaluate.out_columns")
     run_labels = traits.List(traits.Str, mandatory=True, desc="each run's label, e.g. ses-x_task-y_run-01")
@@ -152,6 +158,10 @@ class WriteDerivatives(SimpleInterface):
                 "Iterations": settings["n_iter"],
                 "Seed": self.inputs.seed,
                 "ImageSize": int(images.shape[1]),
+                # Which decoder made it: the arrays' hash identifies it across output datasets.
+                "Decoder": {"File": f"bids::sub-{subject}/decoder/{Path(self.inputs.decoder_file).name}",
+                            "ArraysSHA256": decoder["ArraysSHA256"],
+                            "FittedInThisRun": not self.inputs.copy_decoder},
             }
             path = subject_dir / "recon" / f"{stem}_desc-recon_image.json"
             write_json(path, sidecar)
@@ -176,22 +186,51 @@ class WriteDerivatives(SimpleInterface):
             write_json(subject_dir / f"{stem}.json", {column: text if isinstance(text, dict) else {"Description": text}
                                                       for column, text in columns.items() if column in table})
             written.append(str(path))
-        # The sidecar names its arrays file, so the arrays keep the name the decode node gave them.
-        arrays = subject_dir / "decoder" / Path(self.inputs.decoder_arrays).name
-        atomic_write_bytes(arrays, Path(self.inputs.decoder_arrays).read_bytes())
-        # The voxel mask goes with the decoder (byte for byte: its hash is in the sidecar), so that
-        # the decoder can be applied to data sampled in the same voxels later.
-        mask = subject_dir / "decoder" / f"sub-{subject}_desc-decoder_mask.nii.gz"
-        atomic_write_bytes(mask, Path(self.inputs.mask_file).read_bytes())
-        decoder["VoxelMask"]["File"] = mask.name
-        sidecar = subject_dir / "decoder" / Path(self.inputs.decoder_file).name
-        write_json(sidecar, decoder)
-        written += [str(arrays), str(mask), str(sidecar)]
+        written += self._write_decoder(subject_dir, subject, decoder)
         written += self._write_quality(subject_dir, subject)
         if self.inputs.save_decoded_features:
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
         self._results["out_files"] = written
         return runtime
+
+    def _write_decoder(self, subject_dir, subject, decoder):
+        """The decoder folder: arrays, sidecar, voxel mask and (raw input) motion reference volume.
+
+        Everything is copied byte for byte (the sidecar records the hashes). A fitted decoder's
+        sidecar is completed with the names of the mask and reference written next to it; an
+        applied one (``copy_decoder``) is copied unchanged, so that the output says exactly which
+        decoder made it and can itself serve as ``--decoders-dir``.
+        """
+        from bidsrecon.encoders.base import file_sha256
+
+        folder = subject_dir / "decoder"
+        # The sidecar names its arrays file, so the arrays keep the name the decode node gave them.
+        arrays = folder / Path(self.inputs.decoder_arrays).name
+        atomic_write_bytes(arrays, Path(self.inputs.decoder_arrays).read_bytes())
+        # The voxel mask goes with the decoder (byte for byte: its hash is in the sidecar), so that
+        # the decoder can be applied to data sampled in the same voxels later.
+        mask = folder / (decoder["VoxelMask"]["File"] if self.inputs.copy_decoder
+                         else f"sub-{subject}_desc-decoder_mask.nii.gz")
+        atomic_write_bytes(mask, Path(self.inputs.mask_file).read_bytes())
+        written = [str(arrays), str(mask)]
+        # The volume the raw runs were realigned to: later sessions are realigned to it too.
+        if isdefined(self.inputs.reference_file):
+            reference = folder / (decoder["MotionReference"]["File"] if self.inputs.copy_decoder
+                                  else f"sub-{subject}_desc-reference_boldref.nii.gz")
+            atomic_write_bytes(reference, Path(self.inputs.reference_file).read_bytes())
+            written.append(str(reference))
+        sidecar = folder / Path(self.inputs.decoder_file).name
+        if self.inputs.copy_decoder:
+            atomic_write_bytes(sidecar, Path(self.inputs.decoder_file).read_bytes())
+        else:
+            decoder["VoxelMask"]["File"] = mask.name
+            if isdefined(self.inputs.reference_file):
+                decoder["MotionReference"] = {
+                    "File": reference.name, "SHA256": file_sha256(reference),
+                    "Description": "Mean of the first training run after realignment; every raw run was "
+                    "realigned to it."}
+            write_json(sidecar, decoder)
+        return [*written, str(sidecar)]
 
     def _write_quality(self, subject_dir, subject):
         """Motion traces per run and the tSNR map, for the participant report (``qc/``)."""

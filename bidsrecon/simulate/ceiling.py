@@ -201,8 +201,9 @@ def measured_test_samples(bids_dir, subject, mask, spec="ds001506", discard_seco
     from bidsrecon.preproc.inputs import load_bold, masked_time_series
     from bidsrecon.spec import TRAINING, load_spec
 
+    # Test sets only: a dataset of later sessions (applied with --decoders-dir) has no training runs.
     runs = collect_runs(load_layout(bids_dir), str(subject).removeprefix("sub-"), load_spec(spec),
-                        delay=delay_seconds)
+                        delay=delay_seconds, training=False)
     by_set = {}
     for run in runs:
         if run.set_name == TRAINING:

@@ -1,4 +1,5 @@
 """The participant workflow: from BIDS runs to reconstructed images and their scores."""
+from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bidsrecon.interfaces.decoding import DecodeFeatures
@@ -28,6 +29,15 @@ def init_participant_wf(plan, config, name=None):
     With fMRIPrep input there is no ``realign``: the preprocessed bold and its confounds feed
     ``run_samples`` and fMRIPrep's brain mask of the first training run feeds ``build_mask``.
 
+    With a saved decoder (``--decoders-dir``, ``plan.saved_decoder``) there are no training runs
+    and nothing is fitted: the saved reference volume replaces ``mean_reference`` (raw runs are
+    realigned to the volume the decoder's runs were realigned to), the saved voxel mask replaces
+    ``build_mask``, and ``decode`` applies the saved decoder. There is no ``realign_reference``,
+    ``mean_reference``, ``brain_mask`` or ``build_mask`` node; ``tsnr`` maps the first run
+    within the saved mask::
+
+        realign (per run, to the saved reference) -> run_samples -> decode (saved decoder) -> ...
+
     Parameters
     ----------
     plan : `bidsrecon.participant.ParticipantPlan`
@@ -41,10 +51,10 @@ def init_participant_wf(plan, config, name=None):
     -------
     The ``write_derivatives`` node writes into ``config.output_dir``; its ``out_files`` lists them.
     """
-    subject, runs = plan.subject, plan.runs
+    subject, runs, saved = plan.subject, plan.runs, plan.saved_decoder
     workflow = pe.Workflow(name=name or f"sub_{subject}_wf")
-    # The mask comes from the first training run; all runs must share its grid.
-    reference = next(index for index, inputs in enumerate(runs) if inputs.run.set_name == TRAINING)
+    # The mask comes from the first training run (or the saved decoder); all runs must share its grid.
+    reference = 0 if saved else next(index for index, inputs in enumerate(runs) if inputs.run.set_name == TRAINING)
     fmriprep = runs[0].mask is not None
     encoder = {
         "encoder": config.encoder,
@@ -54,7 +64,12 @@ def init_participant_wf(plan, config, name=None):
         "n_threads": config.omp_nthreads,
     }
 
-    build_mask = pe.Node(BuildMask(roi_files=list(plan.roi_files)), name="build_mask")
+    if saved:
+        # The saved decoder's mask stands in for build_mask's output (same field name).
+        build_mask = pe.Node(niu.IdentityInterface(fields=["out_mask"]), name="saved_mask")
+        build_mask.inputs.out_mask = saved.mask_file
+    else:
+        build_mask = pe.Node(BuildMask(roi_files=list(plan.roi_files)), name="build_mask")
     run_samples = pe.MapNode(
         RunSamples(discard_seconds=config.discard_seconds, delay_seconds=config.delay_seconds,
                    clip_sd=config.clip_sd, method=config.samples),
@@ -73,6 +88,8 @@ def init_participant_wf(plan, config, name=None):
         name="decode",
         n_procs=config.omp_nthreads,
     )
+    if saved:
+        decode.inputs.decoder_file = saved.sidecar_file
     reconstruct = pe.Node(
         Reconstruct(iterations=config.iterations, optimiser=config.optimiser,
                     generator_weights=str(config.generator_weights or ""),
@@ -87,7 +104,8 @@ def init_participant_wf(plan, config, name=None):
     write_derivatives = pe.Node(
         WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
                          seed=config.seed,
-                         save_decoded_features=config.save_decoded_features),
+                         save_decoded_features=config.save_decoded_features,
+                         copy_decoder=saved is not None),
         name="write_derivatives",
         overwrite=True,
     )
@@ -98,11 +116,14 @@ def init_participant_wf(plan, config, name=None):
         run_samples.inputs.bold_file = [inputs.bold for inputs in runs]
         run_samples.inputs.confounds_file = [inputs.confounds for inputs in runs]
         run_samples.inputs.confound_columns = [list(inputs.confound_columns) for inputs in runs]
-        build_mask.inputs.brain_mask_file = runs[reference].mask
-        build_mask.inputs.reference_file = runs[reference].mask
+        if not saved:
+            build_mask.inputs.brain_mask_file = runs[reference].mask
+            build_mask.inputs.reference_file = runs[reference].mask
         write_derivatives.inputs.confounds_files = [inputs.confounds for inputs in runs]
         tsnr.inputs.bold_file = runs[reference].bold
-        tsnr.inputs.mask_file = runs[reference].mask
+        tsnr.inputs.mask_file = saved.mask_file if saved else runs[reference].mask
+    elif saved:
+        _connect_saved_reference(workflow, runs, config, saved, run_samples, write_derivatives, tsnr)
     else:
         realign_options = {"slice_timing_enabled": config.slice_timing}
         realign_reference = pe.Node(
@@ -124,6 +145,7 @@ def init_participant_wf(plan, config, name=None):
         workflow.connect([
             (realign_reference, mean_reference, [("realigned_file", "in_file")]),
             (mean_reference, realign, [("out_file", "reference_file")]),
+            (mean_reference, write_derivatives, [("out_file", "reference_file")]),
             (mean_reference, brain_mask, [("out_file", "bold_file")]),
             (brain_mask, build_mask, [("out_mask", "brain_mask_file"), ("out_mask", "reference_file")]),
             (realign, run_samples, [("realigned_file", "bold_file"), ("motion_file", "confounds_file")]),
@@ -150,3 +172,31 @@ def init_participant_wf(plan, config, name=None):
                                      ("out_items", "items_file")]),
     ])  # fmt: skip
     return workflow
+
+
+def _connect_saved_reference(workflow, runs, config, saved, run_samples, write_derivatives, tsnr):
+    """Raw input with a saved decoder: every run realigned to the saved reference volume.
+
+    The volume is the one the decoder's own runs were realigned to, so that a voxel of a later
+    session is the voxel the decoder was trained on; it is copied into the new output with the
+    decoder.
+    """
+    realign = pe.MapNode(Realign(slice_timing_enabled=config.slice_timing, reference_file=saved.reference_file),
+                         iterfield=["bold_file", "tr", "slice_timing", "slice_encoding_direction"], name="realign")
+    realign.inputs.bold_file = [inputs.bold for inputs in runs]
+    realign.inputs.tr = [inputs.run.tr for inputs in runs]
+    realign.inputs.slice_timing = [list(inputs.slice_timing) for inputs in runs]
+    realign.inputs.slice_encoding_direction = [inputs.slice_encoding_direction for inputs in runs]
+    run_samples.inputs.confound_columns = [list(MOTION_COLUMNS)] * len(runs)
+    write_derivatives.inputs.reference_file = saved.reference_file
+    tsnr.inputs.mask_file = saved.mask_file
+    workflow.connect([
+        (realign, run_samples, [("realigned_file", "bold_file"), ("motion_file", "confounds_file")]),
+        (realign, write_derivatives, [("motion_file", "confounds_files")]),
+        (realign, tsnr, [(("realigned_file", _first), "bold_file")]),
+    ])  # fmt: skip
+
+
+def _first(files):
+    # A connection function: Nipype runs it from its source text, so it imports nothing.
+    return files[0]
