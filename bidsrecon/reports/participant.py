@@ -213,7 +213,7 @@ def tsnr_content(output_dir, label):
     median = f"median tSNR {np.median(inside):.1f} in the {'decoded voxels' if mask is not None else 'brain'}" \
         if inside.size else "no voxel with a tSNR"
     content = (f'<p class="note">Temporal signal-to-noise ratio (mean ÷ s.d. over time, after detrending) of the '
-               f"reference training run, axial slices from bottom to top; {html.esc(median)}. "
+               f"reference run (the first training run, or with --decoders-dir the first run), axial slices from bottom to top; {html.esc(median)}. "
                f"{html.esc(note)}</p>")
     return content + html.figure(plots.tsnr_mosaic(tsnr, mask), "tSNR mosaic")
 
