@@ -23,7 +23,9 @@ TARGET_RATIO = 0.10
 
 def timed(command):
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 

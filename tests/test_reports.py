@@ -21,6 +21,7 @@ from PIL import Image
 
 from bidsrecon.cli import main
 from bidsrecon.reports import write_participant_report
+from bidsrecon.reports.participant import MOTION_TRACES
 from chromium import CHROMIUM, Chromium
 from test_group import participant_outputs
 
@@ -72,7 +73,7 @@ def test_participant_report_in_the_browser(browser, out, tmp_path):
     motion_runs = list((out / "sub-01" / "qc").glob("*_desc-motion_timeseries.tsv"))
     # Stimulus and reconstruction per item, the decoding plot, the FD overview, one motion plot per run
     # (folded in <details>, loaded all the same), the tSNR mosaic.
-    assert result.images == 2 * len(items) + 1 + 1 + len(motion_runs) + 1
+    assert result.images == 2 * len(items) + 1 + 1 + min(len(motion_runs), MOTION_TRACES) + 1
     for section in ("summary", "test-set-natural", "test-set-shapes", "test-set-letters", "test-set-imagery",
                     "decoding-accuracy", "preprocessing-quality", "about"):
         assert f'id="{section}"' in text and f'href="#{section}"' in text

@@ -218,6 +218,10 @@ def tsnr_content(output_dir, label):
     return content + html.figure(plots.tsnr_mosaic(tsnr, mask), "tSNR mosaic")
 
 
+#: Runs whose motion traces are drawn (those that moved most); the overview shows every run.
+MOTION_TRACES = 8
+
+
 def quality_section(output_dir, label):
     content = "<h3>Head motion</h3>"
     files = motion_files(output_dir, label)
@@ -227,9 +231,14 @@ def quality_section(output_dir, label):
                     "confounds), and framewise displacement (Power et al. 2012; 50-mm head radius).</p>")
         summary = motion_summary(tables)
         content += html.figure(plots.fd_overview(tables), "framewise displacement per run") + html.table(summary)
-        # A dataset like ds001506 has dozens of runs per participant: each run's traces are folded
-        # away (<details>, no script needed) under a line that already says how much it moved.
-        for row, (run, table) in zip(summary.to_dict("records"), tables.items()):
+        # ds001506 has about 200 runs per participant: every run is in the overview and the table,
+        # and the traces of the runs that moved most are drawn, folded away (<details>, no script)
+        # under a line that already says how much each moved. Drawing all would take minutes.
+        rows = sorted(zip(summary.to_dict("records"), tables.items()), key=lambda pair: -pair[0]["mean FD (mm)"])
+        if len(rows) > MOTION_TRACES:
+            content += (f'<p class="note">Traces of the {MOTION_TRACES} runs with the largest mean framewise '
+                        f"displacement (of {len(rows)}):</p>")
+        for row, (run, table) in rows[:MOTION_TRACES]:
             content += html.details(
                 f"{row['#']}. {run}: mean FD {row['mean FD (mm)']:.2f} mm, max {row['max FD (mm)']:.2f} mm",
                 html.figure(plots.motion(table, run), f"head motion of {run}"))
