@@ -221,6 +221,8 @@ def _run_workflow(plan, config):
             workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as error:
         raise BidsReconError(f"sub-{subject}: {_crash_summary(crash_dir) or error}", 1) from None
+    finally:
+        gc.unfreeze()  # back to normal collection (main() may be called again in one process)
     if config.resource_monitor and resources.is_file():
         atomic_write_bytes(Path(config.output_dir) / f"sub-{subject}" / "log" /
                            f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
