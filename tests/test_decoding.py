@@ -418,11 +418,11 @@ def test_plan_decoding_prefers_a_smaller_batch_to_a_second_pass():
 
     layer_units = {"a": 1000, "b": 500, "c": 10}
     layer_items = dict.fromkeys(layer_units, 2)
-    # Layer a alone fits a batch of 8 (with everyone's outputs); all three fit a batch of 6.
+    # Layer a alone fits a batch of 8 (with everyone's outputs); all three fit a batch of 5.
     budget = decoding_memory(layer_units, {"a": 2}, 8) + 4 * 2 * (500 + 10)
-    assert decoding_memory(layer_units, layer_items, 6) <= budget < decoding_memory(layer_units, layer_items, 7)
+    assert decoding_memory(layer_units, layer_items, 5) <= budget < decoding_memory(layer_units, layer_items, 6)
     assert len(plan_layer_groups(layer_units, layer_items, 8, budget)) == 2
-    assert plan_decoding(layer_units, layer_items, 8, budget) == (6, [["a", "b", "c"]])
+    assert plan_decoding(layer_units, layer_items, 8, budget) == (5, [["a", "b", "c"]])
     # Not below a quarter of the batch: 16 equal layers fit one group only at a batch of 2 when
     # one of them fits a batch of 16, so the layers are split at the batch asked for.
     many = {f"l{index}": 1000 for index in range(16)}
@@ -443,3 +443,22 @@ def test_uint8_images_decode_exactly_as_their_float32_values():
                                  batch_size=2, progress=False)
     for ours, reference in zip(from_uint8, from_float):
         np.testing.assert_array_equal(ours["conv1"], reference["conv1"])
+
+
+@pytest.mark.parametrize("n_images", [1, 5, 7, 8, 13])
+def test_gathered_batches_decode_as_one_batch_at_a_time(n_images, monkeypatch):
+    """Batches are gathered before each sweep of the outputs; a partial last gathering included."""
+    from bidsrecon.decoding import stream
+
+    encoder = TinyEncoder()
+    images = _images(n_images, seed=21)
+    rng = np.random.default_rng(22)
+    coefficients = {layer: rng.standard_normal((3, n_images)) for layer in ("conv1", "fc")}
+    counts = rng.integers(1, 4, n_images)
+    gathered = decode_features(encoder, images, coefficients, counts, batch_size=2, progress=False)
+    monkeypatch.setattr(stream, "ACCUMULATED_BATCHES", 1)
+    one_by_one = decode_features(encoder, images, coefficients, counts, batch_size=2, progress=False)
+    for layer in coefficients:
+        for result, expected in zip(gathered, one_by_one):
+            scale = np.abs(np.asarray(expected[layer])).max()
+            np.testing.assert_allclose(result[layer], expected[layer], atol=1e-6 * scale, rtol=1e-5)

@@ -32,6 +32,10 @@ from bidsrecon.recon.spread import spread_from_moments
 #: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
 #: float32 centre and two float64 moment sums, and a float32 copy of the mean at the end.
 _ACCUMULATOR_BYTES_PER_UNIT = 4 + 8 + 8 + 4
+#: Encoder batches whose features are gathered before each sweep over the outputs. Every sweep
+#: reads and writes all the decoded outputs (3 GB for 50 items of VGG19): on a CPU that sweep,
+#: not the arithmetic, is the accumulation's cost, so fewer, larger sweeps are faster.
+ACCUMULATED_BATCHES = 2
 
 
 def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False, cache=None):
@@ -262,9 +266,10 @@ def decoding_memory(layer_units, layer_items, batch_size, cached=False):
     The model: the outputs (float32, n_items per unit); per unit of the group, a float32
     centre, two float64 moment sums and a float32 mean (24 bytes); per image of a batch, the
     float32 features of the group (four times that with a cache: the batch is held as entries
-    and as their stack, and the next batch is read ahead) and one float32 temporary of the
-    largest layer of the group; and the encoder's forward, which holds about two activations of
-    the largest layer it runs through at once.
+    and as their stack, and the next batch is read ahead), plus the ``ACCUMULATED_BATCHES``
+    batches gathered for one sweep of the outputs, and one float32 temporary of the largest
+    layer of the group; and the encoder's forward, which holds about two activations of the
+    largest layer it runs through at once.
 
     Parameters
     ----------
@@ -286,6 +291,7 @@ def decoding_memory(layer_units, layer_items, batch_size, cached=False):
     outputs = sum(4 * n_items * layer_units[layer] for layer, n_items in layer_items.items())
     accumulators = _ACCUMULATOR_BYTES_PER_UNIT * sum(group_units)
     batch_features = 4 * batch_size * ((4 if cached else 1) * sum(group_units)
+                                       + ACCUMULATED_BATCHES * sum(group_units)
                                        + max(group_units))
     forward = 4 * batch_size * 2 * largest_in_forward
     return int(outputs + accumulators + batch_features + forward)
@@ -414,26 +420,44 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
     # Features are accumulated relative to a provisional centre (the first batch's mean) so that
     # float32 sums lose precision relative to the features' spread, not to their mean.
     centre, decoded, mean_offset, mean_square_offset, layer_shape = {}, {}, {}, {}, {}
-    for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,
-                                             progress, cache):
+    gathered, gathered_start, gathered_count = {}, 0, 0
+
+    def accumulate():
         for layer, layer_coefficients in coefficients_f32.items():
-            flat = batch[layer].reshape(len(batch[layer]), -1)
-            if layer not in centre:
-                layer_shape[layer] = batch[layer].shape[1:]
-                centre[layer] = flat.mean(axis=0)
-                decoded[layer] = np.zeros((len(layer_coefficients), flat.shape[1]), np.float32)
-                mean_offset[layer] = np.zeros(flat.shape[1])
-                mean_square_offset[layer] = np.zeros(flat.shape[1])
-            offset = flat - centre[layer]
-            stop = start + len(flat)
-            # In place, through torch: no (n_items × units) temporary per batch.
-            torch.from_numpy(decoded[layer]).addmm_(layer_coefficients[:, start:stop],
+            offset = gathered[layer][:gathered_count]
+            offset -= centre[layer]
+            stop = gathered_start + gathered_count
+            # In place, through torch: no (n_items × units) temporary per sweep.
+            torch.from_numpy(decoded[layer]).addmm_(layer_coefficients[:, gathered_start:stop],
                                                     torch.from_numpy(offset))
             # einsum's own loop, not a BLAS call: numpy's BLAS threads alternating with torch's
             # made this loop several times slower on a 16-core machine.
-            mean_offset[layer] += np.einsum("i,ij->j", weights[start:stop], offset)
-            mean_square_offset[layer] += np.einsum("i,ij,ij->j", weights[start:stop], offset,
+            mean_offset[layer] += np.einsum("i,ij->j", weights[gathered_start:stop], offset)
+            mean_square_offset[layer] += np.einsum("i,ij,ij->j", weights[gathered_start:stop], offset,
                                                    offset)
+
+    # Batches are gathered (copied into one buffer per layer) and accumulated together.
+    for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,
+                                             progress, cache):
+        n_batch = len(next(iter(batch.values())))
+        if gathered and gathered_count + n_batch > len(next(iter(gathered.values()))):
+            accumulate()
+            gathered_count = 0
+        if not gathered_count:
+            gathered_start = start
+        for layer in coefficients_f32:
+            flat = batch[layer].reshape(n_batch, -1)
+            if layer not in centre:
+                layer_shape[layer] = batch[layer].shape[1:]
+                centre[layer] = flat.mean(axis=0)
+                decoded[layer] = np.zeros((len(coefficients_f32[layer]), flat.shape[1]), np.float32)
+                mean_offset[layer] = np.zeros(flat.shape[1])
+                mean_square_offset[layer] = np.zeros(flat.shape[1])
+                gathered[layer] = np.empty((ACCUMULATED_BATCHES * batch_size, flat.shape[1]), np.float32)
+            gathered[layer][gathered_count:gathered_count + n_batch] = flat
+        gathered_count += n_batch
+    if gathered_count:
+        accumulate()
 
     results = {}
     for layer, layer_coefficients in coefficients.items():
