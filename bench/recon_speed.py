@@ -11,9 +11,10 @@ With ``--device cuda`` it also runs the paper's full setting once: VGG19, 224 px
 a batch of 50, and prints the seconds per image (target: under 0.5 s on an H100-class GPU).
 
 The weights are random (``vgg19-random``; timing does not depend on them). The last line is a
-one-line summary; ``--quick`` runs the 128-px rows only.
+one-line summary; ``--quick`` runs the 128-px rows only, ``--paper-only`` (CUDA) the paper's
+setting only.
 
-Usage: python bench/recon_speed.py [--quick] [--device cpu|cuda|auto] [--mixed-precision]
+Usage: python bench/recon_speed.py [--quick | --paper-only] [--device cpu|cuda|auto] [--mixed-precision]
 """
 import argparse
 import platform
@@ -125,23 +126,55 @@ def paper_setting(encoder, mixed_precision, batch=50):
     """VGG19, 224 px, 200 L-BFGS iterations, a batch of 50.
 
     Returns seconds per image: in all, of which in set-up (a 1-iteration run: checks, layer
-    weights, transfers), and the floor of 200 bare forward+backward passes.
+    weights, transfers), the floor of 200 bare forward+backward passes; and the items evaluated
+    per item and iteration (line searches re-evaluate; stopped items are not evaluated).
     """
     images = smooth_images(batch, 224, seed=1)
     targets = true_features(encoder, images)
+    evaluated = []
+    features = encoder.features
+
+    def counting_features(images, layers=None):
+        evaluated.append(len(images))
+        return features(images, layers)
 
     def seconds(n_iter):
+        evaluated.clear()
         synchronise(encoder.device)
         started = time.perf_counter()
         reconstruct(encoder, targets, 224, n_iter=n_iter, progress=False, batch_size=batch,
                     mixed_precision=mixed_precision)
         return time.perf_counter() - started
 
-    seconds(1)  # warm-up: cuDNN tries its algorithms for these shapes once per process
-    set_up = seconds(1)
-    total = seconds(PAPER_ITERATIONS)
+    encoder.features = counting_features
+    try:
+        seconds(1)  # warm-up: cuDNN tries its algorithms for these shapes once per process
+        set_up = seconds(1)
+        total = seconds(PAPER_ITERATIONS)
+    finally:
+        del encoder.features
+    # Less _check_targets' one-image probe and the start's evaluation.
+    evaluations = (sum(evaluated[1:]) - batch) / batch / PAPER_ITERATIONS
     floor = bare_seconds_per_pass(encoder, images, mixed_precision) * PAPER_ITERATIONS
-    return total / batch, set_up / batch, floor / batch
+    return total / batch, set_up / batch, floor / batch, evaluations
+
+
+def overhead_rows(encoder, sizes, mixed_precision):
+    """Prints a row per size and batch (1 and 8), then the table; returns the summary's part."""
+    rows = []
+    for size in sizes:
+        for batch in (1, 8):
+            rows.append(measure_row(encoder, size, batch, mixed_precision))
+            print("  ".join(f"{key} {value:.4g}" for key, value in rows[-1].items()), flush=True)
+
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    worst = table["lbfgs overhead %"].max()
+    return (f"lbfgs overhead over bare forward+backward: worst "
+            f"{worst:.1f}% ({'within' if worst <= 10 else 'OVER'} 10%), per evaluation worst "
+            f"{table['lbfgs s/eval overhead %'].max():.1f}%; gd worst {table['gd overhead %'].max():.1f}%; "
+            f"best {table['images/s (200 iter)'].max():.3g} images/s at 200 iterations")
 
 
 def describe_device(device):
@@ -152,12 +185,18 @@ def describe_device(device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="128-px rows only")
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--quick", action="store_true", help="128-px rows only")
+    rows.add_argument("--paper-only", action="store_true",
+                      help="no rows: the paper's setting only (CUDA and a VGG19 encoder)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 autocast (CUDA only)")
     parser.add_argument("--encoder", default="vgg19-random")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    paper = device.type == "cuda" and args.encoder.startswith("vgg19")
+    if args.paper_only and not paper:
+        parser.error("--paper-only needs --device cuda and a VGG19 encoder")
     # reconstruct() lets cuDNN choose its algorithms on a GPU; the bare passes get the same.
     torch.backends.cudnn.benchmark = device.type == "cuda"
     encoder = get_encoder(args.encoder, device=device)
@@ -165,25 +204,14 @@ def main(argv=None):
           f"{describe_device(device)}; torch {torch.__version__}"
           f"{'; bfloat16 autocast' if args.mixed_precision else ''}", flush=True)
 
-    sizes = (128,) if args.quick else (128, 224)
-    rows = []
-    for size in sizes:
-        for batch in (1, 8):
-            rows.append(measure_row(encoder, size, batch, args.mixed_precision))
-            print("  ".join(f"{key} {value:.4g}" for key, value in rows[-1].items()), flush=True)
-
-    import pandas as pd
-    table = pd.DataFrame(rows)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    worst = table["lbfgs overhead %"].max()
-    summary = (f"SUMMARY device={device.type} lbfgs overhead over bare forward+backward: worst "
-               f"{worst:.1f}% ({'within' if worst <= 10 else 'OVER'} 10%), per evaluation worst "
-               f"{table['lbfgs s/eval overhead %'].max():.1f}%; gd worst {table['gd overhead %'].max():.1f}%; "
-               f"best {table['images/s (200 iter)'].max():.3g} images/s at 200 iterations")
-    if device.type == "cuda" and encoder.name.startswith("vgg19"):
-        per_image, set_up, floor = paper_setting(encoder, args.mixed_precision)
+    summary = f"SUMMARY device={device.type}"
+    if not args.paper_only:
+        summary += " " + overhead_rows(encoder, (128,) if args.quick else (128, 224), args.mixed_precision)
+    if paper:
+        per_image, set_up, floor, evaluations = paper_setting(encoder, args.mixed_precision)
         print(f"paper setting (VGG19, 224 px, {PAPER_ITERATIONS} iterations, batch 50): "
-              f"{per_image:.3f} s per image, of which set-up {set_up:.3f} s; floor of "
+              f"{per_image:.3f} s per image, of which set-up {set_up:.3f} s; "
+              f"{evaluations:.2f} evaluations per item and iteration; floor of "
               f"{PAPER_ITERATIONS} bare forward+backward passes {floor:.3f} s per image "
               f"(our loop {100 * (per_image / floor - 1):.0f}% over it)")
         summary += (f" | VGG19 224 px 200 iter batch 50: {per_image:.3f} s/image "

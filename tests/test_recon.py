@@ -12,8 +12,8 @@ from bidsrecon.images import load_images
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
 from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
-from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings
-from bidsrecon.recon.lbfgs import minimise_lbfgs
+from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, _Problem
+from bidsrecon.recon.lbfgs import MAX_BACKTRACKS, minimise_lbfgs
 from bidsrecon.recon.loss import feature_loss_and_output_gradients
 from bidsrecon.recon.spread import item_spread
 
@@ -239,6 +239,53 @@ def test_lbfgs_finds_each_items_minimum_on_its_own():
         torch.testing.assert_close(alone[0], together[item], atol=1e-12, rtol=0)
 
 
+def test_lbfgs_stops_an_item_whose_line_search_fails_without_history():
+    """An item no step can improve (its loss is flat, its gradient is not: rounding noise) is
+    evaluated for one whole line search and then left alone; its batch-mate is not held up."""
+    centres = torch.tensor([[1.0, -2.0, 3.0]], dtype=torch.float64)
+    quadratic = _quadratic(centres, torch.ones(1, 3, dtype=torch.float64))
+    evaluations = {0: 0, 1: 0}
+
+    def objective(variable, items):
+        loss, grad = torch.zeros(len(items), dtype=torch.float64), torch.ones_like(variable)
+        for row, item in enumerate(items.tolist()):
+            evaluations[item] += 1
+            if item == 0:
+                loss[row], grad[row] = (value[0] for value in quadratic(variable[[row]], torch.tensor([0])))
+        return loss, grad
+
+    start = torch.zeros(2, 3, dtype=torch.float64)
+    result, _ = minimise_lbfgs(objective, start, 50)
+    torch.testing.assert_close(result[0], centres[0])
+    assert torch.equal(result[1], start[1])
+    # The start's evaluation and one line search of MAX_BACKTRACKS + 1 trials.
+    assert evaluations[1] == 1 + MAX_BACKTRACKS + 1
+    assert evaluations[0] > evaluations[1]
+
+
+def test_lbfgs_restarts_from_steepest_descent_after_a_failed_line_search():
+    """A history that leads nowhere is forgotten: the item goes on from steepest descent."""
+    centre = torch.tensor([[1.0, -2.0, 3.0]], dtype=torch.float64)
+    quadratic = _quadratic(centre, torch.ones(1, 3, dtype=torch.float64))
+    points = []
+
+    def objective(variable, items):
+        points.append(variable.clone())
+        loss, grad = quadratic(variable, items)
+        if 3 <= len(points) <= 3 + MAX_BACKTRACKS:  # iteration 2's whole line search: no decrease
+            loss = loss + 100.0
+        return loss, grad
+
+    result, _ = minimise_lbfgs(objective, torch.zeros(1, 3, dtype=torch.float64), 20)
+    torch.testing.assert_close(result, centre)
+    # Iteration 3 starts again from where iteration 1 left it, with a steepest-descent step
+    # scaled to unit L1 length (as the first iteration), not with the forgotten pair's step.
+    after_first = points[1]
+    gradient = after_first - centre
+    expected = after_first - gradient / gradient.abs().sum().clamp(min=1.0)
+    torch.testing.assert_close(points[3 + MAX_BACKTRACKS], expected)
+
+
 def test_momentum_descent_respects_its_bounds_and_moves_downhill():
     centres = torch.tensor([[2.0, -3.0, 0.5]])
     objective = _quadratic(centres, torch.ones(1, 3))
@@ -263,6 +310,34 @@ def test_batch_mates_do_not_change_an_items_reconstruction(random_lite0, small_p
     together = reconstruct(random_lite0, targets, SMALL, n_iter=10, progress=False, batch_size=3)
     one_by_one = reconstruct(random_lite0, targets, SMALL, n_iter=10, progress=False, batch_size=1)
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+
+
+def test_subsets_padded_to_few_shapes_give_the_same_loss_and_gradient(random_lite0, small_problem):
+    """On a GPU a line search's subset of the batch is padded to a power of two (cuDNN tunes
+    every new shape); the padding must not change what the subset's items get."""
+    images, targets = small_problem
+    six = {name: torch.from_numpy(np.concatenate([value, value[::-1]])) for name, value in targets.items()}
+    problem = _Problem(random_lite0, six, mixed_precision=False)
+    variable = torch.logit(torch.from_numpy(np.concatenate([images, images])).permute(0, 3, 1, 2) * 0.9 + 0.05)
+    items = torch.tensor([4, 0, 2])
+    shapes = []
+    features = random_lite0.features
+
+    def recording_features(pixels, layers=None):
+        shapes.append(len(pixels))
+        return features(pixels, layers)
+
+    random_lite0.features = recording_features
+    try:
+        plain = problem.objective(torch.sigmoid)(variable[items], items)
+        problem.pad_subsets = True
+        padded = problem.objective(torch.sigmoid)(variable[items], items)
+    finally:
+        del random_lite0.features
+    assert shapes == [3, 4]
+    for unpadded, with_padding in zip(plain, padded):
+        assert with_padding.shape == unpadded.shape
+        torch.testing.assert_close(with_padding, unpadded, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("optimiser", ["gd", "generator"])

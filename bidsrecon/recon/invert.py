@@ -207,26 +207,43 @@ class _Problem:
         self.weights = {name: value.to(self.device) for name, value in layer_weights(self.targets, first_item).items()}
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
+        self.pad_subsets = self.device.type == "cuda"
 
     def objective(self, render):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
         layers = list(self.targets)
 
         def evaluate(variable, items):
+            n_items = len(items)
+            targets, weights = self.targets, self.weights
+            if n_items != self.n_items:  # a line search re-evaluating some items only
+                variable, items = self._pad_to_few_shapes(variable, items)
+                targets = {name: value[items] for name, value in targets.items()}
+                weights = {name: value[items] for name, value in weights.items()}
             variable = variable.detach().requires_grad_(True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
                 features = self.encoder.features(render(variable), layers)
             features = {name: value.float() for name, value in features.items()}
-            targets, weights = self.targets, self.weights
-            if len(items) != self.n_items:  # a line search re-evaluating some items only
-                targets = {name: value[items] for name, value in targets.items()}
-                weights = {name: value[items] for name, value in weights.items()}
             loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
             (grad,) = torch.autograd.grad([features[name] for name in targets], variable,
                                           grad_outputs=[output_gradients[name] for name in targets])
-            return loss, grad
+            return loss[:n_items], grad[:n_items]
 
         return evaluate
+
+    def _pad_to_few_shapes(self, variable, items):
+        """On CUDA (``pad_subsets``), pad a subset of the batch with copies of its last item to a
+        power of two.
+
+        cuDNN tunes its algorithms for every new input shape (seconds for VGG19), and line
+        searches re-evaluate any number of items: padded, a batch of 50 meets 7 shapes, not 50.
+        Items are independent, so the copies change nothing but time.
+        """
+        if not self.pad_subsets:
+            return variable, items
+        padding = min(1 << (len(items) - 1).bit_length(), self.n_items) - len(items)
+        return (torch.cat([variable, variable[-1:].expand(padding, *variable.shape[1:])]),
+                torch.cat([items, items[-1:].expand(padding)]))
 
 
 class _PixelLbfgs:

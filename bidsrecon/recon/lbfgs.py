@@ -4,7 +4,11 @@ torch.optim.LBFGS treats a batch as one problem (one history, one step length fo
 an item's result would depend on its batch-mates. Here every item has its own history, its own
 Hessian scale and its own backtracking line search (Armijo's sufficient decrease); the batch only
 shares the forward and backward passes. An item whose step is rejected is re-evaluated alone with
-the other rejected items, so a backtrack costs a pass over those items only.
+the other rejected items, so a backtrack costs a pass over those items only. An item whose line search
+fails forgets its curvature pairs and restarts from steepest descent; one that fails again with no
+pairs has stopped (no step along the gradient lowers its loss) and is not evaluated any more, as
+scipy's L-BFGS-B ends a run whose line search fails twice. Without the stop, an item whose loss
+change is lost in rounding (bfloat16 features) costs a whole line search every iteration.
 
 Nocedal & Wright, Numerical Optimization (2nd ed.), algorithm 7.4 (two-loop recursion) and 3.1
 (backtracking); scipy's L-BFGS-B, the paper's optimiser, keeps 10 pairs as here.
@@ -50,50 +54,79 @@ def minimise_lbfgs(objective, start, n_iter, on_iteration=None):
     evaluated = n_items
     steps, changes, inverse_curvatures = [], [], []
     scale = torch.ones(n_items, device=x.device, dtype=x.dtype)
+    active = torch.ones(n_items, dtype=torch.bool, device=x.device)
 
     for iteration in range(1, n_iter + 1):
-        direction = -_two_loop(grad, steps, changes, inverse_curvatures, scale)
-        slope = (grad * direction).sum(1)
-        # A history gone stale can point uphill: such an item restarts from steepest descent.
-        uphill = slope >= 0
-        direction[uphill] = -grad[uphill]
-        slope = torch.where(uphill, -(grad * grad).sum(1), slope)
-        # The first step is scaled down to at most unit length in L1 (as torch.optim.LBFGS does):
-        # there is no curvature information yet.
-        step = torch.ones(n_items, device=x.device, dtype=x.dtype)
-        if not steps:
-            step = torch.clamp(1.0 / grad.abs().sum(1), max=1.0)
-
-        new_x, new_loss, new_grad = x.clone(), loss.clone(), grad.clone()
-        pending = everyone
-        for _ in range(MAX_BACKTRACKS + 1):
-            trial = x[pending] + step[pending, None] * direction[pending]
-            trial_loss, trial_grad = _evaluate(objective, trial, pending, shape)
-            evaluated += len(pending)
-            accepted = trial_loss <= loss[pending] + SUFFICIENT_DECREASE * step[pending] * slope[pending]
-            done = pending[accepted]
-            new_x[done], new_loss[done], new_grad[done] = (
-                trial[accepted], trial_loss[accepted], trial_grad[accepted])
-            pending = pending[~accepted]
-            if not len(pending):
-                break
-            step[pending] *= 0.5
-
-        step_taken, grad_change = new_x - x, new_grad - grad
-        curvature = (step_taken * grad_change).sum(1)
-        useful = curvature > MIN_CURVATURE
-        keep = useful[:, None]
-        steps.append(torch.where(keep, step_taken, 0))
-        changes.append(torch.where(keep, grad_change, 0))
-        inverse_curvatures.append(torch.where(useful, 1.0 / curvature.clamp(min=MIN_CURVATURE), 0))
-        scale = torch.where(useful, curvature / (grad_change * grad_change).sum(1).clamp(min=1e-30),
-                            scale)
-        if len(steps) > HISTORY_SIZE:
-            del steps[0], changes[0], inverse_curvatures[0]
-        x, loss, grad = new_x, new_loss, new_grad
+        movers = everyone[active]
+        if len(movers):
+            x, loss, grad, failed, fresh, n_evaluated = _iterate(
+                objective, x, loss, grad, movers, shape, steps, changes, inverse_curvatures, scale)
+            evaluated += n_evaluated
+            restart = failed & ~fresh
+            for pairs in (steps, changes, inverse_curvatures):
+                for pair in pairs:
+                    pair[restart] = 0
+            scale[restart] = 1
+            active &= ~(failed & fresh)
         if on_iteration is not None:
             on_iteration(iteration, x.reshape(shape), loss)
     return x.reshape(shape), evaluated / n_items
+
+
+def _iterate(objective, x, loss, grad, movers, shape, steps, changes, inverse_curvatures, scale):
+    """One iteration for the items ``movers``: direction, line search, new curvature pair.
+
+    Appends the pair to the history (in place) and returns the new ``x, loss, grad``, masks of
+    the items whose line search failed (they stay where they were) and of those that had no
+    curvature pairs to start from, and the number of items evaluated.
+    """
+    n_items = len(x)
+    direction = -_two_loop(grad, steps, changes, inverse_curvatures, scale)
+    slope = (grad * direction).sum(1)
+    # A history gone stale can point uphill: such an item restarts from steepest descent.
+    uphill = slope >= 0
+    direction[uphill] = -grad[uphill]
+    slope = torch.where(uphill, -(grad * grad).sum(1), slope)
+    # Without curvature pairs (the first iteration, or after a restart) the step is scaled down
+    # to at most unit length in L1, as torch.optim.LBFGS does.
+    fresh = ~_has_history(inverse_curvatures, x)
+    step = torch.where(fresh, torch.clamp(1.0 / grad.abs().sum(1), max=1.0), 1.0)
+
+    new_x, new_loss, new_grad = x.clone(), loss.clone(), grad.clone()
+    pending, evaluated = movers, 0
+    for _ in range(MAX_BACKTRACKS + 1):
+        trial = x[pending] + step[pending, None] * direction[pending]
+        trial_loss, trial_grad = _evaluate(objective, trial, pending, shape)
+        evaluated += len(pending)
+        accepted = trial_loss <= loss[pending] + SUFFICIENT_DECREASE * step[pending] * slope[pending]
+        done = pending[accepted]
+        new_x[done], new_loss[done], new_grad[done] = (
+            trial[accepted], trial_loss[accepted], trial_grad[accepted])
+        pending = pending[~accepted]
+        if not len(pending):
+            break
+        step[pending] *= 0.5
+    failed = torch.zeros(n_items, dtype=torch.bool, device=x.device)
+    failed[pending] = True
+
+    step_taken, grad_change = new_x - x, new_grad - grad
+    curvature = (step_taken * grad_change).sum(1)
+    useful = curvature > MIN_CURVATURE
+    keep = useful[:, None]
+    steps.append(torch.where(keep, step_taken, 0))
+    changes.append(torch.where(keep, grad_change, 0))
+    inverse_curvatures.append(torch.where(useful, 1.0 / curvature.clamp(min=MIN_CURVATURE), 0))
+    scale.copy_(torch.where(useful, curvature / (grad_change * grad_change).sum(1).clamp(min=1e-30), scale))
+    if len(steps) > HISTORY_SIZE:
+        del steps[0], changes[0], inverse_curvatures[0]
+    return new_x, new_loss, new_grad, failed, fresh, evaluated
+
+
+def _has_history(inverse_curvatures, like):
+    """Per item, whether any stored curvature pair is in use (a pair not stored has ρ = 0)."""
+    if not inverse_curvatures:
+        return torch.zeros(len(like), dtype=torch.bool, device=like.device)
+    return torch.stack(inverse_curvatures).gt(0).any(0)
 
 
 def _evaluate(objective, flat, items, shape):
