@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 5 in one go, for a machine with a CUDA card and PyTorch but without our
 # environment: the CUDA tests, then bench/recon_speed.py in float32 and in bfloat16 autocast.
-# Usage: [ROWS=--paper-only] bench/gpu_checks.sh [LOG_DIR]   (ROWS: options for the timing rows; extra packages, e.g. EfficientNet-Lite0's weights
-# package, may be put on PYTHONPATH beforehand)
+# Usage: [ROWS=--paper-only] bench/gpu_checks.sh [LOG_DIR]
+# ROWS: options for the timing rows; extra packages (EfficientNet-Lite0's weights package) may be
+# put on PYTHONPATH beforehand.
 set -u
 log_dir=${1:-.}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

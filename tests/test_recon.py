@@ -312,32 +312,27 @@ def test_batch_mates_do_not_change_an_items_reconstruction(random_lite0, small_p
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
 
 
-def test_subsets_padded_to_few_shapes_give_the_same_loss_and_gradient(random_lite0, small_problem):
-    """On a GPU a line search's subset of the batch is padded to a power of two (cuDNN tunes
-    every new shape); the padding must not change what the subset's items get."""
+def test_cudnn_tunes_the_batch_shape_only(random_lite0, small_problem, monkeypatch):
+    """On a GPU cuDNN times its algorithms for each new shape: the whole batch's shape is worth
+    it, the any-sized subsets a line search re-evaluates are not."""
     images, targets = small_problem
-    six = {name: torch.from_numpy(np.concatenate([value, value[::-1]])) for name, value in targets.items()}
-    problem = _Problem(random_lite0, six, mixed_precision=False)
-    variable = torch.logit(torch.from_numpy(np.concatenate([images, images])).permute(0, 3, 1, 2) * 0.9 + 0.05)
-    items = torch.tensor([4, 0, 2])
-    shapes = []
+    problem = _Problem(random_lite0, {name: torch.from_numpy(value) for name, value in targets.items()},
+                       mixed_precision=False)
+    variable = torch.logit(torch.from_numpy(images).permute(0, 3, 1, 2) * 0.9 + 0.05)
+    tuning = []
     features = random_lite0.features
 
     def recording_features(pixels, layers=None):
-        shapes.append(len(pixels))
+        tuning.append((len(pixels), torch.backends.cudnn.benchmark))
         return features(pixels, layers)
 
-    random_lite0.features = recording_features
-    try:
-        plain = problem.objective(torch.sigmoid)(variable[items], items)
-        problem.pad_subsets = True
-        padded = problem.objective(torch.sigmoid)(variable[items], items)
-    finally:
-        del random_lite0.features
-    assert shapes == [3, 4]
-    for unpadded, with_padding in zip(plain, padded):
-        assert with_padding.shape == unpadded.shape
-        torch.testing.assert_close(with_padding, unpadded, rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(random_lite0, "features", recording_features)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    evaluate = problem.objective(torch.sigmoid)
+    evaluate(variable, torch.arange(3))
+    evaluate(variable[[2]], torch.tensor([2]))
+    assert tuning == [(3, True), (1, False)]
+    assert torch.backends.cudnn.benchmark
 
 
 @pytest.mark.parametrize("optimiser", ["gd", "generator"])

@@ -19,6 +19,7 @@ A batch of items is optimised together but independently: every optimiser keeps 
 item, so an item's result does not depend on its batch-mates (up to floating-point rounding of
 batched convolutions).
 """
+import contextlib
 import dataclasses
 import sys
 
@@ -157,14 +158,10 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
                for name in layers}
     # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
     # reproducible up to rounding only; the CPU's is exact).
-    benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = encoder.device.type == "cuda" or benchmark
-    try:
+    with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark):
         return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
                                     on_snapshot)
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
 
 
 def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator, seed,
@@ -207,43 +204,30 @@ class _Problem:
         self.weights = {name: value.to(self.device) for name, value in layer_weights(self.targets, first_item).items()}
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
-        self.pad_subsets = self.device.type == "cuda"
 
     def objective(self, render):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
         layers = list(self.targets)
 
         def evaluate(variable, items):
-            n_items = len(items)
             targets, weights = self.targets, self.weights
-            if n_items != self.n_items:  # a line search re-evaluating some items only
-                variable, items = self._pad_to_few_shapes(variable, items)
+            whole_batch = len(items) == self.n_items
+            if not whole_batch:  # a line search re-evaluating some items only
                 targets = {name: value[items] for name, value in targets.items()}
                 weights = {name: value[items] for name, value in weights.items()}
             variable = variable.detach().requires_grad_(True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
-                features = self.encoder.features(render(variable), layers)
-            features = {name: value.float() for name, value in features.items()}
-            loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
-            (grad,) = torch.autograd.grad([features[name] for name in targets], variable,
-                                          grad_outputs=[output_gradients[name] for name in targets])
-            return loss[:n_items], grad[:n_items]
+            # cuDNN times every algorithm on each new input shape (seconds for VGG19 in bfloat16),
+            # and a line search re-evaluates any number of items: only the batch's shape is tuned.
+            with _cudnn_tuning(torch.backends.cudnn.benchmark and whole_batch):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
+                    features = self.encoder.features(render(variable), layers)
+                features = {name: value.float() for name, value in features.items()}
+                loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
+                (grad,) = torch.autograd.grad([features[name] for name in targets], variable,
+                                              grad_outputs=[output_gradients[name] for name in targets])
+            return loss, grad
 
         return evaluate
-
-    def _pad_to_few_shapes(self, variable, items):
-        """On CUDA (``pad_subsets``), pad a subset of the batch with copies of its last item to a
-        power of two.
-
-        cuDNN tunes its algorithms for every new input shape (seconds for VGG19), and line
-        searches re-evaluate any number of items: padded, a batch of 50 meets 7 shapes, not 50.
-        Items are independent, so the copies change nothing but time.
-        """
-        if not self.pad_subsets:
-            return variable, items
-        padding = min(1 << (len(items) - 1).bit_length(), self.n_items) - len(items)
-        return (torch.cat([variable, variable[-1:].expand(padding, *variable.shape[1:])]),
-                torch.cat([items, items[-1:].expand(padding)]))
 
 
 class _PixelLbfgs:
@@ -327,6 +311,17 @@ class _GeneratorDescent:
 
 
 _RENDERERS = {"lbfgs": _PixelLbfgs, "gd": _PixelDescent, "generator": _GeneratorDescent}
+
+
+@contextlib.contextmanager
+def _cudnn_tuning(enabled):
+    """``torch.backends.cudnn.benchmark`` set to ``enabled`` for the block, then restored."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def flat_start(mean_rgb, n_items, image_size, seed):
