@@ -249,3 +249,28 @@ def test_extra_fields_may_not_replace_own_fields(tmp_path):
                      training_stimulus_hashes=["0" * 64] * N_IMAGES, voxel_mask_file=mask_file,
                      software_version="0.1.0", extra_fields={"ArraysSHA256": "0" * 64})
     assert not any(path.exists() for path in decoder_paths(tmp_path / "decoder"))
+
+
+def test_alphas_per_test_trial_count_survive_saving(tmp_path):
+    rng = np.random.default_rng(5)
+    decoder = _fitted_decoder()
+    X, image_index = decoder.X_ * decoder.voxel_std_ + decoder.voxel_mean_, decoder.image_index_
+    features = {"conv": rng.standard_normal((N_IMAGES, 12)), "fc": rng.standard_normal((N_IMAGES, 5))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoder = KernelRidgeDecoder(alphas=np.logspace(-2, 2, 5), n_folds=4, random_state=3).fit(
+            X, image_index, features, test_trials=[2, 2, 8])
+    mask_file = _write_mask(tmp_path / "mask.nii.gz", np.arange(N_VOXELS))
+    names = [f"n{index:03d}" for index in range(N_IMAGES)]
+    stem = tmp_path / "decoder"
+    save_decoder(stem, decoder, layers=LAYERS, encoder_name="vgg19", encoder_weights_sha256=None, image_size=224,
+                 training_stimuli=names, training_stimulus_hashes=["0" * 64] * N_IMAGES, voxel_mask_file=mask_file,
+                 software_version="0.1.0")
+    sidecar = read_decoder_description(stem)
+    assert sidecar["AlphaByTestTrials"] == {layer: {str(count): alpha for count, alpha in by_count.items()}
+                                            for layer, by_count in decoder.alpha_by_trials_.items()}
+    loaded = load_decoder(stem)
+    assert loaded.alpha_by_trials_ == decoder.alpha_by_trials_ and loaded.trial_counts_ == (2, 8)
+    X_test, trials = rng.standard_normal((3, N_VOXELS)), [8, 2, 5]
+    for layer, coefficients in loaded.coefficients(X_test, trials).items():
+        np.testing.assert_array_equal(coefficients, decoder.coefficients(X_test, trials)[layer])

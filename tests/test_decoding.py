@@ -16,7 +16,7 @@ from bidsrecon.decoding import (
     iter_feature_batches,
     sample_unit_features,
 )
-from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers
+from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers, profile_correlation
 from bidsrecon.errors import BidsReconError
 from bidsrecon.recon.spread import spread_from_moments
 
@@ -462,3 +462,65 @@ def test_gathered_batches_decode_as_one_batch_at_a_time(n_images, monkeypatch):
         for result, expected in zip(gathered, one_by_one):
             scale = np.abs(np.asarray(expected[layer])).max()
             np.testing.assert_allclose(result[layer], expected[layer], atol=1e-6 * scale, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- alpha for the test items' trials
+
+def _two_trial_training_and_averaged_test(n_test_trials, noise=6.0, n_train=240, n_test=400, seed=0):
+    """Training images shown twice; fresh test images averaged over ``n_test_trials`` trials."""
+    rng = np.random.default_rng(seed)
+    n_voxels, n_units = 100, 40
+    to_voxels, to_units = rng.standard_normal((8, n_voxels)), rng.standard_normal((8, n_units))
+
+    def images(n):
+        latent = rng.standard_normal((n, 8))
+        return latent @ to_voxels + 0.5 * rng.standard_normal((n, n_voxels)), latent @ to_units
+
+    train_patterns, train_targets = images(n_train)
+    image_index = np.repeat(np.arange(n_train), 2)
+    X = train_patterns[image_index] + noise * rng.standard_normal((len(image_index), n_voxels))
+    test_patterns, test_targets = images(n_test)
+    X_test = test_patterns + noise * rng.standard_normal((n_test, n_voxels)) / np.sqrt(n_test_trials)
+    return X, image_index, train_targets, X_test, test_targets
+
+
+@pytest.mark.filterwarnings("ignore:Layer")
+def test_scores_for_the_held_out_images_own_trial_count_are_uncorrected():
+    """Scored for as many trials as the held-out images average, nothing is corrected: the
+    scores are the plain ones (moments pooled over folds instead of correlations averaged)."""
+    X, image_index, targets, _, _ = _two_trial_training_and_averaged_test(2, noise=15.0)
+    plain = KernelRidgeDecoder().fit(X, image_index, {"layer": targets})
+    for_two = KernelRidgeDecoder().fit(X, image_index, {"layer": targets}, test_trials=[2, 2])
+    assert for_two.trial_counts_ == (2,)
+    np.testing.assert_allclose(for_two.cv_scores_by_trials_["layer"][2], plain.cv_scores_["layer"], atol=0.01)
+    assert for_two.alpha_ == plain.alpha_
+
+
+@pytest.mark.filterwarnings("ignore:Layer")
+def test_alpha_is_chosen_for_the_test_items_trial_count():
+    """Held-out images average 2 trials, test items 16: scored as 16-trial averages, the CV
+    curve follows the test items' real one and its choice decodes them at least as well."""
+    X, image_index, targets, X_test, test_targets = _two_trial_training_and_averaged_test(16, noise=15.0)
+    decoder = KernelRidgeDecoder().fit(X, image_index, {"layer": targets}, test_trials=[2, 16])
+    decoder_at = KernelRidgeDecoder().fit(X, image_index, {"layer": targets})
+    test_scores = []
+    for alpha in decoder.alphas_:
+        decoder_at.alpha_ = {"layer": alpha}
+        weights = decoder_at.coefficients(X_test)["layer"]
+        predicted = weights @ targets + (1 - weights.sum(1, keepdims=True)) * targets.mean(0)
+        test_scores.append(np.nanmean(profile_correlation(predicted, test_targets)))
+    test_scores = np.array(test_scores)
+    chosen = {count: int(np.flatnonzero(decoder.alphas_ == alpha)[0])
+              for count, alpha in decoder.alpha_by_trials_["layer"].items()}
+    assert chosen[16] < chosen[2]  # less noise, less shrinkage
+    assert test_scores[chosen[16]] > test_scores[chosen[2]]
+    assert test_scores[chosen[16]] >= test_scores.max() - 0.005
+    # The scores for 16 trials estimate the test items' correlations; the 2-trial ones do not.
+    assert np.abs(decoder.cv_scores_by_trials_["layer"][16] - test_scores).max() < 0.05
+    assert np.abs(decoder.cv_scores_by_trials_["layer"][2] - test_scores).max() > 0.2
+    assert decoder.alpha_["layer"] == decoder.alpha_by_trials_["layer"][16]
+    # Each item is decoded with its own count's alpha.
+    both = decoder.coefficients(X_test[:4], test_trials=[2, 16, 16, 2])["layer"]
+    for row, count in enumerate([2, 16, 16, 2]):
+        decoder_at.alpha_ = {"layer": decoder.alpha_by_trials_["layer"][count]}
+        np.testing.assert_allclose(both[row], decoder_at.coefficients(X_test[[row]])["layer"][0], rtol=1e-10)

@@ -135,6 +135,16 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
         "cv_scores": {layer: np.asarray(decoder.cv_scores_[layer], dtype=np.float64)
                       for layer in layers},
     }
+    by_trials = getattr(decoder, "alpha_by_trials_", None)
+    if by_trials:
+        # Alphas chosen per count of trials a test item averages: rows (count, alpha).
+        sidecar["AlphaByTestTrials"] = {layer: {str(count): float(alpha) for count, alpha in by_trials[layer].items()}
+                                        for layer in layers}
+        arrays["alpha_by_trials"] = {layer: np.array(sorted(by_trials[layer].items()), dtype=np.float64)
+                                     for layer in layers}
+        arrays["cv_scores_by_trials"] = {
+            layer: np.stack([decoder.cv_scores_by_trials_[layer][count] for count in sorted(by_trials[layer])])
+            for layer in layers}
     if voxel_indices is not None:
         arrays["fit"]["voxel_indices"] = voxel_indices
     return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
@@ -560,6 +570,14 @@ def _decoder_from_arrays(arrays, sidecar, arrays_path):
     decoder.alphas_ = fit["alpha_grid"]
     decoder.cv_scores_ = {layer: arrays["cv_scores"][layer] for layer in layers}
     decoder.alpha_ = {layer: float(arrays["alpha"][layer][0]) for layer in layers}
+    by_trials = arrays.get("alpha_by_trials", {})
+    if all(layer in by_trials for layer in layers):
+        decoder.alpha_by_trials_ = {layer: {int(count): float(alpha) for count, alpha in by_trials[layer]}
+                                    for layer in layers}
+        decoder.cv_scores_by_trials_ = {
+            layer: dict(zip(decoder.alpha_by_trials_[layer], arrays["cv_scores_by_trials"][layer]))
+            for layer in layers}
+        decoder.trial_counts_ = tuple(sorted(decoder.alpha_by_trials_[layers[0]]))
     return decoder
 
 

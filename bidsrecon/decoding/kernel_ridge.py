@@ -19,6 +19,7 @@ an image fall in the same fold, and the held-out trials of an image are averaged
 prediction, the way test data is used (REFERENCE.md §8: alpha chosen on single trials came out
 10-100 times too strong for averaged test data).
 """
+import dataclasses
 import warnings
 
 import numpy as np
@@ -61,7 +62,13 @@ class KernelRidgeDecoder(BaseEstimator):
         Absolute alpha grid searched.
     cv_scores_ : dict of str to ndarray, shape (n_alphas,)
         Cross-validated profile correlation of each layer's sampled units at each alpha (per
-        unit across a fold's held-out images, averaged over units, then over folds).
+        unit across a fold's held-out images, averaged over units, then over folds), for
+        predictions from averages of the largest of ``trial_counts_`` when that is set.
+    trial_counts_ : tuple of int or None
+        The distinct trial counts of ``fit``'s ``test_trials``, ascending, or None.
+    alpha_by_trials_, cv_scores_by_trials_ : dict of str to dict of int to float / ndarray
+        With ``test_trials`` only: per layer, the alpha chosen and the scores for each count.
+        ``alpha_`` and ``cv_scores_`` are then those of the largest count.
     alpha_ : dict of str to float
         Absolute alpha chosen for each layer.
 
@@ -77,7 +84,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.n_folds = n_folds
         self.random_state = random_state
 
-    def fit(self, X, image_index, cv_targets):
+    def fit(self, X, image_index, cv_targets, test_trials=None):
         """Z-score the voxels and choose each layer's alpha by grouped cross-validation.
 
         Parameters
@@ -88,6 +95,11 @@ class KernelRidgeDecoder(BaseEstimator):
             Training image of each sample, in ``[0, n_images)``.
         cv_targets : dict of str to array-like, shape (n_images, n_units_sampled)
             True features of a random sample of each layer's units, one row per training image.
+        test_trials : array-like of int, optional
+            Trials averaged into each test item. Given, an alpha is chosen for each distinct
+            count, scored for predictions from averages of that many trials rather than of the
+            held-out images' own trials (see :func:`_smoother_scores`), and
+            :meth:`coefficients` uses each item's.
 
         Returns
         -------
@@ -110,26 +122,45 @@ class KernelRidgeDecoder(BaseEstimator):
                              "nothing can be decoded from it.")
         self.alphas_ = relative_alphas * kernel_scale
 
-        smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_)
+        self.trial_counts_ = _check_test_trials(test_trials)
+        counts = self.trial_counts_
+        smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_,
+                                          with_noise=counts is not None)
         self.cv_scores_, self.alpha_ = {}, {}
+        if counts is not None:
+            self.cv_scores_by_trials_, self.alpha_by_trials_ = {}, {}
         for layer, targets in cv_targets.items():
-            scores = _smoother_scores(smoothers, targets, folds)
+            scores = _smoother_scores(smoothers, targets, folds, counts)
             if np.all(np.isnan(scores)):
                 raise ValueError(f"cv_targets[{layer!r}]: no sampled unit varies across the "
                                  "training images, so no alpha can be scored.")
-            best = int(np.nanargmax(scores))
-            _warn_if_on_grid_edge(layer, best, len(scores))
-            self.cv_scores_[layer] = scores
-            self.alpha_[layer] = float(self.alphas_[best])
+            if counts is None:
+                self.cv_scores_[layer], self.alpha_[layer] = scores, self._best_alpha(layer, scores)
+                continue
+            self.cv_scores_by_trials_[layer] = dict(zip(counts, scores))
+            self.alpha_by_trials_[layer] = {
+                count: self._best_alpha(f"{layer} (items of {count} trial{'s' if count > 1 else ''})", row)
+                for count, row in zip(counts, scores)}
+            # The headline alpha and scores: the items with the most trials'.
+            self.cv_scores_[layer], self.alpha_[layer] = scores[-1], self.alpha_by_trials_[layer][counts[-1]]
         return self
 
-    def coefficients(self, X_test):
+    def _best_alpha(self, name, scores):
+        best = int(np.nanargmax(scores))
+        _warn_if_on_grid_edge(name, best, len(scores))
+        return float(self.alphas_[best])
+
+    def coefficients(self, X_test, test_trials=None):
         """Coefficients over unique training images for each layer.
 
         Parameters
         ----------
         X_test : array-like, shape (n_items, n_voxels)
             Test samples, already averaged per item; z-scored here with the training statistics.
+        test_trials : array-like of int, shape (n_items,), optional
+            Trials averaged into each item. When alphas were chosen per trial count (``fit``'s
+            ``test_trials``), each item gets the alpha of the fitted count nearest its own in
+            noise level (1/count); otherwise, and without this, every item gets ``alpha_``.
 
         Returns
         -------
@@ -141,16 +172,40 @@ class KernelRidgeDecoder(BaseEstimator):
         if X_test.shape[1] != self.X_.shape[1]:
             raise ValueError(f"X_test has {X_test.shape[1]} voxels; the decoder was fitted on "
                              f"{self.X_.shape[1]}.")
+        item_alphas = self.item_alphas(len(X_test), test_trials)
         test_kernel = ((X_test - self.voxel_mean_) / self.voxel_std_) @ self.X_.T
         kernel = self.X_ @ self.X_.T
         collapsed_by_alpha = {}
-        for alpha in set(self.alpha_.values()):
+        for alpha in np.unique(np.concatenate(list(item_alphas.values()))):
             regularised = kernel + alpha * np.eye(len(kernel))
             sample_coefficients = scipy.linalg.solve(regularised, test_kernel.T,
                                                      assume_a="pos").T
             collapsed_by_alpha[alpha] = collapse_onto_images(
                 sample_coefficients, self.image_index_, self.n_images_)
-        return {layer: collapsed_by_alpha[alpha] for layer, alpha in self.alpha_.items()}
+        coefficients = {}
+        for layer, alphas in item_alphas.items():
+            coefficients[layer] = np.empty((len(X_test), self.n_images_))
+            for alpha in np.unique(alphas):
+                coefficients[layer][alphas == alpha] = collapsed_by_alpha[alpha][alphas == alpha]
+        return coefficients
+
+    def item_alphas(self, n_items, test_trials=None):
+        """Per layer, the alpha each of ``n_items`` test items is decoded with (see
+        :meth:`coefficients`); ndarray of shape (n_items,) per layer."""
+        check_is_fitted(self, "alpha_")
+        by_trials = getattr(self, "alpha_by_trials_", None)
+        if test_trials is None or not by_trials:
+            return {layer: np.full(n_items, alpha) for layer, alpha in self.alpha_.items()}
+        test_trials = np.asarray(test_trials).ravel()
+        if len(test_trials) != n_items or np.any(test_trials < 1):
+            raise ValueError(f"test_trials must give a count >= 1 for each of the {n_items} items; "
+                             f"got {test_trials!r}.")
+        alphas = {}
+        for layer, by_count in by_trials.items():
+            counts = np.array(sorted(by_count))
+            nearest = counts[np.abs(1.0 / counts[None, :] - 1.0 / test_trials[:, None]).argmin(axis=1)]
+            alphas[layer] = np.array([by_count[count] for count in nearest])
+        return alphas
 
 
 def grouped_folds(image_index, n_folds, random_state=0):
@@ -199,7 +254,7 @@ def collapse_onto_images(sample_coefficients, image_index, n_images):
     return np.asarray(sample_coefficients @ _image_indicator(image_index, n_images))
 
 
-def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas):
+def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas, with_noise=False):
     """Matrices that map training-image features to out-of-fold predictions, one per alpha.
 
     For held-out image ``v`` of a fold, the prediction from that fold's training samples is
@@ -218,32 +273,84 @@ def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas):
         Held-out images of each fold (from :func:`grouped_folds`).
     alphas : ndarray, shape (n_alphas,)
         Absolute penalties.
+    with_noise : bool, default False
+        Also return the noise of the predictions (see Returns).
 
     Returns
     -------
     ndarray, shape (n_alphas, n_images, n_images)
         Rows of images that are never held out (no samples) stay zero.
+    PredictionNoise
+        Only ``with_noise``: rows ``N[v]`` such that ``N[v] @ F`` is the difference between
+        the predictions from the two halves of image ``v``'s trials, scaled to the variance of
+        one trial's prediction noise (zero rows for images with one trial), and each image's
+        trial count.
     """
     smoothers = np.zeros((len(alphas), n_images, n_images))
+    noise_rows = np.zeros_like(smoothers) if with_noise else None
     for held_out_images in folds:
         held_out = np.isin(image_index, held_out_images)
         train = ~held_out
         train_kernel, held_out_kernel = _centred_fold_kernels(
             kernel, image_index, n_images, train, held_out, held_out_images)
+        n_rows = len(held_out_images)
+        if with_noise:
+            held_out_kernel = np.vstack([held_out_kernel, _half_difference_kernel_rows(
+                kernel, image_index, train, held_out, held_out_images)])
         # One eigendecomposition per fold makes every alpha a cheap diagonal rescaling.
         eigenvalues, eigenvectors = np.linalg.eigh(train_kernel)
         eigenvalues = np.clip(eigenvalues, 0, None)
-        held_out_in_eigenbasis = held_out_kernel @ eigenvectors  # (n_held_out_images, n_train)
+        held_out_in_eigenbasis = held_out_kernel @ eigenvectors  # (n_rows, n_train)
         train_indicator = _image_indicator(image_index[train], n_images)
         # (n_train, n_images): eigenvector coordinates summed over each image's trials.
         eigenbasis_to_images = np.asarray((train_indicator.T @ eigenvectors).T)
         train_mean_weights = np.bincount(image_index[train], minlength=n_images) / train.sum()
         for alpha_position, alpha in enumerate(alphas):
             collapsed = (held_out_in_eigenbasis / (eigenvalues + alpha)) @ eigenbasis_to_images
-            mean_share = 1.0 - collapsed.sum(axis=1)
-            smoothers[alpha_position, held_out_images] = (
-                collapsed + mean_share[:, None] * train_mean_weights[None, :])
-    return smoothers
+            # The training mean's share: 1 − Σ A_u for a prediction, − Σ A_u for a difference.
+            mean_share = -collapsed.sum(axis=1)
+            mean_share[:n_rows] += 1.0
+            rows = collapsed + mean_share[:, None] * train_mean_weights[None, :]
+            smoothers[alpha_position, held_out_images] = rows[:n_rows]
+            if with_noise:
+                noise_rows[alpha_position, held_out_images] = rows[n_rows:]
+    if not with_noise:
+        return smoothers
+    return smoothers, PredictionNoise(noise_rows, np.bincount(image_index, minlength=n_images))
+
+
+@dataclasses.dataclass
+class PredictionNoise:
+    """Out-of-fold prediction noise: see :func:`out_of_fold_smoothers`."""
+
+    rows: np.ndarray
+    trials: np.ndarray
+
+
+def _half_difference_kernel_rows(kernel, image_index, train, held_out, held_out_images):
+    """Per held-out image, the kernel row of (mean of its first ⌊r/2⌋ trials − mean of the rest),
+    centred like a prediction's row and divided by √(1/a + 1/b), a and b the halves' sizes.
+
+    Its prediction is pure trial-to-trial noise, with the variance of one trial's prediction
+    noise: the signal and the training mean cancel. Zero for images with a single trial.
+    """
+    held_out_samples = np.flatnonzero(held_out)
+    contrast = np.zeros((len(held_out_images), len(held_out_samples)))
+    position = {image: row for row, image in enumerate(held_out_images)}
+    samples_of = {}
+    for column, image in enumerate(image_index[held_out_samples]):
+        samples_of.setdefault(image, []).append(column)
+    for image, columns in samples_of.items():
+        if len(columns) < 2:
+            continue
+        first, rest = columns[:len(columns) // 2], columns[len(columns) // 2:]
+        scale = 1.0 / np.sqrt(1.0 / len(first) + 1.0 / len(rest))
+        contrast[position[image], first] = scale / len(first)
+        contrast[position[image], rest] = -scale / len(rest)
+    rows = contrast @ kernel[np.ix_(held_out, train)]
+    # Centred on the fold's training mean: x·x̄_T cancels in the difference but its mean over
+    # the training samples does not.
+    return rows - rows.mean(axis=1, keepdims=True)
 
 
 def _centred_fold_kernels(kernel, image_index, n_images, train, held_out, held_out_images):
@@ -266,13 +373,23 @@ def _centred_fold_kernels(kernel, image_index, n_images, train, held_out, held_o
     return train_kernel, held_out_kernel
 
 
-def _smoother_scores(smoothers, targets, folds):
+def _smoother_scores(smoothers, targets, folds, trial_counts=None):
     """Profile correlation of out-of-fold predictions at each alpha, averaged over units and folds.
 
     Correlations are taken within each fold: pooled across folds, the fold-to-fold shifts of the
     training mean (which move against the held-out images) would bias the score against large
     alphas. Units that are constant in a fold are skipped there.
+
+    With ``trial_counts``, ``smoothers`` is the pair that ``out_of_fold_smoothers(...,
+    with_noise=True)`` returns, and the scores are those of predictions from averages of each
+    count of trials (:func:`_scores_for_trial_counts`).
+
+    Returns
+    -------
+    ndarray, shape (n_alphas,), or (n_counts, n_alphas) with ``trial_counts``
     """
+    if trial_counts is not None:
+        return _scores_for_trial_counts(*smoothers, targets, folds, trial_counts)
     fold_scores = np.full((len(smoothers), len(folds)), np.nan)
     for fold_position, held_out_images in enumerate(folds):
         # Centring on one constant per unit leaves correlations unchanged and keeps the
@@ -286,6 +403,57 @@ def _smoother_scores(smoothers, targets, folds):
     scores = np.full(len(smoothers), np.nan)
     scored = ~np.all(np.isnan(fold_scores), axis=1)
     scores[scored] = np.nanmean(fold_scores[scored], axis=1)
+    return scores
+
+
+def _scores_for_trial_counts(smoothers, noise, targets, folds, trial_counts):
+    """Cross-validated profile correlation of predictions from averages of ``count`` trials.
+
+    Held-out images have fewer trials than test items (ds001506: 5 against 12-24): scored on
+    their own averages, alpha would suit noisier data than the test items are, and come out too
+    strong. Per unit, the covariance of prediction and truth does not depend on the trial noise;
+    the prediction's variance does: its noise part, σ² · mean(1/r) for the held-out images, is
+    replaced by σ²/count, with σ² (one trial's prediction noise) estimated from the difference
+    of the predictions of each image's two halves of trials. Moments are taken about each
+    fold's means (see :func:`_smoother_scores`) and summed over folds before the ratio: a
+    ratio of one fold's noisy variances is biased upwards.
+
+    Returns
+    -------
+    ndarray, shape (n_counts, n_alphas)
+    """
+    n_alphas, n_units = len(smoothers), targets.shape[1]
+    covariance, variance, truth, held_out_noise, trial_noise = (
+        np.zeros((n_alphas, n_units)) for _ in range(5))
+    for held_out_images in folds:
+        n_images = len(held_out_images)
+        centred = targets - targets[held_out_images].mean(axis=0)
+        true = centred[held_out_images]
+        split = held_out_images[noise.trials[held_out_images] >= 2]
+        for alpha_position, smoother in enumerate(smoothers):
+            predicted = smoother[held_out_images] @ centred
+            predicted -= predicted.mean(axis=0)
+            covariance[alpha_position] += (predicted * true).sum(axis=0)
+            variance[alpha_position] += (predicted**2).sum(axis=0)
+            truth[alpha_position] += (true**2).sum(axis=0)
+            if len(split):
+                # σ² per unit; about the fold's mean, the noise adds (1 − 1/n) σ²/r per image.
+                sigma2 = np.mean((noise.rows[alpha_position, split] @ centred) ** 2, axis=0)
+                held_out_noise[alpha_position] += sigma2 * (1 - 1 / n_images) * np.sum(
+                    1.0 / noise.trials[held_out_images])
+                trial_noise[alpha_position] += sigma2 * (n_images - 1)
+    # The noise cannot exceed the whole variance (σ² is itself estimated).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(held_out_noise > variance, variance / held_out_noise, 1.0)
+    scores = np.empty((len(trial_counts), n_alphas))
+    for position, count in enumerate(trial_counts):
+        corrected = variance + share * (trial_noise / count - held_out_noise)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            correlations = covariance / np.sqrt(corrected * truth)
+        correlations[~((corrected > 0) & (truth > 0))] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no varying unit
+            scores[position] = np.nanmean(correlations, axis=1)
     return scores
 
 
@@ -375,6 +543,17 @@ def _check_alphas(alphas):
         raise ValueError(f"alphas must be a non-empty 1-D sequence of positive numbers; "
                          f"got {alphas!r}.")
     return alphas
+
+
+def _check_test_trials(test_trials):
+    """The distinct trial counts of the test items, ascending, or None."""
+    if test_trials is None:
+        return None
+    test_trials = np.asarray(test_trials).ravel()
+    if (not len(test_trials) or not np.issubdtype(test_trials.dtype, np.integer)
+            or np.any(test_trials < 1)):
+        raise ValueError(f"test_trials must be integer counts >= 1, one per test item; got {test_trials!r}.")
+    return tuple(int(count) for count in np.unique(test_trials))
 
 
 def _check_n_folds(n_folds):

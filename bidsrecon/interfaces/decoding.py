@@ -141,8 +141,11 @@ class DecodeFeatures(SimpleInterface):
         else:
             cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=self.inputs.cv_units,
                                                  seed=self.inputs.seed, cache=cache)
-            decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(samples[training], image_index, cv_targets)
-            coefficients = decoder.coefficients(item_samples)
+            # Alpha is chosen for each count of trials the test items average (REFERENCE.md §8).
+            test_trials = items["n_trials"].to_numpy()
+            decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(
+                samples[training], image_index, cv_targets, test_trials=test_trials)
+            coefficients = decoder.coefficients(item_samples, test_trials)
             budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
             decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
                                                                 memory_budget=budget)
@@ -179,7 +182,7 @@ class DecodeFeatures(SimpleInterface):
         if self.inputs.feature_cache:
             cache = FeatureCache.for_encoder(self.inputs.feature_cache, encoder, dtype=self.inputs.feature_cache_dtype)
         budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
-        decoded, train_mean, train_spread = decode_features(encoder, images, decoder.coefficients(item_samples),
+        decoded, train_mean, train_spread = decode_features(encoder, images, decoder.coefficients(item_samples, items["n_trials"].to_numpy()),
                                                             counts, cache=cache, memory_budget=budget)
         arrays_path, sidecar_path = decoder_paths(stem)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = str(arrays_path), str(sidecar_path)
