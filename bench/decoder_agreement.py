@@ -4,8 +4,8 @@ What it measures
 ----------------
 On the simulated dataset, how well each layer's features of the test items are decoded by ours,
 :class:`~bidsrecon.decoding.KernelRidgeDecoder` fitted exactly as the app fits it
-(``DecodeFeatures._decode``: same training samples, CV targets and seed, so the same alpha per
-layer), and by the per-unit mode, :class:`~bidsrecon.decoding.per_unit.PerUnitDecoder` (the
+(``DecodeFeatures._decode``: same training samples, CV targets, seed and test items' trial
+counts, so the same alphas per layer and count), and by the per-unit mode, :class:`~bidsrecon.decoding.per_unit.PerUnitDecoder` (the
 lab's ``fastl2lir``) with the lab's defaults, 500 voxels per unit and alpha 100.
 
 How
@@ -215,12 +215,13 @@ def main(argv=None):
 
     with threadpool_limits(limits=1):  # one BLAS thread for both decoders: fair and polite
         tick = time.perf_counter()
+        test_trials = items["n_trials"].to_numpy()
         kernel = KernelRidgeDecoder(random_state=inputs["seed"]).fit(data["train_samples"], image_index,
-                                                                      cv_targets)
-        coefficients = kernel.coefficients(data["item_samples"])
+                                                                      cv_targets, test_trials=test_trials)
+        coefficients = kernel.coefficients(data["item_samples"], test_trials)
         kernel_fit_s = time.perf_counter() - tick
         # The alphas of the decoder the app saved, printed next to ours: equal ones show the fit is the app's.
-        app_alpha = json.loads(next(inputs["node_dir"].glob("*_decoder.json")).read_text())["Alpha"]
+        app_alpha = json.loads(next(inputs["node_dir"].glob("*_decoder.json")).read_text()).get("AlphaByTestTrials", {})
         natural_diffs, all_diffs, timings = {}, [], []
         for layer in layers:
             F = features[layer][:n_train].astype(np.float64)
@@ -239,11 +240,14 @@ def main(argv=None):
             ours_rows = accuracy_rows(items, ours, true, train_mean, train_std)
             per_unit_rows = accuracy_rows(items, per_unit, true, train_mean, train_std)
 
-            position = int(np.flatnonzero(kernel.alphas_ == kernel.alpha_[layer])[0])
-            print(f"\nlayer {layer}: kernel alpha {kernel.alpha_[layer]:.4g} (the app's "
-                  f"{app_alpha.get(layer, np.nan):.4g}; grid {position + 1}/{len(kernel.alphas_)}, CV r "
-                  f"{kernel.cv_scores_[layer][position]:.3f}); time: ours {weighted_sum_s:.2f} s + shared fit, "
-                  f"per-unit {per_unit_s:.1f} s")
+            chosen = ", ".join(
+                f"{count} trials {alpha:.4g} (grid {int(np.flatnonzero(kernel.alphas_ == alpha)[0]) + 1}/"
+                f"{len(kernel.alphas_)}, CV r {kernel.cv_scores_by_trials_[layer][count].max():.3f})"
+                for count, alpha in kernel.alpha_by_trials_[layer].items())
+            theirs = {int(count): alpha for count, alpha in app_alpha.get(layer, {}).items()}
+            print(f"\nlayer {layer}: kernel alpha for items of {chosen}; the app's "
+                  f"{'the same' if theirs == kernel.alpha_by_trials_[layer] else theirs or 'not recorded'}; "
+                  f"time: ours {weighted_sum_s:.2f} s + shared fit, per-unit {per_unit_s:.1f} s")
             print(f"  {'set':<9}{'items':>6} | {'profile r: ours':>15}{'per-unit':>9}{'diff':>8} | "
                   f"{'pattern r: ours':>15}{'per-unit':>9}{'diff':>8}")
             for scope, (n_items, profile, pattern) in ours_rows.items():

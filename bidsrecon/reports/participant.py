@@ -120,11 +120,19 @@ def summary_section(output_dir, label, metrics, sidecars, decoder, provenance):
     content += "<h3>Decoder penalty per layer</h3>"
     if decoder.get("Alpha"):
         best = {layer: max(scores) for layer, scores in decoder.get("CrossValidationScores", {}).items()}
-        alphas = pd.DataFrame([{"layer": layer, "alpha": alpha, "cross-validated correlation": best.get(layer, np.nan)}
-                               for layer, alpha in decoder["Alpha"].items()])
-        content += html.table(alphas, {"alpha": "Ridge penalty chosen by grouped cross-validation.",
-                                       "cross-validated correlation": "Best mean cross-validated correlation of "
-                                       "the sampled units at that penalty."})
+        # Decoders that chose an alpha per count of trials the test items average list each.
+        by_trials = decoder.get("AlphaByTestTrials") or {layer: {None: alpha} for layer, alpha in decoder["Alpha"].items()}
+        rows, descriptions = [], {"cross-validated correlation": "Best mean cross-validated correlation of the "
+                                  "sampled units at that penalty (for the items with the most trials)."}
+        for layer, by_count in by_trials.items():
+            row = {"layer": layer}
+            for count, alpha in by_count.items():
+                column = "alpha" if count is None else f"alpha ({count} trials)"
+                row[column] = alpha
+                descriptions[column] = "Ridge penalty chosen by grouped cross-validation" + (
+                    "." if count is None else f" for the items that average {count} trials.")
+            rows.append(row | {"cross-validated correlation": best.get(layer, np.nan)})
+        content += html.table(pd.DataFrame(rows), descriptions)
     else:
         content += html.unavailable("Decoder penalties")
     return content
