@@ -14,7 +14,7 @@ from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
 from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, _Problem
 from bidsrecon.recon.lbfgs import MAX_BACKTRACKS, minimise_lbfgs
-from bidsrecon.recon.loss import feature_loss_and_output_gradients
+from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets
 from bidsrecon.recon.spread import item_spread
 
 SMALL = 32
@@ -54,7 +54,9 @@ def test_closed_form_output_gradients_equal_autograd_of_the_loss(random_lite0):
     targets = _true_features(random_lite0, np.random.default_rng(1).random((3, SMALL, SMALL, 3), np.float32),
                              FEW_LAYERS)
     targets = {name: torch.from_numpy(value) for name, value in targets.items()}
-    weights = layer_weights(targets)
+    targets[FEW_LAYERS[1]][0] = 0  # a layer of weight 0 for the first item
+    with pytest.warns(UserWarning, match="all zero"):
+        weights = layer_weights(targets)
 
     def gradient(closed_form):
         variable = images.clone().requires_grad_(True)
@@ -62,7 +64,8 @@ def test_closed_form_output_gradients_equal_autograd_of_the_loss(random_lite0):
         if not closed_form:
             loss = feature_loss(features, targets, weights)
             return loss.detach(), torch.autograd.grad(loss.sum(), variable)[0]
-        loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
+        loss, output_gradients = feature_loss_and_output_gradients(features, gradient_offsets(targets, weights),
+                                                                   weights)
         return loss, torch.autograd.grad([features[n] for n in FEW_LAYERS], variable,
                                          grad_outputs=[output_gradients[n] for n in FEW_LAYERS])[0]
 

@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.recon.allocator import freed_memory_kept
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
 from bidsrecon.recon.lbfgs import minimise_lbfgs
-from bidsrecon.recon.loss import feature_loss_and_output_gradients, layer_weights
+from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets, layer_weights
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
@@ -158,7 +159,7 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
                for name in layers}
     # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
     # reproducible up to rounding only; the CPU's is exact).
-    with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark):
+    with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark), freed_memory_kept():
         return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
                                     on_snapshot)
@@ -199,21 +200,23 @@ class _Problem:
     def __init__(self, encoder, targets, mixed_precision, first_item=0):
         self.encoder = encoder
         self.device = encoder.device
-        self.targets = {name: value.to(self.device) for name, value in targets.items()}
+        targets = {name: value.to(self.device) for name, value in targets.items()}
         # Per item, so computing them batch by batch (on the device) changes nothing.
-        self.weights = {name: value.to(self.device) for name, value in layer_weights(self.targets, first_item).items()}
+        self.weights = {name: value.to(self.device) for name, value in layer_weights(targets, first_item).items()}
+        # Held instead of the targets (the same memory): the loss gradient is then one pass.
+        self.offsets = gradient_offsets(targets, self.weights)
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
 
     def objective(self, render):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
-        layers = list(self.targets)
+        layers = list(self.offsets)
 
         def evaluate(variable, items):
-            targets, weights = self.targets, self.weights
+            offsets, weights = self.offsets, self.weights
             whole_batch = len(items) == self.n_items
             if not whole_batch:  # a line search re-evaluating some items only
-                targets = {name: value[items] for name, value in targets.items()}
+                offsets = {name: value[items] for name, value in offsets.items()}
                 weights = {name: value[items] for name, value in weights.items()}
             variable = variable.detach().requires_grad_(True)
             # cuDNN times every algorithm on each new input shape (seconds for VGG19 in bfloat16),
@@ -222,9 +225,9 @@ class _Problem:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
                     features = self.encoder.features(render(variable), layers)
                 features = {name: value.float() for name, value in features.items()}
-                loss, output_gradients = feature_loss_and_output_gradients(features, targets, weights)
-                (grad,) = torch.autograd.grad([features[name] for name in targets], variable,
-                                              grad_outputs=[output_gradients[name] for name in targets])
+                loss, output_gradients = feature_loss_and_output_gradients(features, offsets, weights)
+                (grad,) = torch.autograd.grad([features[name] for name in layers], variable,
+                                              grad_outputs=[output_gradients[name] for name in layers])
             return loss, grad
 
         return evaluate
