@@ -67,8 +67,8 @@ class KernelRidgeDecoder(BaseEstimator):
     trial_counts_ : tuple of int or None
         The distinct trial counts of ``fit``'s ``test_trials``, ascending, or None.
     alpha_by_trials_, cv_scores_by_trials_ : dict of str to dict of int to float / ndarray
-        With ``test_trials`` only: per layer, the alpha chosen and the scores for each count.
-        ``alpha_`` and ``cv_scores_`` are then those of the largest count.
+        With ``test_trials``, per layer, the alpha chosen and the scores for each count (``alpha_``
+        and ``cv_scores_`` are then those of the largest count); None without.
     alpha_ : dict of str to float
         Absolute alpha chosen for each layer.
 
@@ -127,8 +127,7 @@ class KernelRidgeDecoder(BaseEstimator):
         smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_,
                                           with_noise=counts is not None)
         self.cv_scores_, self.alpha_ = {}, {}
-        if counts is not None:
-            self.cv_scores_by_trials_, self.alpha_by_trials_ = {}, {}
+        self.cv_scores_by_trials_, self.alpha_by_trials_ = ({}, {}) if counts is not None else (None, None)
         for layer, targets in cv_targets.items():
             scores = _smoother_scores(smoothers, targets, folds, counts)
             if np.all(np.isnan(scores)):
