@@ -185,7 +185,8 @@ def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, gene
 
             def on_iteration(iteration, variable, loss, batch=batch):
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.mean().item():.4g}", refresh=False)
+                if not bar.disable:  # .item() waits for a GPU: only for a bar that is shown
+                    bar.set_postfix(loss=f"{loss.mean().item():.4g}", refresh=False)
                 if snapshot_every and on_snapshot is not None and iteration % snapshot_every == 0:
                     on_snapshot(iteration, np.arange(n_items)[batch], render.images(variable))
 
