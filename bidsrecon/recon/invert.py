@@ -204,7 +204,9 @@ class _Problem:
         targets = {name: value.to(self.device) for name, value in targets.items()}
         # Per item, so computing them batch by batch (on the device) changes nothing.
         self.weights = {name: value.to(self.device) for name, value in layer_weights(targets, first_item).items()}
-        # Held instead of the targets (the same memory): the loss gradient is then one pass.
+        # Held instead of the targets (on a GPU in place of their copy; on the CPU, where the
+        # targets are views of the caller's, one batch of features more): the loss gradient
+        # is then one pass over the features.
         self.offsets = gradient_offsets(targets, self.weights)
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
