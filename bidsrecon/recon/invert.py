@@ -36,7 +36,8 @@ from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_off
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
-#: the L-BFGS history (20 image-sized vectors per item).
+#: the gradient offsets (one set of features, ~60 MB per item) and the L-BFGS history (20
+#: image-sized vectors per item).
 DEFAULT_BATCH_SIZE = 8
 #: SD of the seeded jitter added to the flat start in logit units (about 1/400 in pixel
 #: values): it breaks the ties that max-pooling and clipped activations see in a flat image.
