@@ -226,9 +226,13 @@ def time_kernel_ridge(problem, scale):
     cv_targets = {layer: image_features(problem["latent"], scale["cv_units"], layer)
                   for layer in LAYERS}
 
+    # As the app fits it: alphas for the trials the test items average (here the training repeats).
+    test_trials = np.full(len(problem["X_test"]), scale["repeats"])
+
     def fit():
-        decoder = KernelRidgeDecoder().fit(problem["X"], problem["image_index"], cv_targets)
-        return decoder, decoder.coefficients(problem["X_test"])
+        decoder = KernelRidgeDecoder().fit(problem["X"], problem["image_index"], cv_targets,
+                                           test_trials=test_trials)
+        return decoder, decoder.coefficients(problem["X_test"], test_trials)
 
     fixed_s, (decoder, coefficients) = fastest(fit, scale["repeats_timed"])
     batch_size = 16
