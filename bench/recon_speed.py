@@ -18,6 +18,7 @@ on them). The last line is a one-line summary; ``--quick`` runs the 128-px rows 
 Usage: python bench/recon_speed.py [--quick | --paper-only] [--device cpu|cuda|auto] [--mixed-precision]
 """
 import argparse
+import contextlib
 import platform
 import time
 
@@ -80,16 +81,34 @@ def bare_seconds_per_pass(encoder, images, mixed_precision):
     return min(timings)
 
 
-def loop_seconds_per_iteration(encoder, targets, size, optimiser, batch, mixed_precision):
-    """Seconds per iteration of ``reconstruct`` (the difference of two runs cancels the set-up)
-    and, for L-BFGS, the evaluations of the loss per iteration."""
+@contextlib.contextmanager
+def counted_passes(encoder):
+    """Within the block, the batch size of every pass through ``encoder.features`` is recorded
+    in the yielded list (the caller clears it per run)."""
     passes = []
     features = encoder.features
-    timed = TIMED_ITERATIONS[encoder.device.type]
 
     def counting_features(images, layers=None):
         passes.append(len(images))
         return features(images, layers)
+
+    encoder.features = counting_features
+    try:
+        yield passes
+    finally:
+        del encoder.features
+
+
+def evaluations_per_iteration(passes, batch, n_iter):
+    """Item evaluations per item and iteration of one run, less its first two passes'
+    (_check_targets' probe of a single image, then the start's evaluation of the batch)."""
+    return (sum(passes[1:]) / batch - 1) / n_iter
+
+
+def loop_seconds_per_iteration(encoder, targets, size, optimiser, batch, mixed_precision):
+    """Seconds per iteration of ``reconstruct`` (the difference of two runs cancels the set-up)
+    and, for L-BFGS, the evaluations of the loss per iteration."""
+    timed = TIMED_ITERATIONS[encoder.device.type]
 
     def run(n_iter):
         passes.clear()
@@ -99,15 +118,11 @@ def loop_seconds_per_iteration(encoder, targets, size, optimiser, batch, mixed_p
                     batch_size=batch, mixed_precision=mixed_precision)
         return time.perf_counter() - started  # reconstruct returns NumPy arrays: synchronised
 
-    encoder.features = counting_features
-    try:
+    with counted_passes(encoder) as passes:
         run(1)  # warm-up
         set_up = min(run(1) for _ in range(REPEATS))
         total = min(run(1 + timed) for _ in range(REPEATS))
-        # One pass is _check_targets' probe of a single image, one the start's evaluation.
-        evaluations = (sum(passes[1:]) / batch - 1) / (1 + timed)
-    finally:
-        del encoder.features
+        evaluations = evaluations_per_iteration(passes, batch, 1 + timed)
     return (total - set_up) / timed, evaluations
 
 
@@ -128,35 +143,26 @@ def paper_setting(encoder, mixed_precision, batch=50):
     """VGG19, 224 px, 200 L-BFGS iterations, a batch of 50.
 
     Returns seconds per image: in all, of which in set-up (a 1-iteration run: checks, layer
-    weights, transfers), the floor of 200 bare forward+backward passes; and the items evaluated
-    per item and iteration (line searches re-evaluate; stopped items are not evaluated).
+    weights, transfers), the floor of 200 bare forward+backward passes; the items evaluated per
+    item and iteration (line searches re-evaluate; stopped items are not evaluated); and the mean
+    pixel correlation of the reconstructions with the images whose features they invert.
     """
     images = smooth_images(batch, 224, seed=1)
     targets = true_features(encoder, images)
-    evaluated = []
-    features = encoder.features
-
-    def counting_features(images, layers=None):
-        evaluated.append(len(images))
-        return features(images, layers)
 
     def seconds(n_iter):
-        evaluated.clear()
+        passes.clear()
         synchronise(encoder.device)
         started = time.perf_counter()
         seconds.result = reconstruct(encoder, targets, 224, n_iter=n_iter, progress=False,
                                      batch_size=batch, mixed_precision=mixed_precision)
         return time.perf_counter() - started
 
-    encoder.features = counting_features
-    try:
+    with counted_passes(encoder) as passes:
         seconds(1)  # warm-up: cuDNN tries its algorithms for these shapes once per process
         set_up = seconds(1)
         total = seconds(PAPER_ITERATIONS)
-    finally:
-        del encoder.features
-    # Less _check_targets' one-image probe and the start's evaluation.
-    evaluations = (sum(evaluated[1:]) - batch) / batch / PAPER_ITERATIONS
+        evaluations = evaluations_per_iteration(passes, batch, PAPER_ITERATIONS)
     floor = bare_seconds_per_pass(encoder, images, mixed_precision) * PAPER_ITERATIONS
     originals = images.permute(0, 2, 3, 1).numpy()
     correlation = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(seconds.result, originals)])
