@@ -98,7 +98,7 @@ class KernelRidgeDecoder(BaseEstimator):
         test_trials : array-like of int, optional
             Trials averaged into each test item. Given, an alpha is chosen for each distinct
             count, scored for predictions from averages of that many trials rather than of the
-            held-out images' own trials (see :func:`_smoother_scores`), and
+            held-out images' own trials (see :func:`_scores_for_trial_counts`), and
             :meth:`coefficients` uses each item's.
 
         Returns
@@ -124,12 +124,18 @@ class KernelRidgeDecoder(BaseEstimator):
 
         self.trial_counts_ = _check_test_trials(test_trials)
         counts = self.trial_counts_
-        smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_,
-                                          with_noise=counts is not None)
+        if counts is None:
+            smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_)
+        else:
+            smoothers, noise = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_,
+                                                     with_noise=True)
         self.cv_scores_, self.alpha_ = {}, {}
         self.cv_scores_by_trials_, self.alpha_by_trials_ = ({}, {}) if counts is not None else (None, None)
         for layer, targets in cv_targets.items():
-            scores = _smoother_scores(smoothers, targets, folds, counts)
+            if counts is None:
+                scores = _smoother_scores(smoothers, targets, folds)
+            else:
+                scores = _scores_for_trial_counts(smoothers, noise, targets, folds, counts)
             if np.all(np.isnan(scores)):
                 raise ValueError(f"cv_targets[{layer!r}]: no sampled unit varies across the "
                                  "training images, so no alpha can be scored.")
@@ -290,12 +296,13 @@ def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas, with_noi
     for held_out_images in folds:
         held_out = np.isin(image_index, held_out_images)
         train = ~held_out
-        train_kernel, held_out_kernel = _centred_fold_kernels(
-            kernel, image_index, n_images, train, held_out, held_out_images)
+        # Rows of held-out samples combined: each image's trials averaged, then (with_noise)
+        # the difference of each image's two halves of trials.
+        row_weights = _averaging_weights(image_index, n_images, held_out, held_out_images)
         n_rows = len(held_out_images)
         if with_noise:
-            held_out_kernel = np.vstack([held_out_kernel, _half_difference_kernel_rows(
-                kernel, image_index, train, held_out, held_out_images)])
+            row_weights = np.vstack([row_weights, _half_difference_weights(image_index, held_out, held_out_images)])
+        train_kernel, held_out_kernel = _centred_fold_kernels(kernel, train, held_out, row_weights)
         # One eigendecomposition per fold makes every alpha a cheap diagonal rescaling.
         eigenvalues, eigenvectors = np.linalg.eigh(train_kernel)
         eigenvalues = np.clip(eigenvalues, 0, None)
@@ -326,69 +333,62 @@ class PredictionNoise:
     trials: np.ndarray
 
 
-def _half_difference_kernel_rows(kernel, image_index, train, held_out, held_out_images):
-    """Per held-out image, the kernel row of (mean of its first ⌊r/2⌋ trials − mean of the rest),
-    centred like a prediction's row and divided by √(1/a + 1/b), a and b the halves' sizes.
+def _averaging_weights(image_index, n_images, held_out, held_out_images):
+    """(n_held_out_images, n_held_out_samples): each held-out image's trials averaged.
 
-    Its prediction is pure trial-to-trial noise, with the variance of one trial's prediction
-    noise: the signal and the training mean cancel. Zero for images with a single trial.
+    Held-out trials of an image are averaged (a linear kernel's rows average like the samples
+    do) because test items are averaged over their repeats before decoding.
     """
-    held_out_samples = np.flatnonzero(held_out)
-    contrast = np.zeros((len(held_out_images), len(held_out_samples)))
-    position = {image: row for row, image in enumerate(held_out_images)}
-    samples_of = {}
-    for column, image in enumerate(image_index[held_out_samples]):
-        samples_of.setdefault(image, []).append(column)
-    for image, columns in samples_of.items():
+    indicator = _image_indicator(image_index[held_out], n_images)[:, held_out_images].toarray().T
+    return indicator / indicator.sum(axis=1, keepdims=True)
+
+
+def _half_difference_weights(image_index, held_out, held_out_images):
+    """(n_held_out_images, n_held_out_samples): per image, the mean of its first ⌊r/2⌋ trials
+    minus the mean of the rest, divided by √(1/a + 1/b), a and b the halves' sizes.
+
+    The prediction from such a row is pure trial-to-trial noise with the variance of one trial's
+    prediction noise: the signal and the training mean cancel. Zero for one-trial images.
+    """
+    weights = np.zeros((len(held_out_images), int(held_out.sum())))
+    for row, image in enumerate(held_out_images):
+        columns = np.flatnonzero(image_index[held_out] == image)
         if len(columns) < 2:
             continue
         first, rest = columns[:len(columns) // 2], columns[len(columns) // 2:]
         scale = 1.0 / np.sqrt(1.0 / len(first) + 1.0 / len(rest))
-        contrast[position[image], first] = scale / len(first)
-        contrast[position[image], rest] = -scale / len(rest)
-    rows = contrast @ kernel[np.ix_(held_out, train)]
-    # Centred on the fold's training mean: x·x̄_T cancels in the difference but its mean over
-    # the training samples does not.
-    return rows - rows.mean(axis=1, keepdims=True)
+        weights[row, first] = scale / len(first)
+        weights[row, rest] = -scale / len(rest)
+    return weights
 
 
-def _centred_fold_kernels(kernel, image_index, n_images, train, held_out, held_out_images):
-    """A fold's training kernel and its held-out-image kernel rows, centred on the fold's mean.
-
-    Held-out trials of the same image are averaged (a linear kernel's rows average like the
-    samples do) because test items are averaged over their repeats before decoding.
-    """
+def _centred_fold_kernels(kernel, train, held_out, row_weights):
+    """A fold's training kernel and the kernel rows of ``row_weights @ X_held_out``, centred on
+    the fold's training mean (for a row whose weights sum to s, its x̄ part is s·x̄_T)."""
     train_kernel = kernel[np.ix_(train, train)]
-    averaging = _image_indicator(image_index[held_out], n_images)[:, held_out_images]
-    averaging = averaging.multiply(1.0 / averaging.sum(axis=0)).tocsc()
-    held_out_kernel = np.asarray(averaging.T @ kernel[np.ix_(held_out, train)])
+    held_out_kernel = row_weights @ kernel[np.ix_(held_out, train)]
     # x·x̄_T for every training sample, and x̄_T·x̄_T: centring a linear kernel on the fold mean.
     train_row_means = train_kernel.mean(axis=1)
     grand_mean = train_row_means.mean()
     train_kernel = (train_kernel - train_row_means[:, None] - train_row_means[None, :]
                     + grand_mean)
-    held_out_kernel = (held_out_kernel - train_row_means[None, :]
-                       - held_out_kernel.mean(axis=1, keepdims=True) + grand_mean)
+    weight_sums = row_weights.sum(axis=1, keepdims=True)
+    held_out_kernel = (held_out_kernel - weight_sums * train_row_means[None, :]
+                       - held_out_kernel.mean(axis=1, keepdims=True) + weight_sums * grand_mean)
     return train_kernel, held_out_kernel
 
 
-def _smoother_scores(smoothers, targets, folds, trial_counts=None):
+def _smoother_scores(smoothers, targets, folds):
     """Profile correlation of out-of-fold predictions at each alpha, averaged over units and folds.
 
     Correlations are taken within each fold: pooled across folds, the fold-to-fold shifts of the
     training mean (which move against the held-out images) would bias the score against large
     alphas. Units that are constant in a fold are skipped there.
 
-    With ``trial_counts``, ``smoothers`` is the pair that ``out_of_fold_smoothers(...,
-    with_noise=True)`` returns, and the scores are those of predictions from averages of each
-    count of trials (:func:`_scores_for_trial_counts`).
-
     Returns
     -------
-    ndarray, shape (n_alphas,), or (n_counts, n_alphas) with ``trial_counts``
+    ndarray, shape (n_alphas,)
     """
-    if trial_counts is not None:
-        return _scores_for_trial_counts(*smoothers, targets, folds, trial_counts)
     fold_scores = np.full((len(smoothers), len(folds)), np.nan)
     for fold_position, held_out_images in enumerate(folds):
         # Centring on one constant per unit leaves correlations unchanged and keeps the
