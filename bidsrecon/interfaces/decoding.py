@@ -182,8 +182,10 @@ class DecodeFeatures(SimpleInterface):
         if self.inputs.feature_cache:
             cache = FeatureCache.for_encoder(self.inputs.feature_cache, encoder, dtype=self.inputs.feature_cache_dtype)
         budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
-        decoded, train_mean, train_spread = decode_features(encoder, images, decoder.coefficients(item_samples, items["n_trials"].to_numpy()),
-                                                            counts, cache=cache, memory_budget=budget)
+        # Each item with the alpha chosen for its count of trials (the nearest the decoder has).
+        coefficients = decoder.coefficients(item_samples, items["n_trials"].to_numpy())
+        decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
+                                                            memory_budget=budget)
         arrays_path, sidecar_path = decoder_paths(stem)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = str(arrays_path), str(sidecar_path)
         self._write_outputs(encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime)
