@@ -38,3 +38,28 @@ def test_pixel_correlation_and_input_checks():
         pairwise_identification(truths[:1], truths[:1])
     with pytest.raises(ValueError, match="2 true items"):
         pairwise_identification(truths, truths[:2])
+
+
+def test_identical_candidates_tie_exactly_and_a_tie_loses():
+    rng = np.random.default_rng(5)
+    truths = rng.random((6, 7, 9, 3))
+    truths[4] = truths[1]  # two identical candidates: against item 1 they must tie, not be ranked by rounding
+    recons = truths + rng.normal(0, 0.01, truths.shape)
+    scores = pairwise_identification(recons, truths)
+    # Items 1 and 4 beat every candidate but their twin, which ties (and a tie loses).
+    assert scores[1] == pytest.approx(4 / 5) and scores[4] == pytest.approx(4 / 5)
+    assert np.all(scores[[0, 2, 3, 5]] == 1.0)
+
+
+def test_constant_and_nan_items_are_dropped_with_a_warning():
+    rng = np.random.default_rng(6)
+    truths = rng.random((5, 40))
+    recons = truths + rng.normal(0, 0.05, truths.shape)
+    truths[2] = 0.5  # a constant candidate: no correlation
+    recons[:, 7] = np.nan  # a NaN value column
+    with pytest.warns(RuntimeWarning) as caught:
+        scores = pairwise_identification(recons, truths)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "1 of 40 values" in messages and "1 of 5 items are constant" in messages
+    assert np.isnan(scores[2])
+    np.testing.assert_array_equal(scores[[0, 1, 3, 4]], 1.0)  # judged among the 4 left, not scored 0

@@ -299,6 +299,33 @@ def test_momentum_descent_respects_its_bounds_and_moves_downhill():
     assert losses[-1] < losses[0]
 
 
+def test_momentum_steps_follow_icnn_formula():
+    """d = 0.9 d + g/mean|g|; x -= lr_t d with lr_t = lr0 + t (lr1 - lr0) / n (icnn, torch SGD)."""
+    gradients = [torch.tensor([[1.0, -2.0, 3.0]]), torch.tensor([[-1.0, 1.0, 4.0]]), torch.tensor([[2.0, 2.0, -2.0]])]
+    calls = iter(gradients)
+
+    def objective(variable, items):
+        return torch.zeros(1), next(calls)
+
+    n_iter, lr0, lr1 = 3, 2.0, 0.5
+    final, _ = minimise_momentum(objective, torch.zeros(1, 3, dtype=torch.float32), n_iter, lr=(lr0, lr1),
+                                 momentum=0.9)
+    direction, expected, steps = torch.zeros(1, 3), torch.zeros(1, 3), []
+    for t, grad in enumerate(gradients):
+        direction = 0.9 * direction + grad / grad.abs().mean()
+        rate = lr0 + t * (lr1 - lr0) / n_iter
+        steps.append(rate)
+        expected = expected - rate * direction
+    torch.testing.assert_close(final, expected)
+    assert steps == [2.0, 1.5, 1.0]
+    # The other form (v = 0.9 v + lr g; x -= v) gives another point: the test can tell them apart.
+    velocity, other = torch.zeros(1, 3), torch.zeros(1, 3)
+    for rate, grad in zip(steps, gradients):
+        velocity = 0.9 * velocity + rate * grad / grad.abs().mean()
+        other = other - velocity
+    assert not torch.allclose(final, other)
+
+
 def test_gaussian_blur_keeps_the_mean_and_smooths():
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     blurred = gaussian_blur(images, 2.0)

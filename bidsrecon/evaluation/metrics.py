@@ -42,7 +42,7 @@ def pixcorr(recons, truths):
         Correlations in [-1, 1]; 0 for a constant image (no defined correlation).
     """
     recons, truths = _check_pair(recons, truths)
-    return pixel_correlation(recons, truths)
+    return np.nan_to_num(pixel_correlation(recons, truths), nan=0.0)
 
 
 def luma(images):

@@ -11,7 +11,7 @@ of the permutations, ``(1 + #{null >= observed}) / (1 + n_permutations)``, so it
 """
 import numpy as np
 
-from bidsrecon.evaluation.identification import correlation_matrix
+from bidsrecon.evaluation.identification import correlation_matrix, valid_items
 
 
 def identification_permutation_test(recons, truths, n_permutations=1000, seed=0, similarity=None):
@@ -57,6 +57,11 @@ def identification_permutation_test(recons, truths, n_permutations=1000, seed=0,
     matrix = np.asarray((similarity or correlation_matrix)(recons, truths), dtype=np.float64)
     if matrix.shape != (n_items, n_items):
         raise ValueError(f"similarity returned shape {matrix.shape}; expected ({n_items}, {n_items})")
+    # Constant items have no correlation: dropped, as pairwise_identification drops them.
+    valid = valid_items(matrix)
+    matrix, n_items = matrix[np.ix_(valid, valid)], int(valid.sum())
+    if n_items < 2:
+        return np.nan, np.nan
     # below[i, k]: entries of row i strictly below matrix[i, k] (ties count as losses, as in
     # pairwise_identification).
     below = np.stack([np.searchsorted(np.sort(row), row, side="left") for row in matrix])

@@ -4,21 +4,23 @@ Each iteration (Shen et al. 2019; the lab's icnn defaults, REFERENCE.md §1):
 
 1. the gradient of each item is divided by its mean absolute value, so the step size does not
    depend on the loss's scale;
-2. ``velocity = momentum · velocity + lr_t · gradient`` and ``variable -= velocity``, with the
-   learning rate falling linearly from its start to its end value over the iterations;
+2. ``direction = momentum · direction + gradient`` and ``variable -= lr_t · direction`` (icnn's
+   and torch's SGD form; writing it ``v = momentum · v + lr_t · g; x -= v`` makes late steps
+   ~9x larger, since the direction keeps the size of early gradients while lr_t falls), with
+   the learning rate falling linearly as icnn's ``lr_t = lr_0 + t (lr_1 − lr_0) / n`` for
+   ``t = 0 … n−1``;
 3. ``shrink`` pulls the variable towards a centre (pixel decay towards the mean colour, or latent
    decay towards zero), ``smooth`` blurs it, and ``clamp`` keeps it in its bounds.
 
-Items never interact: each has its own normalisation and velocity.
+Items never interact: each has its own normalisation and direction.
 """
 import torch
 
 
 def linear_schedule(start, end, iteration, n_iter):
-    """Value of a schedule running linearly from ``start`` (iteration 1) to ``end`` (``n_iter``)."""
-    if n_iter == 1:
-        return start
-    return start + (end - start) * (iteration - 1) / (n_iter - 1)
+    """icnn's linear schedule at 1-based ``iteration``: ``start + t (end − start) / n_iter``,
+    ``t = iteration − 1`` (so it starts at ``start`` and stops one step short of ``end``)."""
+    return start + (end - start) * (iteration - 1) / n_iter
 
 
 def minimise_momentum(objective, start, n_iter, *, lr, momentum, step_unit=1.0, jitter=0,
@@ -59,7 +61,7 @@ def minimise_momentum(objective, start, n_iter, *, lr, momentum, step_unit=1.0, 
     """
     variable = start.detach().clone()
     items = torch.arange(len(variable), device=variable.device)
-    velocity = torch.zeros_like(variable)
+    direction = torch.zeros_like(variable)
     shifts = torch.Generator().manual_seed(seed)
     for iteration in range(1, n_iter + 1):
         dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=shifts).tolist() if jitter else (0, 0)
@@ -68,8 +70,8 @@ def minimise_momentum(objective, start, n_iter, *, lr, momentum, step_unit=1.0, 
             grad = torch.roll(grad, (-dy, -dx), dims=(-2, -1))
         magnitude = grad.abs().flatten(1).mean(1).clamp(min=1e-30).view((-1,) + (1,) * (grad.ndim - 1))
         rate = linear_schedule(*lr, iteration, n_iter) * step_unit
-        velocity = momentum * velocity + rate * grad / magnitude
-        variable = variable - velocity
+        direction = momentum * direction + grad / magnitude
+        variable = variable - rate * direction
         if shrink is not None:
             variable = shrink(variable, iteration)
         if smooth is not None:
