@@ -1,5 +1,6 @@
 """The participant level: check every input first, then run one Nipype workflow per participant."""
 import contextlib
+import dataclasses
 import gc
 import logging
 import re
@@ -19,7 +20,8 @@ from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_sav
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
-from bidsrecon.spec import TRAINING, load_spec
+from bidsrecon.preproc.signal import baseline_volumes
+from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -44,6 +46,8 @@ def run_participant_level(config):
         validate_input(config.bids_dir)
     subjects = collect_participants(layout, config.participant_labels)
     spec = load_spec(config.spec)
+    # --normalise not given: the specification decides (rest when it names the rest events).
+    config = dataclasses.replace(config, normalise=resolve_normalisation(config.normalise, spec))
     derivatives = index_derivatives(parse_derivatives(config.derivatives)) if config.derivatives else None
     space = parse_space(config.space)
     rois = parse_rois(config.rois)
@@ -109,6 +113,8 @@ class ParticipantPlan:
     stimuli_file: str
     roi_files: list
     saved_decoder: SavedDecoder = None  # --decoders-dir: the decoder applied (then no training runs)
+    normalise: str = "zscore"  # --normalise, resolved against the specification
+    baseline_files: list = field(default_factory=list)  # normalise == "rest": per run, its rest events (TSV)
 
 
 def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=(), *, encoder=None):
@@ -128,15 +134,23 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
     )
     order = [trial_set.name for trial_set in spec.sets]
     runs = sorted(runs, key=lambda run: order.index(run.set_name))
+    normalise = resolve_normalisation(config.normalise, spec)
+    if normalise == "rest":  # every run's rest checked now, not in its node hours later
+        for run in runs:
+            check_baseline(run, spec, config.discard_seconds)
     inputs = [_run_inputs(layout, run, config, derivatives, space) for run in runs]
 
     work = Path(config.work_dir) / f"sub-{subject}"
-    trials_files = []
+    trials_files, baseline_files = [], []
     for run in runs:
         table = run.trials.assign(set=run.set_name, source=raw_uri(config.bids_dir, run.bold))
         path = work / "trials" / f"sub-{subject}_{run.label}_set-{run.set_name}_trials.tsv"
         _write_if_changed(path, table.to_csv(sep="\t", index=False))
         trials_files.append(str(path))
+        if normalise == "rest":
+            path = work / "baseline" / f"sub-{subject}_{run.label}_set-{run.set_name}_baseline.tsv"
+            _write_if_changed(path, run.baseline[["onset", "duration"]].to_csv(sep="\t", index=False))
+            baseline_files.append(str(path))
 
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
     # A saved decoder's output is built from its training images' features: they are needed too.
@@ -156,7 +170,35 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                 sum(len(r.trials) for r in runs if r.set_name == TRAINING),
                 f"; applying the saved decoder {saved.sidecar_file}" if saved else "")
     return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
-                           roi_files(rois, config.bids_dir, subject) if rois else [], saved)
+                           roi_files(rois, config.bids_dir, subject) if rois else [], saved,
+                           normalise, baseline_files)
+
+
+def check_baseline(run, spec, discard_seconds):
+    """Stop unless ``run`` holds at least 2 rest volumes, after the discarded ones, for ``--normalise rest``.
+
+    Raises
+    ------
+    BidsReconError
+        Exit 66 when the run's events hold no row that the specification's ``baseline`` selects;
+        exit 64 when its rest volumes all fall in the first ``discard_seconds``.
+    """
+    rest = run.baseline if run.baseline is not None else pd.DataFrame({"onset": [], "duration": []})
+    where = f"{run.events} (run {Path(run.bold).name})"
+    fixes = ("pass --normalise zscore, or a --spec whose \"baseline\" names this run's rest "
+             f"(specification '{spec.name}' names {spec.describe_baseline()})")
+    if not len(rest):
+        raise BidsReconError(f"{where}: --normalise rest needs the run's rest events, and this file has no row "
+                             f"with {spec.describe_baseline()}; {fixes}", EXIT_INPUT_MISSING)
+    n_discard = int(round(discard_seconds / run.tr))
+    volumes = baseline_volumes(rest["onset"], rest["duration"], run.n_volumes, run.tr, n_discard)
+    if len(volumes) < 2:
+        raise BidsReconError(
+            f"{where}: its rest ({spec.describe_baseline()}: "
+            f"{', '.join(f'{o:g}-{o + d:g} s' for o, d in zip(rest['onset'], rest['duration']))}) holds "
+            f"{len(volumes)} whole volume(s) of {run.tr:g} s after the first {discard_seconds:g} s are discarded "
+            f"(--discard-seconds); --normalise rest needs at least 2: lower --discard-seconds, or {fixes}",
+            EXIT_BAD_ARGUMENTS)
 
 
 def _run_inputs(layout, run, config, derivatives, space):

@@ -40,6 +40,25 @@ class ResourceLog:
             stream.write(json.dumps(record) + "\n")
 
 
+def preprocessing_settings(config):
+    """How each run became samples, as the provenance file records it."""
+    from bidsrecon.preproc.signal import OUTLIER_PASSES
+
+    return {
+        "Samples": config.samples,
+        "DiscardSeconds": config.discard_seconds,
+        "HrfDelaySeconds": config.delay_seconds,
+        "Normalisation": config.normalise,
+        "NormalisationDescription": {
+            "rest": "percent signal change from the mean of the run's rest volumes (the specification's baseline "
+                    "events), after the linear trend and confounds were regressed out",
+            "zscore": "z-score of each voxel over the run, after the linear trend and confounds were regressed out",
+        }.get(config.normalise, "n/a"),
+        "OutlierClipSD": config.clip_sd,
+        "OutlierPasses": OUTLIER_PASSES if config.normalise == "rest" else 1,
+    }
+
+
 def write_provenance(config, subject, started, finished):
     """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions."""
     import platform
@@ -61,6 +80,8 @@ def write_provenance(config, subject, started, finished):
         "Finished": finished.isoformat(timespec="seconds"),
         "WallSeconds": round((finished - started).total_seconds(), 1),
         "Device": resolve_device(config.device).type,
+        # Settings a reader cannot see in the command: --normalise's default comes from the specification.
+        "Preprocessing": preprocessing_settings(config),
         "Versions": versions,
         "Platform": platform.platform(),
     })

@@ -23,6 +23,12 @@ training split and each test set by
 - ``required`` (test sets, default true): whether a test set that selects nothing for a
   participant is an error (exit 18) or only a warning.
 
+At the top level, ``baseline`` (optional): ``{"events": <filters>}``, the events.tsv rows that are
+rest, to which ``--normalise rest`` (the default when the key is there) expresses every voxel of a
+run in percent signal change (the volumes inside those events, after ``--discard-seconds``;
+REFERENCE.md §2). ds001506's is the 32-s rest that opens every run, ``"event_type == -1"``. A
+specification without it normalises by z-scoring each run (``--normalise zscore``).
+
 Example::
 
     {"name": "mine",
@@ -47,7 +53,9 @@ ENTITY_KEYS = ("session", "task", "run", "acquisition")
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in")
 REPEAT_ACTIONS = ("exclude", "include")
 TRAINING = "training"
-_SPEC_KEYS = ("name", "description", "training", "tests")
+_SPEC_KEYS = ("name", "description", "training", "tests", "baseline")
+_BASELINE_KEYS = ("events",)
+NORMALISATIONS = ("rest", "zscore")
 _SET_KEYS = ("entities", "events", "stimulus_column", "stimulus_map", "repeats")
 _TEST_KEYS = ("name", "required", *_SET_KEYS)
 _REPEAT_KEYS = ("events", "action")
@@ -157,11 +165,36 @@ class Spec:
     training: TrialSet
     tests: tuple
     description: str = ""
+    baseline: tuple = ()  # EventFilters of the rest rows (all must hold); () when not named
 
     @property
     def sets(self):
         """The training split then every test set."""
         return (self.training, *self.tests)
+
+    def describe_baseline(self):
+        """The baseline filters in words, for messages."""
+        return " and ".join(str(condition) for condition in self.baseline) or "none"
+
+
+def default_normalisation(spec):
+    """``rest`` when ``spec`` names the rest events (its ``baseline``), else ``zscore``."""
+    return "rest" if spec.baseline else "zscore"
+
+
+def resolve_normalisation(normalise, spec):
+    """``--normalise`` as given, or the specification's default when it was not given (None)."""
+    if normalise is None:
+        return default_normalisation(spec)
+    if normalise not in NORMALISATIONS:
+        raise BidsReconError(f"--normalise must be one of {', '.join(NORMALISATIONS)}; got {normalise!r}",
+                             EXIT_BAD_ARGUMENTS)
+    if normalise == "rest" and not spec.baseline:
+        raise BidsReconError(f"--normalise rest needs a specification that names the rest events, and "
+                             f"specification '{spec.name}' has no \"baseline\"; add one, e.g. "
+                             '"baseline": {"events": "event_type == -1"}, or pass --normalise zscore',
+                             EXIT_BAD_ARGUMENTS)
+    return normalise
 
 
 def builtin_spec_names():
@@ -245,7 +278,11 @@ def spec_from_dict(data, source="specification"):
     description = data.get("description", "")
     if not isinstance(description, str):
         raise BidsReconError(f"{source}: description must be a string; got {description!r}")
-    return Spec(name, training, tuple(test_sets), description)
+    baseline = ()
+    if "baseline" in data:
+        _check_object(data["baseline"], _BASELINE_KEYS, _BASELINE_KEYS, source, "baseline")
+        baseline = _filters(data["baseline"]["events"], source, "baseline.events")
+    return Spec(name, training, tuple(test_sets), description, baseline)
 
 
 def parse_event_filter(condition, where="events"):

@@ -46,6 +46,7 @@ class Run:
     run: str
     set_name: str
     trials: pd.DataFrame  # onset, duration, stimulus, repeat (+ stim_file when events have it)
+    baseline: pd.DataFrame = None  # onset, duration of the specification's rest rows; None: it names none
 
     @property
     def label(self):
@@ -180,7 +181,7 @@ def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_
             continue
         for trial_set in trial_sets:
             matched[trial_set.name] += 1
-        runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs)
+        runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs, spec.baseline)
     _check_no_leak(runs)
     _check_selection(subject, spec, sets, runs, matched, selection)
     return runs
@@ -239,15 +240,32 @@ def read_events(events_path):
     return events
 
 
-def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs):
+def read_baseline(events_path, filters):
+    """The rest rows of one events file that the specification's ``baseline`` filters select.
+
+    Returns
+    -------
+    DataFrame
+        ``onset`` and ``duration`` (s); empty when no row matches, or when the file lacks a column
+        the filters test (the caller says what is missing when it needs the rest).
+    """
+    events = read_events(events_path)
+    if any(condition.column not in events.columns for condition in filters):
+        return pd.DataFrame({"onset": [], "duration": []}, dtype=float)
+    rows = events[np.logical_and.reduce([condition.mask(events) for condition in filters])]
+    return pd.DataFrame({"onset": rows["onset"].astype(float).to_numpy(), "duration": _durations(rows, events_path)})
+
+
+def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs, baseline=()):
     """The Run entries of one bold file, one per set with trials."""
     events = _events_path(bold_path)
     tr = _repetition_time(layout, bold_path)
     n_volumes = bold_volumes(bold_path)
     trials = {trial_set.name: read_trials(events, trial_set) for trial_set in trial_sets}
     trials = _fit_to_run(trials, Path(bold_path).name, n_volumes, tr, delay, cut_runs)
+    rest = read_baseline(events, baseline) if baseline else None
     return [Run(bold_path, events, tr, n_volumes, entities["session"], entities["task"], entities["run"],
-                name, table)
+                name, table, rest)
             for name, table in trials.items() if len(table)]
 
 

@@ -15,7 +15,7 @@ from bidsrecon.preproc.inputs import (
 )
 from bidsrecon.preproc.lss import lss_betas, trial_regressors
 from bidsrecon.preproc.motion import MOTION_COLUMNS
-from bidsrecon.preproc.signal import nuisance_design, unusable_voxels
+from bidsrecon.preproc.signal import baseline_volumes, normalise_run, nuisance_design, unusable_voxels
 
 
 class _EpiMaskInputSpec(BaseInterfaceInputSpec):
@@ -58,19 +58,32 @@ class _RunSamplesInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum("block", "lss", usedefault=True,
                          desc="block: average of each block's delayed volumes (the paper's); "
                               "lss: a least-squares-separate GLM beta per trial")
+    normalise = traits.Enum("zscore", "rest", usedefault=True,
+                            desc="zscore: each voxel z-scored over the run; rest: percent signal change "
+                                 "from the mean of the baseline_file volumes (the paper's)")
+    baseline_file = File(exists=True, desc="normalise rest: TSV of the run's rest events (onset, duration, s); "
+                                           "the volumes inside them, after the discarded ones, are the baseline")
 
 
 class _RunSamplesOutputSpec(TraitedSpec):
     out_samples = File(exists=True, desc="float32 .npy, one row per trial, one column per mask voxel")
-    n_zeroed_voxels = traits.Int(desc="mask voxels that were NaN or constant in this run, set to 0")
+    n_zeroed_voxels = traits.Int(desc="mask voxels that were NaN or constant in this run (or, normalise rest, had "
+                                      "no positive rest level), set to 0")
 
 
 class RunSamples(SimpleInterface):
     """One sample per trial of one run: mask, clean, then block averages or LSS betas.
 
-    Cleaning (`bidsrecon.preproc.signal.clean_run`): the first ``discard_seconds`` are left out,
-    a constant, a linear trend and the chosen confounds are regressed out, each voxel is
-    z-scored and clipped at ``±clip_sd``. Then, per trial,
+    Cleaning: the first ``discard_seconds`` are left out, a constant, a linear trend and the
+    chosen confounds are regressed out, then each voxel is
+
+    - ``normalise="rest"``: expressed in percent signal change from its mean over the rest
+      volumes of ``baseline_file`` and its outliers clipped at ``±clip_sd`` in 10 passes
+      (`bidsrecon.preproc.signal.normalise_run`, the paper's);
+    - ``normalise="zscore"``: z-scored over the run and clipped at ``±clip_sd``
+      (`bidsrecon.preproc.signal.clean_run`).
+
+    Then, per trial,
 
     - ``block``: the average of the volumes in ``[onset + delay, onset + duration + delay)``,
       volumes weighted by the fraction of that window they cover
@@ -80,8 +93,9 @@ class RunSamples(SimpleInterface):
       (Mumford et al. 2012; `bidsrecon.preproc.lss`). ``delay_seconds`` is not used: the HRF
       models the delay. Events not listed in ``trials_file`` are not modelled.
 
-    Voxels that are NaN or constant in a run become 0 in its samples, with a warning, so that
-    columns stay aligned across runs; the output never holds NaN.
+    Voxels that are NaN or constant in a run (or, with ``rest``, whose rest level is not above
+    their own fluctuation, see `normalise_run`) become 0 in its samples, with a warning, so that columns stay aligned across runs;
+    the output never holds NaN.
     """
 
     input_spec = _RunSamplesInputSpec
@@ -100,14 +114,22 @@ class RunSamples(SimpleInterface):
             raise BidsReconError(f"{bold_path}: discarding {self.inputs.discard_seconds:g} s "
                                  f"({n_discard} volumes) leaves too little of its {n_volumes} volumes",
                                  EXIT_BAD_ARGUMENTS)
+        baseline = self._baseline(n_volumes, tr, n_discard) if self.inputs.normalise == "rest" else None
         data = masked_time_series(bold, mask)
-        unusable = int(unusable_voxels(data, n_discard).sum())
-        if unusable:
-            warnings.warn(f"{bold_path}: {unusable} of {data.shape[1]} mask voxels are NaN or constant "
-                          "in this run; their samples are set to 0", RuntimeWarning, stacklevel=2)
+        n_voxels = data.shape[1]
         with limited_threads(1):  # runs are processed in parallel, one per CPU
-            cleaned = clean_run(data, confounds, n_discard=n_discard, clip_sd=self.inputs.clip_sd)
+            if baseline is None:
+                unusable = int(unusable_voxels(data, n_discard).sum())
+                cleaned = clean_run(data, confounds, n_discard=n_discard, clip_sd=self.inputs.clip_sd)
+            else:
+                cleaned = normalise_run(data, baseline, confounds, n_discard=n_discard, clip_sd=self.inputs.clip_sd)
+                # The zeroed voxels: NaN or constant ones, and those without a positive rest level.
+                unusable = int((cleaned[n_discard:] == 0).all(axis=0).sum())
             del data
+            if unusable:
+                what = "NaN or constant" + (", or have no positive rest level," if baseline is not None else "")
+                warnings.warn(f"{bold_path}: {unusable} of {n_voxels} mask voxels are {what} "
+                              "in this run; their samples are set to 0", RuntimeWarning, stacklevel=2)
             try:
                 samples = self._samples(cleaned, tr, onsets, durations, confounds, n_discard)
             except ValueError as error:  # a trial the run cannot cover
@@ -117,6 +139,20 @@ class RunSamples(SimpleInterface):
         self._results["n_zeroed_voxels"] = unusable
         np.save(self._results["out_samples"], samples, allow_pickle=False)
         return runtime
+
+    def _baseline(self, n_volumes, tr, n_discard):
+        """The run's rest volumes, at least 2 (the plan has checked them; this guards direct use)."""
+        if not isdefined(self.inputs.baseline_file):
+            raise BidsReconError(f"{self.inputs.bold_file}: normalise 'rest' needs baseline_file, the run's rest "
+                                 "events", EXIT_BAD_ARGUMENTS)
+        onsets, durations = read_trial_timing(self.inputs.baseline_file)
+        volumes = baseline_volumes(onsets, durations, n_volumes, tr, n_discard)
+        if len(volumes) < 2:
+            raise BidsReconError(
+                f"{self.inputs.baseline_file} (run {self.inputs.bold_file}): the rest holds {len(volumes)} whole "
+                f"volume(s) after the first {self.inputs.discard_seconds:g} s are discarded; --normalise rest needs "
+                "at least 2: lower --discard-seconds, or pass --normalise zscore", EXIT_BAD_ARGUMENTS)
+        return volumes
 
     def _samples(self, cleaned, tr, onsets, durations, confounds, n_discard):
         if self.inputs.method == "block":

@@ -266,10 +266,12 @@ def about_section(provenance):
     command = provenance.get("Command")
     command = shlex.join(map(str, command)) if isinstance(command, list) else str(command or "n/a")
     content = "<h3>Command</h3>" + f"<pre>{html.esc(command)}</pre>"
+    preprocessing = provenance.get("Preprocessing") or {}
     content += html.definition_list([
         (key, html.esc(provenance[key]))
         for key in ("Started", "Finished", "WallSeconds", "Device") if key in provenance
-    ])
+    ] + ([("Preprocessing", html.esc(", ".join(f"{key}={value}" for key, value in preprocessing.items()
+                                               if key != "NormalisationDescription")))] if preprocessing else []))
     versions = provenance.get("Versions") or {}
     content += "<h3>Software versions</h3>"
     content += html.table(pd.DataFrame(sorted(versions.items()), columns=["package", "version"])) if versions \
