@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from bidsrecon.decoding.cache import image_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
-from bidsrecon.recon.spread import spread_from_moments
+from bidsrecon.recon.spread import channel_sd, spread_from_moments
 
 #: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
 #: float32 centre and two float64 moment sums, and a float32 copy of the mean at the end.
@@ -200,7 +200,7 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
 
 
 def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True,
-                    cache=None, memory_budget=None):
+                    cache=None, memory_budget=None, feature_std=None):
     """Decoded features of every unit of every layer, in one pass over the training images.
 
     Computes ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` per layer, where ``F`` are the training images'
@@ -226,6 +226,14 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         groups that fit (:func:`plan_decoding`), one pass over the images per group: the later
         passes read from ``cache`` where one is given, and run the encoder again otherwise. One
         pass over all layers when omitted.
+    feature_std : dict, optional
+        When given, filled (in place) with, per layer, the count-weighted mean over the
+        training images of each channel's SD over its positions within the image, ddof 1
+        (:func:`bidsrecon.recon.spread.channel_sd`): ndarray of shape (C,) float64, (1,) for a
+        vector layer. The statistic the lab's decoded-feature corrections scale to (``feat_std0``;
+        :func:`bidsrecon.recon.correction.correct_features`). Costs two more passes over each
+        batch's features (about 0.6 s a batch of 16 VGG19 images on one CPU core) and one
+        image's layer as a temporary; not computed when omitted.
 
     Returns
     -------
@@ -246,15 +254,18 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         batch_size, layer_groups = plan_decoding(
             _layer_units(encoder, images), {layer: len(c) for layer, c in coefficients.items()},
             batch_size, memory_budget, cached=cache is not None)
-    decoded, train_mean, train_spread = {}, {}, {}
+    decoded, train_mean, train_spread, channel_std = {}, {}, {}, {}
     for group in layer_groups:
         group_coefficients = {layer: coefficients[layer] for layer in group}
         results = _decode_layer_group(encoder, images, group_coefficients, weights, batch_size,
-                                      progress, cache)
-        for layer, (layer_decoded, layer_mean, layer_spread) in results.items():
+                                      progress, cache, with_feature_std=feature_std is not None)
+        for layer, (layer_decoded, layer_mean, layer_spread, layer_std) in results.items():
             decoded[layer], train_mean[layer], train_spread[layer] = (
                 layer_decoded, layer_mean, layer_spread)
+            channel_std[layer] = layer_std
     order = list(coefficients)
+    if feature_std is not None:
+        feature_std.update({layer: channel_std[layer] for layer in order})
     return ({layer: decoded[layer] for layer in order},
             {layer: train_mean[layer] for layer in order},
             {layer: train_spread[layer] for layer in order})
@@ -408,18 +419,24 @@ def _layer_units(encoder, images):
     return {layer: int(features[layer][0].size) for layer in encoder.layers}
 
 
-def _decode_layer_group(encoder, images, coefficients, weights, batch_size, progress, cache):
+def _decode_layer_group(encoder, images, coefficients, weights, batch_size, progress, cache,
+                        with_feature_std=False):
     """One pass accumulating the decoded features, mean and spread of a group of layers.
+
+    With ``with_feature_std``, also the weighted mean over images of each channel's SD within
+    the image (ddof 1), from the raw features of each batch (an image's own channel mean is
+    needed, so per-unit moments cannot give it).
 
     Returns
     -------
-    dict of str to (decoded, train_mean, train_spread)
+    dict of str to (decoded, train_mean, train_spread, feature_std or None)
     """
     coefficients_f32 = {layer: torch.from_numpy(layer_coefficients.astype(np.float32))
                         for layer, layer_coefficients in coefficients.items()}
     # Features are accumulated relative to a provisional centre (the first batch's mean) so that
     # float32 sums lose precision relative to the features' spread, not to their mean.
     centre, decoded, mean_offset, mean_square_offset, layer_shape = {}, {}, {}, {}, {}
+    channel_sd_sum = {}
     gathered, gathered_start, gathered_count = {}, 0, 0
 
     def accumulate():
@@ -455,6 +472,10 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
                 mean_square_offset[layer] = np.zeros(flat.shape[1])
                 gathered[layer] = np.empty((ACCUMULATED_BATCHES * batch_size, flat.shape[1]), np.float32)
             gathered[layer][gathered_count:gathered_count + n_batch] = flat
+            if with_feature_std:
+                # Weighted sum over the batch's images of each channel's SD within the image.
+                batch_sd = weights[start:start + n_batch] @ channel_sd(batch[layer], ddof=1)
+                channel_sd_sum[layer] = channel_sd_sum.get(layer, 0.0) + batch_sd
         gathered_count += n_batch
     if gathered_count:
         accumulate()
@@ -473,7 +494,7 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
         decoded_layer.addr_(torch.from_numpy(mean_share),
                             torch.from_numpy(mean_offset[layer].astype(np.float32)))
         results[layer] = (decoded[layer].reshape((len(layer_coefficients),) + shape), mean,
-                          spread)
+                          spread, channel_sd_sum.get(layer) if with_feature_std else None)
     return results
 
 
