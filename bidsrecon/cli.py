@@ -1,6 +1,7 @@
 """The BIDS-App command line: ``bidsrecon bids_dir output_dir {participant,group} [options]``."""
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -26,6 +27,13 @@ def _positive_int(value):
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _non_negative_float(value):
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return number
 
 
@@ -81,6 +89,12 @@ def build_parser():
                         help="haemodynamic delay of the block samples (default: 4 s, the paper's)")
     inputs.add_argument("--discard-seconds", type=float, default=8.0, metavar="SECONDS",
                         help="seconds at the start of each run left out (default: 8 s, the paper's)")
+    inputs.add_argument("--normalise", "--normalize", dest="normalise", choices=("rest", "zscore"), default=None,
+                        help="rest: each voxel in percent signal change from the run's rest (the events the "
+                        "specification's 'baseline' names; ds001506: the opening 32-s rest), outliers clipped "
+                        "at 3 SD in 10 passes (the paper's); zscore: each voxel z-scored over the whole run, "
+                        "which shifts runs with another share of stimulation (ds001506's letter runs) "
+                        "(default: rest when the specification names the rest, else zscore)")
 
     method = parser.add_argument_group("decoding and reconstruction")
     method.add_argument("--encoder", default="efficientnet-lite0",
@@ -118,6 +132,25 @@ def build_parser():
     recon.add_argument("--generator-latent-max", default=None, metavar="VALUE|FILE",
                        help="upper bound of the generator's latent: a number, or a text file of 4096 values "
                        "(the lab uses 3 SD of AlexNet fc7 activations); default: no upper bound")
+    recon.add_argument("--feature-correction", choices=("spread", "none", "lab2019", "cookbook", "cookbook-trainmean"),
+                       default="spread", help="correction of the decoded features before inversion: spread (rescale "
+                       "around the training mean to the training spread; default, chosen by bench/validity.py), "
+                       "lab2019 (each item to the training images' feature SD, the 2019 scripts), cookbook and "
+                       "cookbook-trainmean (bdpy's normalize_feature as the brain-decoding cookbook calls it), none")
+    recon.add_argument("--pixel-weight", type=_non_negative_float, default=100.0, metavar="WEIGHT",
+                       help="weight of the decoded small image (the 'pixels' pseudo-layer) in the loss, against "
+                       "1 for one network layer; 0 leaves it out (default: 100, chosen by "
+                       "bench/validity.py; lbfgs and gd)")
+    recon.add_argument("--tv-weight", type=_non_negative_float, default=3.0, metavar="WEIGHT",
+                       help="weight of a total-variation term (squared differences of neighbouring pixels), in the "
+                       "pixel term's units (default: 3, chosen by bench/validity.py)")
+    recon.add_argument("--coarse-factor", type=_positive_int, default=2, metavar="N",
+                       help="lbfgs only: optimise an image N times smaller than --image-size, upsampled "
+                       "(bilinear) before the encoder; 1 optimises every pixel, the paper's (default: 2, chosen by "
+                       "bench/validity.py)")
+    recon.add_argument("--start", choices=("pixels", "flat"), default="pixels",
+                       help="start image of lbfgs and gd: the decoded small image (default) or the paper's "
+                       "flat image of the mean colour")
     recon.add_argument("--jitter", type=int, default=0, metavar="PIXELS",
                        help="gd only: largest random image shift per iteration, in pixels at 224 px (default: 0)")
     recon.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -240,6 +273,7 @@ def parse_args(argv=None):
         samples=args.samples,
         delay_seconds=args.delay_seconds,
         discard_seconds=args.discard_seconds,
+        normalise=args.normalise,
         encoder=args.encoder,
         encoder_weights=args.encoder_weights.resolve() if args.encoder_weights else None,
         layers=tuple(args.layers),
@@ -252,6 +286,11 @@ def parse_args(argv=None):
         generator_weights=args.generator_weights.resolve() if args.generator_weights else None,
         generator_latent_max=_resolved_if_file(args.generator_latent_max),
         jitter=args.jitter,
+        pixel_weight=args.pixel_weight,
+        tv_weight=args.tv_weight,
+        coarse_factor=args.coarse_factor,
+        feature_correction=args.feature_correction,
+        start=args.start,
         device=args.device,
         mixed_precision=args.mixed_precision,
         batch_size=args.batch_size,

@@ -33,6 +33,7 @@ class Config:
     discard_seconds: float = 8.0
     delay_seconds: float = 4.0
     clip_sd: float = 3.0
+    normalise: str = None  # rest | zscore; None: rest when the specification names the rest events
     # decoding and reconstruction
     encoder: str = "efficientnet-lite0"
     encoder_weights: Path = None
@@ -48,6 +49,11 @@ class Config:
     generator_weights: Path = None
     generator_latent_max: str = None
     jitter: int = 0
+    feature_correction: str = "spread"
+    pixel_weight: float = 100.0  # the decoded small image's term (bidsrecon.decoding.pixels)
+    tv_weight: float = 3.0
+    coarse_factor: int = 2
+    start: str = "pixels"
     device: str = "auto"
     mixed_precision: bool = False
     batch_size: int = 8

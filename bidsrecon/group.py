@@ -111,7 +111,9 @@ def summarise(wide):
     for set_name in dict.fromkeys(wide["set"]):  # the participants' order of the sets
         in_set = wide["set"] == set_name
         set_encoders = ", ".join(sorted(set(encoders[in_set].astype(str))))
-        for metric in metric_columns(wide):
+        # Per set: a metric no participant has for this set (shape identification of natural
+        # images) is left out of it.
+        for metric in metric_columns(wide[in_set]):
             for participant, value, encoder in zip(wide.loc[in_set, "participant_id"], wide.loc[in_set, metric],
                                                    encoders[in_set]):
                 rows.append({"participant_id": participant, "set": set_name, "metric": metric, "statistic": "value",

@@ -89,9 +89,13 @@ def save_png(image, path):
     image : array-like, shape (H, W, 3)
     path : str or Path
     """
-    image = _check_rgb(image)
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    Image.fromarray(pixels).save(Path(path), format="PNG")
+    Image.fromarray(to_uint8(_check_rgb(image))).save(Path(path), format="PNG")
+
+
+def to_uint8(images):
+    """Images in [0, 1] (clipped) as 0-255 uint8, rounded in float64: every writer of pixels uses it,
+    so a snapshot and the final PNG of the same image are the same bytes."""
+    return np.round(np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_display(image):

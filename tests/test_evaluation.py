@@ -63,3 +63,20 @@ def test_constant_and_nan_items_are_dropped_with_a_warning():
     assert "1 of 40 values" in messages and "1 of 5 items are constant" in messages
     assert np.isnan(scores[2])
     np.testing.assert_array_equal(scores[[0, 1, 3, 4]], 1.0)  # judged among the 4 left, not scored 0
+
+
+def test_shape_identification_judges_each_shape_among_its_own_colour():
+    from bidsrecon.evaluation import shape_identification, stimulus_colour
+
+    names = ["colorExpStim01_red_square", "colorExpStim02_red_smallring", "colorExpStim06_green_square",
+             "colorExpStim07_green_smallring", "n01518878_5958"]
+    assert [stimulus_colour(n) for n in names] == ["red", "red", "green", "green", None]
+    assert stimulus_colour("letter_black_img011_A") == "black" and stimulus_colour("../red_x") is None
+    rng = np.random.default_rng(7)
+    truths = rng.random((5, 6, 6, 3))
+    # Each reconstruction shows the other shape of its own colour: colour right, shape wrong.
+    recons = truths[[1, 0, 3, 2, 4]]
+    scores = shape_identification(recons, truths, names)
+    np.testing.assert_array_equal(scores[:4], 0.0)
+    assert np.isnan(scores[4])
+    np.testing.assert_array_equal(shape_identification(truths, truths, names)[:4], 1.0)

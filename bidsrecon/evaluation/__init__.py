@@ -1,10 +1,13 @@
 """Metrics of reconstruction quality."""
-from bidsrecon.evaluation.identification import correlation_matrix, pairwise_identification, pixel_correlation
+from bidsrecon.evaluation.identification import (
+    correlation_matrix, pairwise_identification, pixel_correlation, shape_identification, stimulus_colour,
+)
 from bidsrecon.evaluation.metrics import pixcorr, ssim
 from bidsrecon.evaluation.significance import identification_permutation_test
 
 __all__ = ["correlation_matrix", "feature_identification_table", "identification_permutation_test",
-           "pairwise_identification", "pixcorr", "pixel_correlation", "ssim"]
+           "pairwise_identification", "pixcorr", "pixel_correlation", "shape_identification", "ssim",
+           "stimulus_colour"]
 
 
 def __getattr__(name):

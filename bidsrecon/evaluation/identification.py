@@ -10,6 +10,7 @@ Two rules make it as robust as bdpy's ``pairwise_identification``:
   reconstruction that is constant over the rest has no correlation: it is dropped with a
   warning, its own score is NaN and it is no candidate for the others.
 """
+import re
 import warnings
 
 import numpy as np
@@ -113,3 +114,40 @@ def pixel_correlation(reconstructions, truths):
     if a.shape != b.shape:
         raise ValueError(f"reconstructions {a.shape} and truths {b.shape} differ in shape")
     return (_normalised_rows(a) * _normalised_rows(b)).sum(axis=1)
+
+
+def stimulus_colour(name):
+    """The colour a ds001506 shape or letter stimulus is drawn in, from its name; None otherwise.
+
+    ``colorExpStim01_red_square`` gives "red", ``letter_black_img011_A`` "black"; natural images
+    (``n01518878_5958``) have none. The name is read as a label only.
+    """
+    match = re.match(r"^(?:colorExpStim\d+|letter)_([a-z]+)_", str(name))
+    return match.group(1) if match else None
+
+
+def shape_identification(reconstructions, truths, names):
+    """Pairwise identification of each shape against the shapes of its own colour only.
+
+    Colour alone identifies a red square among shapes of eight colours; judged only against the
+    other red shapes, a reconstruction must show the shape itself (letters are all black, so they
+    are judged against each other). Items without a colour (natural images, see
+    :func:`stimulus_colour`) or alone in their colour get NaN.
+
+    Parameters
+    ----------
+    reconstructions, truths : ndarray, shape (n_items, ...)
+    names : sequence of str, shape (n_items,)
+        Stimulus names of the items.
+
+    Returns
+    -------
+    ndarray, shape (n_items,)
+    """
+    colours = np.array([stimulus_colour(name) for name in names], dtype=object)
+    scores = np.full(len(colours), np.nan)
+    for colour in {c for c in colours if c is not None}:
+        index = np.flatnonzero(colours == colour)
+        if len(index) > 1:
+            scores[index] = pairwise_identification(reconstructions[index], truths[index])
+    return scores

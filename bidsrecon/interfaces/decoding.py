@@ -49,6 +49,9 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     device = traits.Str("cpu", usedefault=True, desc="where the encoder runs: auto, cpu, cuda or mps")
     method = traits.Enum("kernel", "fastl2lir", usedefault=True,
                          desc="kernel ridge (every unit, streamed) or the lab's per-unit ridge on 500 voxels")
+    feature_std = traits.Bool(False, usedefault=True, desc="also keep each channel's SD within a training image, "
+                              "averaged over the images (the lab's feat_std0; for --feature-correction lab2019 "
+                              "and cookbook*)")
     decoder_file = File(exists=True, desc="JSON sidecar of a saved kernel ridge decoder (--decoders-dir): applied "
                         "instead of fitting one; its layers, voxel selection and training images are used")
 
@@ -79,9 +82,10 @@ class DecodeFeatures(SimpleInterface):
         return runtime
 
     def _decode(self, runtime):
-        from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
+        from bidsrecon.decoding import KernelRidgeDecoder, sample_unit_features
         from bidsrecon.decoding.artifact import save_decoder, save_per_unit_decoder
         from bidsrecon.decoding.cache import FeatureCache
+        from bidsrecon.decoding.pixels import PIXEL_PARTS, pixel_parts, pixel_targets
         from bidsrecon.decoding.stream import budget_within
         from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
         from bidsrecon.encoders.base import file_sha256
@@ -135,33 +139,39 @@ class DecodeFeatures(SimpleInterface):
                  "VoxelSelection": selection}
         stem = f"{runtime.cwd}/{self.inputs.decoder_name}"
         if self.inputs.method == "fastl2lir":
-            decoded, train_mean, train_spread, decoders = _decode_per_unit(
+            decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
                 encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
             paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
         else:
             cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=self.inputs.cv_units,
                                                  seed=self.inputs.seed, cache=cache)
+            # The pixels pseudo-layer's two parts are two more targets, every value of them
+            # (bidsrecon.decoding.pixels).
+            pixels = pixel_targets(images, self.inputs.image_size)
+            cv_targets.update({part: values.reshape(len(values), -1) for part, values in pixel_parts(pixels).items()})
             # Alpha is chosen for each count of trials the test items average (REFERENCE.md §8).
             test_trials = items["n_trials"].to_numpy()
             decoder = KernelRidgeDecoder(random_state=self.inputs.seed).fit(
                 samples[training], image_index, cv_targets, test_trials=test_trials)
             coefficients = decoder.coefficients(item_samples, test_trials)
             budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
-            decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
-                                                                memory_budget=budget)
+            decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
+                encoder, images, coefficients, counts, cache, budget, pixels, self.inputs.feature_std)
             extra.update({
                 "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
-                "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]] for layer in layers},
+                "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]]
+                                          for layer in [*layers, *PIXEL_PARTS]},
             })
-            paths = save_decoder(stem, decoder, layers=layers, **description, extra_fields=extra)
+            paths = save_decoder(stem, decoder, layers=[*layers, *PIXEL_PARTS], **description, extra_fields=extra)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = (str(path) for path in paths)
-        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime)
+        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, feature_std, items, stimuli,
+                            runtime)
 
     def _apply_saved(self, saved, encoder, samples, items, item_samples, stimuli, runtime):
         """Decode with the saved decoder: ``A_u F + (1 - sum_j A_u[:, j]) ybar``, ``F`` its training images'."""
-        from bidsrecon.decoding import decode_features
         from bidsrecon.decoding.artifact import decoder_paths, load_decoder
         from bidsrecon.decoding.cache import FeatureCache
+        from bidsrecon.decoding.pixels import PIXEL_PARTS, pixel_targets
         from bidsrecon.decoding.stream import budget_within
         from bidsrecon.images import load_images
 
@@ -184,13 +194,18 @@ class DecodeFeatures(SimpleInterface):
         budget = budget_within(self.inputs.memory_gb * 1e9) if self.inputs.memory_gb else None
         # Each item with the alpha chosen for its count of trials (the nearest the decoder has).
         coefficients = decoder.coefficients(item_samples, items["n_trials"].to_numpy())
-        decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
-                                                            memory_budget=budget)
+        # A decoder saved with the pixels pseudo-layer decodes it too (bidsrecon.decoding.pixels).
+        pixels = pixel_targets(images, self.inputs.image_size) if PIXEL_PARTS[0] in coefficients else None
+        decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
+            encoder, images, coefficients, counts, cache, budget, pixels, self.inputs.feature_std)
+        layers = [layer for layer in layers if layer not in PIXEL_PARTS]
         arrays_path, sidecar_path = decoder_paths(stem)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = str(arrays_path), str(sidecar_path)
-        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime)
+        self._write_outputs(encoder, layers, decoded, train_mean, train_spread, feature_std, items, stimuli,
+                            runtime)
 
-    def _write_outputs(self, encoder, layers, decoded, train_mean, train_spread, items, stimuli, runtime):
+    def _write_outputs(self, encoder, layers, decoded, train_mean, train_spread, feature_std, items, stimuli,
+                       runtime):
         """Decoded features, the items table and the decoding accuracy per test set and layer."""
         self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"
         save_arrays(
@@ -199,6 +214,7 @@ class DecodeFeatures(SimpleInterface):
                 "decoded": decoded,
                 "train_mean": train_mean,
                 "train_spread": {layer: np.float64(value).reshape(1) for layer, value in train_spread.items()},
+                **({"feature_std": feature_std} if feature_std else {}),
             },
             metadata={"layers": json.dumps(layers)},
         )
@@ -210,6 +226,27 @@ class DecodeFeatures(SimpleInterface):
         accuracy.to_csv(self._results["out_accuracy"], sep="\t", index=False, na_rep="n/a", float_format="%.6g")
 
 
+def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pixels, with_feature_std):
+    """:func:`decode_features` for the encoder's layers, plus the ``pixels`` pseudo-layer when its
+    coefficients are among ``coefficients`` (``pixels``: its training targets).
+
+    Returns decoded, train_mean, train_spread and, ``with_feature_std``, the lab's per-channel
+    SD within an image averaged over the training images for the encoder's layers (else None).
+    """
+    from bidsrecon.decoding import decode_features
+    from bidsrecon.decoding.pixels import PIXEL_LAYER, PIXEL_PARTS, decode_pixel_parts
+
+    coefficients = dict(coefficients)
+    pixel_coefficients = {part: coefficients.pop(part) for part in PIXEL_PARTS if part in coefficients} or None
+    feature_std = {} if with_feature_std else None
+    decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
+                                                        memory_budget=budget, feature_std=feature_std)
+    if pixel_coefficients is not None:
+        decoded[PIXEL_LAYER], train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixel_parts(
+            pixel_coefficients, pixels, counts)
+    return decoded, train_mean, train_spread, feature_std
+
+
 def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache):
     """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
 
@@ -219,25 +256,33 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
     Returns
     -------
     decoded, train_mean, train_spread : as :func:`bidsrecon.decoding.decode_features`
+    feature_std : dict of str to ndarray, each channel's SD within an image, averaged over images
     decoders : dict of str to PerUnitDecoder
     """
     from bidsrecon.decoding.per_unit import PerUnitDecoder
+    from bidsrecon.decoding.pixels import PIXEL_LAYER, decode_pixels, pixel_targets
     from bidsrecon.decoding.stream import iter_feature_batches
-    from bidsrecon.recon.spread import spread_from_moments
+    from bidsrecon.recon.spread import channel_sd, spread_from_moments
 
     batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache)]
     weights = counts / counts.sum()
-    decoded, train_mean, train_spread, decoders = {}, {}, {}, {}
+    decoded, train_mean, train_spread, feature_std, decoders = {}, {}, {}, {}, {}
     for layer in layers:
         features = np.concatenate([batch[layer] for batch in batches])
         shape = features.shape[1:]
+        feature_std[layer] = weights @ channel_sd(features, ddof=1)
         features = features.reshape(len(features), -1)
         mean, mean_square = weights @ features, weights @ features.astype(np.float64) ** 2
         train_mean[layer] = mean.reshape(shape).astype(np.float32)
         train_spread[layer] = spread_from_moments(mean.reshape(shape), mean_square.reshape(shape))
         decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
         decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
-    return decoded, train_mean, train_spread, decoders
+    # The pixels pseudo-layer, each value by its own ridge too (bidsrecon.decoding.pixels).
+    pixels = pixel_targets(images, images.shape[1])
+    decoders[PIXEL_LAYER] = PerUnitDecoder().fit(train_samples, pixels.reshape(len(pixels), -1)[image_index])
+    decoded[PIXEL_LAYER] = decoders[PIXEL_LAYER].predict(item_samples).reshape((-1,) + pixels.shape[1:])
+    _, train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixels(np.zeros((0, len(pixels))), pixels, counts)
+    return decoded, train_mean, train_spread, feature_std, decoders
 
 
 def _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, image_size, n_units, seed):
@@ -249,11 +294,16 @@ def _decoding_accuracy(encoder, layers, decoded, train_mean, items, stimuli, ima
     streamed decoder does not keep yet).
     """
     from bidsrecon.decoding import sample_unit_features
+    from bidsrecon.decoding.pixels import PIXEL_LAYER, pixel_targets
     from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
     from bidsrecon.images import load_images
 
     images = load_images([stimuli[name] for name in items["stimulus"]], image_size)
     true, units = sample_unit_features(encoder, images, layers, n_units=n_units, seed=seed)
+    if PIXEL_LAYER in decoded:  # every value of the pseudo-layer is scored
+        pixels = pixel_targets(images, image_size)
+        true[PIXEL_LAYER], units[PIXEL_LAYER] = pixels.reshape(len(pixels), -1), np.arange(pixels[0].size)
+        layers = [*layers, PIXEL_LAYER]
     tables = []
     for set_name, rows in items.groupby("set", sort=False):
         index = rows.index.to_numpy()

@@ -30,7 +30,8 @@ OPTIMISERS = {
 }
 LOSS = ("Sum over layers of w_l * ||features_l(image) - decoded_l||^2, features before the activation, w_l "
         "proportional to 1/||decoded_l||^2 and summing to 1; decoded features rescaled to the training features' "
-        "spread first (Shen et al. 2019)")
+        "spread first (Shen et al. 2019); plus pixel_weight * ||pool(image) - decoded_pixels||^2 / "
+        "||decoded_pixels - mean||^2 for the decoded 32-px image (bidsrecon's pixels pseudo-layer)")
 
 ITEM_COLUMNS = {
     "set": "Test set of the item.",
@@ -40,7 +41,9 @@ ITEM_COLUMNS = {
     "ssim": "Structural similarity of reconstruction and stimulus (grayscale, Gaussian window sigma 1.5; "
     "Wang et al. 2004).",
     "identification_pixel": "Pairwise identification accuracy by pixel correlation against the other items "
-    "of the set (chance 0.5).",
+    "of the set (chance 0.5); n/a for an item dropped as constant.",
+    "identification_shape": "Pairwise identification by pixel correlation against the items of the set drawn in "
+    "the same colour only (shapes and letters; n/a for natural images): what is left when colour cannot help.",
 }
 ACCURACY_COLUMNS = {
     "set": "Test set.",
@@ -65,6 +68,9 @@ SET_COLUMNS = {
     "identification_pixel": "Mean pairwise identification accuracy by pixel correlation (chance 0.5).",
     "identification_pixel_p": "Permutation p-value of identification_pixel: the share of 1000 random "
     "assignments of stimuli to reconstructions scoring at least as high (plus one, over 1001).",
+    "identification_shape": "Mean identification_shape of the items (n/a for sets without shapes or letters).",
+    "n_items_dropped": "Items left out of identification because their reconstruction or stimulus is "
+    "constant (no correlation is defined).",
     "pixel_correlation": "Mean pixel correlation (PixCorr).",
     "ssim": "Mean structural similarity (SSIM, grayscale, Gaussian window).",
     "noise_ceiling_identification": "For a dataset made by bidsrecon's simulator: pairwise identification of "
@@ -253,7 +259,10 @@ class WriteDerivatives(SimpleInterface):
 
         decoded = load_arrays(self.inputs.features_file)["decoded"]
         scratch = Path(runtime.cwd) / "decoded_features.h5"
-        save_decoded_features(scratch, {layer: decoded[layer] for layer in decoder["Layers"]},
+        # The network's layers, then the pixels pseudo-layer (decoded from its two parts) when present.
+        layers = [layer for layer in decoder["Layers"] if layer in decoded] + [
+            layer for layer in decoded if layer not in decoder["Layers"]]
+        save_decoded_features(scratch, {layer: decoded[layer] for layer in layers},
                               pd.read_csv(self.inputs.items_file, sep="\t"),
                               metadata={"Encoder": decoder["Encoder"], "ImageSize": decoder["ImageSize"],
                                         "Description": "decoded before the spread correction"})

@@ -6,7 +6,9 @@ For each item, minimise Σ_l w_l ‖φ_l(x) − f̂_l‖² over the layers l of 
 ``lbfgs``
     L-BFGS over pixels, no image prior (the paper's default; Figs 3A, 4, 6-8): 200 iterations
     from a flat image of ImageNet's mean colour. Pixels are x = sigmoid(z), which keeps them in
-    the valid range the way the paper's bounded L-BFGS-B does.
+    the valid range the way the paper's bounded L-BFGS-B does. With ``scale`` > 1 the optimised
+    image is that many times smaller and upsampled (bilinear) before the encoder: detail finer
+    than it cannot be made up from noisy features.
 ``gd``
     Normalised-gradient descent with momentum over pixels (the lab's icnn defaults): learning
     rate 2 → 1e-10, momentum 0.9, pixel decay towards the mean colour 0.2 → 1e-10, Gaussian blur
@@ -14,6 +16,15 @@ For each item, minimise Σ_l w_l ‖φ_l(x) − f̂_l‖² over the layers l of 
 ``generator``
     The same descent over the 4,096-d latent of a DGN generator (the paper's Fig 2 prior): start
     at zero, latent decay 0.01 per iteration, latent clipped to [0, upper bound].
+
+With a decoded pixel image (the ``pixels`` pseudo-layer, :mod:`bidsrecon.decoding.pixels`), the
+image starts from it (upsampled) instead of the flat image, and its area-averaged copy is held to
+it by one more term of the loss, weighted as one more layer (``λ ‖pool(x) − p̂‖²`` over the pixels'
+contrast energy ``‖p̂ − mean(p̂)‖²``, where a layer has ``‖f̂_l‖²``; :func:`pixel_weights`), so
+λ = 1 counts the pixels' relative error as much as one layer's; a total-variation term
+(``tv_weight``, in the same units) can be added. The deep layers alone leave the layout free
+(shapes and letters came out as coloured textures); the pixel term keeps what a linear decoder
+sees and lets the features add detail.
 
 A batch of items is optimised together but independently: every optimiser keeps its state per
 item, so an item's result does not depend on its batch-mates (up to floating-point rounding of
@@ -32,7 +43,7 @@ from bidsrecon.recon.allocator import freed_memory_kept
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
 from bidsrecon.recon.lbfgs import minimise_lbfgs
-from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets, layer_weights
+from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets, layer_weights, pixel_weights
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
@@ -45,6 +56,13 @@ START_JITTER = 0.01
 #: Image size at which the blur and jitter settings are given in pixels (the paper's 224).
 REFERENCE_SIZE = 224
 OPTIMISERS = ("lbfgs", "gd", "generator")
+#: Start images of the pixel optimisers: the paper's flat mean colour, or the decoded pixels.
+STARTS = ("flat", "pixels")
+#: Decoded pixels are clipped to this range before the logit of the start (the logit of 0 or 1
+#: is infinite, and a pixel pinned near them would barely move).
+START_RANGE = (0.02, 0.98)
+#: Name of the pixel pseudo-layer among the targets (as bidsrecon.decoding.pixels.PIXEL_LAYER).
+PIXEL_TARGET = "pixels"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +70,9 @@ class LbfgsSettings:
     """L-BFGS over pixels; the paper's defaults (see :mod:`bidsrecon.recon.lbfgs`)."""
 
     n_iter: int = 200
+    #: The optimised image has image_size / scale pixels a side and is upsampled (bilinear) to
+    #: image_size before the encoder: 1 optimises every pixel (the paper's).
+    scale: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +120,8 @@ def describe_settings(optimiser, settings):
 
 def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=None,
                 generator=None, seed=0, progress=True, batch_size=None, mixed_precision=False,
-                snapshot_every=0, on_snapshot=None, n_iter=None):
+                snapshot_every=0, on_snapshot=None, n_iter=None, pixel_target=None, pixel_weight=0.0,
+                start=None, tv_weight=0.0):
     """Optimise images whose features match ``targets``.
 
     Parameters
@@ -131,6 +153,18 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
         ``on_snapshot(iteration, item_indices, images)`` with images as from this function.
     n_iter : int, optional
         Shortcut that replaces ``settings.n_iter``.
+    pixel_target : ndarray, shape (n_items, 3, s, s), optional
+        Decoded small images (RGB in [0, 1], ``s`` at most ``image_size``): the start image
+        (``start="pixels"``) and the target of the pixel term.
+    pixel_weight : float, default=0.0
+        λ of the pixel term, relative to one layer (see the module's notes); 0 leaves the pixels
+        out of the loss.
+    tv_weight : float, default=0.0
+        Weight of a total-variation term (squared differences of neighbouring pixels of the
+        image), in the pixel term's units; needs a ``pixel_target``. 0: none.
+    start : {"flat", "pixels"}, optional
+        Start image of ``lbfgs`` and ``gd``: "pixels" (the default with a ``pixel_target``) or the
+        paper's flat image of the encoder's mean colour (the default without).
 
     Returns
     -------
@@ -145,6 +179,10 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
     if n_iter is not None:
         settings = dataclasses.replace(settings, n_iter=n_iter)
     _check_positive_int(settings.n_iter, "n_iter")
+    if optimiser == "lbfgs":
+        _check_positive_int(settings.scale, "scale")
+        if image_size // settings.scale < 8:
+            raise ValueError(f"scale {settings.scale} leaves fewer than 8 pixels of a {image_size}-px image to optimise.")
     if (optimiser == "generator") != (generator is not None):
         raise ValueError("The 'generator' optimiser needs a generator, and only it takes one.")
     if mixed_precision and encoder.device.type != "cuda":
@@ -152,27 +190,44 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
                              "use --device cuda.", EXIT_BAD_ARGUMENTS)
     layers = encoder.check_layers(targets)
     n_items = _check_targets(encoder, targets, layers, image_size)
+    start = ("pixels" if pixel_target is not None else "flat") if start is None else start
+    if start not in STARTS:
+        raise ValueError(f"Unknown start {start!r}; choose one of {', '.join(STARTS)}.")
+    if pixel_target is None and (start == "pixels" or pixel_weight or tv_weight):
+        raise ValueError("start='pixels', a pixel_weight and a tv_weight need a pixel_target.")
+    if pixel_target is not None:
+        pixel_target = _check_pixel_target(pixel_target, n_items, image_size)
+    for name, weight in (("pixel_weight", pixel_weight), ("tv_weight", tv_weight)):
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"Expected {name} as a number >= 0, got {weight!r}.")
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     _check_positive_int(batch_size, "batch_size")
     if snapshot_every:
         _check_positive_int(snapshot_every, "snapshot_every")
     targets = {name: torch.as_tensor(np.asarray(targets[name]), dtype=torch.float32)
                for name in layers}
+    if pixel_weight or tv_weight:
+        targets[PIXEL_TARGET] = torch.as_tensor(pixel_target)
     # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
     # reproducible up to rounding only; the CPU's is exact).
     with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark), freed_memory_kept():
         return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
-                                    on_snapshot)
+                                    on_snapshot, (pixel_weight, tv_weight),
+                                    pixel_start(pixel_target, image_size, seed) if start == "pixels"
+                                    else flat_start(encoder.mean_rgb, n_items, image_size, seed))
 
 
 def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator, seed,
-                         progress, batch_size, mixed_precision, snapshot_every, on_snapshot):
-    """The heavy loop of :func:`reconstruct`, over batches of items; arguments checked there."""
-    n_items = len(next(iter(targets.values())))
+                         progress, batch_size, mixed_precision, snapshot_every, on_snapshot,
+                         image_term_weights, start):
+    """The heavy loop of :func:`reconstruct`, over batches of items; arguments checked there.
 
-    # Drawn for all items at once, so that an item's start does not depend on its batch.
-    start = flat_start(encoder.mean_rgb, n_items, image_size, seed)
+    ``image_term_weights`` are the pixel and total-variation weights; ``start`` holds every
+    item's start logits, drawn for all items at once so that an item's start does not depend on
+    its batch.
+    """
+    n_items = len(next(iter(targets.values())))
     images = np.empty((n_items, image_size, image_size, 3), dtype=np.float32)
     # Slices, not index arrays: a batch of the targets is a view, not a copy.
     batches = [slice(first, min(first + batch_size, n_items))
@@ -181,7 +236,7 @@ def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, gene
               unit="iter", file=sys.stderr, disable=not progress) as bar:
         for batch in batches:
             problem = _Problem(encoder, {name: value[batch] for name, value in targets.items()},
-                               mixed_precision, batch.start)
+                               mixed_precision, batch.start, *image_term_weights)
             render = _RENDERERS[optimiser](problem, image_size, settings, generator)
 
             def on_iteration(iteration, variable, loss, batch=batch):
@@ -199,12 +254,20 @@ def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, gene
 class _Problem:
     """The loss of one batch, and its gradient with respect to the images' parameters."""
 
-    def __init__(self, encoder, targets, mixed_precision, first_item=0):
+    def __init__(self, encoder, targets, mixed_precision, first_item=0, pixel_weight=0.0, tv_weight=0.0):
         self.encoder = encoder
         self.device = encoder.device
         targets = {name: value.to(self.device) for name, value in targets.items()}
+        pixels = targets.pop(PIXEL_TARGET, None)
         # Per item, so computing them batch by batch (on the device) changes nothing.
-        self.weights = {name: value.to(self.device) for name, value in layer_weights(targets, first_item).items()}
+        weights = layer_weights(targets, first_item)
+        self.pixel_size, self.tv_weights = None, None
+        if pixels is not None:
+            self.tv_weights = pixel_weights(pixels, tv_weight, targets).to(self.device) if tv_weight else None
+            weights[PIXEL_TARGET] = pixel_weights(pixels, pixel_weight, targets)
+            targets[PIXEL_TARGET] = pixels
+            self.pixel_size = pixels.shape[-1]
+        self.weights = {name: value.to(self.device) for name, value in weights.items()}
         # Held instead of the targets (on a GPU in place of their copy; on the CPU, where the
         # targets are views of the caller's, one batch of features more): the loss gradient
         # is then one pass over the features.
@@ -214,7 +277,8 @@ class _Problem:
 
     def objective(self, render):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
-        layers = list(self.offsets)
+        layers = [name for name in self.offsets if name != PIXEL_TARGET]
+        outputs = list(self.offsets)
 
         def evaluate(variable, items):
             offsets, weights = self.offsets, self.weights
@@ -226,12 +290,22 @@ class _Problem:
             # cuDNN times every algorithm on each new input shape (seconds for VGG19 in bfloat16),
             # and a line search re-evaluates any number of items: only the batch's shape is tuned.
             with _cudnn_tuning(torch.backends.cudnn.benchmark and whole_batch):
+                image = render(variable)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
-                    features = self.encoder.features(render(variable), layers)
+                    features = self.encoder.features(image, layers)
                 features = {name: value.float() for name, value in features.items()}
+                if self.pixel_size:
+                    features[PIXEL_TARGET] = torch.nn.functional.adaptive_avg_pool2d(image.float(), self.pixel_size)
                 loss, output_gradients = feature_loss_and_output_gradients(features, offsets, weights)
-                (grad,) = torch.autograd.grad([features[name] for name in layers], variable,
-                                              grad_outputs=[output_gradients[name] for name in layers])
+                extra_outputs, extra_gradients = [], []
+                if self.tv_weights is not None:
+                    tv_weights = self.tv_weights if whole_batch else self.tv_weights[items]
+                    variation = total_variation(image.float())
+                    loss = loss + tv_weights * variation.detach()
+                    extra_outputs, extra_gradients = [variation], [tv_weights]
+                (grad,) = torch.autograd.grad([features[name] for name in outputs] + extra_outputs, variable,
+                                              grad_outputs=[output_gradients[name] for name in outputs]
+                                              + extra_gradients)
             return loss, grad
 
         return evaluate
@@ -243,14 +317,25 @@ class _PixelLbfgs:
     def __init__(self, problem, image_size, settings, generator):
         self.problem, self.image_size, self.settings = problem, image_size, settings
 
+    def render(self, logits):
+        pixels = torch.sigmoid(logits)
+        if self.settings.scale == 1:
+            return pixels
+        return torch.nn.functional.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
+                                               align_corners=False)
+
     def optimise(self, start_logits, seed, on_iteration):
-        variable, _ = minimise_lbfgs(self.problem.objective(torch.sigmoid),
-                                     start_logits.to(self.problem.device), self.settings.n_iter,
+        start = start_logits.to(self.problem.device)
+        if self.settings.scale > 1:
+            start = torch.logit(torch.nn.functional.adaptive_avg_pool2d(
+                torch.sigmoid(start), self.image_size // self.settings.scale))
+        variable, _ = minimise_lbfgs(self.problem.objective(self.render), start, self.settings.n_iter,
                                      on_iteration)
         return variable
 
     def images(self, variable):
-        return _to_numpy(torch.sigmoid(variable))
+        with torch.no_grad():
+            return _to_numpy(self.render(variable))
 
 
 class _PixelDescent:
@@ -342,6 +427,40 @@ def flat_start(mean_rgb, n_items, image_size, seed):
     mean_logit = torch.logit(torch.tensor(mean_rgb, dtype=torch.float32)).view(1, 3, 1, 1)
     jitter = torch.randn((n_items, 3, image_size, image_size), generator=generator)
     return mean_logit + START_JITTER * jitter
+
+
+def total_variation(images):
+    """Sum of squared differences of vertically and horizontally neighbouring pixels, per item."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).sum(1)
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).sum(1)
+    return vertical + horizontal
+
+
+def pixel_start(pixels, image_size, seed):
+    """Logits of decoded pixel images upsampled (bilinear) to ``image_size``, with the flat
+    start's seeded jitter.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_items, 3, image_size, image_size)
+    """
+    pixels = torch.as_tensor(np.asarray(pixels), dtype=torch.float32)
+    upsampled = torch.nn.functional.interpolate(pixels, size=(image_size, image_size), mode="bilinear",
+                                                align_corners=False)
+    generator = torch.Generator().manual_seed(seed)
+    jitter = torch.randn(upsampled.shape, generator=generator)
+    return torch.logit(upsampled.clamp(*START_RANGE)) + START_JITTER * jitter
+
+
+def _check_pixel_target(pixels, n_items, image_size):
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 4 or pixels.shape[:2] != (n_items, 3) or pixels.shape[2] != pixels.shape[3] \
+            or not 1 <= pixels.shape[2] <= image_size:
+        raise ValueError(f"Expected the pixel target as ({n_items}, 3, s, s) with s <= {image_size}, "
+                         f"got {pixels.shape}.")
+    if not np.isfinite(pixels).all():
+        raise ValueError("The pixel target holds NaN or infinite values.")
+    return pixels
 
 
 def _to_numpy(images):

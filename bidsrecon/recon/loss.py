@@ -41,6 +41,33 @@ def layer_weights(targets, first_item=0):
             for i, name in enumerate(names)}
 
 
+def pixel_weights(pixels, weight, targets):
+    """Per-item weight of the pixel term, as if the pixels were one more layer weighted ``weight``.
+
+    A layer's weight is ``u_l / Σ u`` with ``u_l = 1/‖f̂_l‖²`` (:func:`layer_weights`); the pixel
+    term gets ``weight · u_p / Σ u`` with ``u_p = 1/‖p̂ − mean(p̂)‖²``, its contrast energy (the
+    pixels' mean brightness would otherwise dominate their norm). So ``weight`` = 1 counts the
+    pixels' relative error as much as one layer's. A flat pixel target gets weight 0.
+
+    Parameters
+    ----------
+    pixels : torch.Tensor, shape (n_items, 3, s, s)
+    weight : float
+    targets : dict of str to array-like or torch.Tensor, each of shape (n_items, ...)
+        The feature targets (:func:`layer_weights`'s input).
+
+    Returns
+    -------
+    torch.Tensor, shape (n_items,), float32
+    """
+    squared_norms = np.stack([_squared_norms(value) for value in targets.values()])
+    inverse_sum = np.divide(1.0, squared_norms, out=np.zeros_like(squared_norms), where=squared_norms > 0).sum(0)
+    flat = torch.as_tensor(pixels).detach().flatten(1).double().cpu()
+    energy = (flat - flat.mean(dim=1, keepdim=True)).pow(2).sum(dim=1).numpy()
+    weights = np.divide(weight, energy * inverse_sum, out=np.zeros_like(energy), where=energy * inverse_sum > 0)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
 def _squared_norms(features):
     """‖item‖² per item, summed in float64 on the features' own device (a GPU does it in
     milliseconds; the CPU in one pass)."""

@@ -10,6 +10,7 @@ from bidsrecon.interfaces.qc import TemporalSnr
 from bidsrecon.interfaces.reconstruction import Evaluate, Reconstruct
 from bidsrecon.interfaces.samples import EpiMask, RunSamples
 from bidsrecon.preproc.motion import MOTION_COLUMNS
+from bidsrecon.recon.correction import correction_statistics
 from bidsrecon.spec import TRAINING
 
 
@@ -70,19 +71,23 @@ def init_participant_wf(plan, config, name=None):
         build_mask.inputs.out_mask = saved.mask_file
     else:
         build_mask = pe.Node(BuildMask(roi_files=list(plan.roi_files)), name="build_mask")
+    rest = plan.normalise == "rest"
     run_samples = pe.MapNode(
         RunSamples(discard_seconds=config.discard_seconds, delay_seconds=config.delay_seconds,
-                   clip_sd=config.clip_sd, method=config.samples),
-        iterfield=["bold_file", "trials_file", "tr", "confounds_file", "confound_columns"],
+                   clip_sd=config.clip_sd, method=config.samples, normalise=plan.normalise),
+        iterfield=["bold_file", "trials_file", "tr", "confounds_file", "confound_columns",
+                   *(["baseline_file"] if rest else [])],
         name="run_samples",
     )
     run_samples.inputs.trials_file = list(plan.trials_files)
+    if rest:
+        run_samples.inputs.baseline_file = list(plan.baseline_files)
     run_samples.inputs.tr = [inputs.run.tr for inputs in runs]
     decode = pe.Node(
         DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
                        layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
                        decoder_name=f"sub-{subject}_decoder", memory_gb=config.mem_gb or 0.0, method=config.decoder,
-                       device=config.device,
+                       device=config.device, feature_std="feature_std" in correction_statistics(config.feature_correction),
                        feature_cache="" if config.feature_cache == "off" else str(config.work_dir / "feature_cache"),
                        feature_cache_dtype="float16" if config.feature_cache == "float16" else "float32", **encoder),
         name="decode",
@@ -95,7 +100,10 @@ def init_participant_wf(plan, config, name=None):
                     generator_weights=str(config.generator_weights or ""),
                     generator_latent_max=str(config.generator_latent_max or ""), jitter=config.jitter,
                     device=config.device, mixed_precision=config.mixed_precision, batch_size=config.batch_size,
-                    snapshot_every=config.snapshot_every, **encoder),
+                    snapshot_every=config.snapshot_every, pixel_weight=config.pixel_weight, start=config.start,
+                    tv_weight=config.tv_weight, coarse_factor=config.coarse_factor,
+                    correction=config.feature_correction,
+                    **encoder),
         name="reconstruct", n_procs=config.omp_nthreads)
     evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file, seed=config.seed, device=config.device,
                                 bids_dir=str(config.bids_dir), subject=subject, spec=str(config.spec)),
