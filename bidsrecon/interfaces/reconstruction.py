@@ -36,8 +36,9 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
                              "units (needs the pixels pseudo-layer)")
     coarse_factor = traits.Int(2, usedefault=True, desc="lbfgs: optimise an image this many times smaller, "
                                "upsampled (bilinear) before the encoder")
-    start = traits.Enum("pixels", "flat", usedefault=True,
-                        desc="start image: the decoded pixels, or the paper's flat mean colour")
+    start = traits.Enum("pixels", "flat", "noise", usedefault=True,
+                        desc="start image: the decoded pixels, the paper's flat mean colour, or uniform noise")
+    clamp = traits.Bool(True, usedefault=True, desc="gd: keep pixels in [0, 1] after each step")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
@@ -77,7 +78,7 @@ class Reconstruct(SimpleInterface):
         pixel_options = dict(pixel_target=pixels if use_pixels else None,
                              pixel_weight=inputs.pixel_weight if use_pixels else 0.0,
                              tv_weight=inputs.tv_weight if use_pixels else 0.0,
-                             start=inputs.start if use_pixels else "flat")
+                             start=inputs.start if use_pixels or inputs.start == "noise" else "flat")
         device = resolve_device(inputs.device)
         encoder = get_encoder(inputs.encoder, weights_file=inputs.encoder_weights or None, seed=inputs.seed,
                               device=device)
@@ -88,7 +89,7 @@ class Reconstruct(SimpleInterface):
             if inputs.generator_latent_max:
                 settings["latent_max"] = read_latent_bound(inputs.generator_latent_max)
         elif inputs.optimiser == "gd":
-            settings["jitter"] = inputs.jitter
+            settings.update(jitter=inputs.jitter, clamp=inputs.clamp)
         else:
             settings["scale"] = inputs.coarse_factor
         settings = SETTINGS[inputs.optimiser](**settings)

@@ -18,14 +18,13 @@ from torch import nn
 
 from bidsrecon.encoders.base import (
     build_with_weights, file_sha256, load_state_dict_file, seeded_init)
+from bidsrecon.encoders.vgg19 import CAFFE_MEAN_BGR
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 
 #: Side of the generator's output and of the centre crop the encoder sees (Shen et al. 2019).
 OUTPUT_SIZE = 256
 CROP_SIZE = 224
 LATENT_SIZE = 4096
-#: Caffe's mean pixel of ImageNet, BGR order, 0-255 (the generator's output is centred on it).
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 LEAKY_SLOPE = 0.3
 
 #: Our layer names, in order, with (in, out) channels for the up-convolutions; ``deconvN`` are

@@ -56,8 +56,9 @@ START_JITTER = 0.01
 #: Image size at which the blur and jitter settings are given in pixels (the paper's 224).
 REFERENCE_SIZE = 224
 OPTIMISERS = ("lbfgs", "gd", "generator")
-#: Start images of the pixel optimisers: the paper's flat mean colour, or the decoded pixels.
-STARTS = ("flat", "pixels")
+#: Start images of the pixel optimisers: the paper's flat mean colour, the decoded pixels, or
+#: uniform noise over the pixel range (icnn's and bdpy's default initial image).
+STARTS = ("flat", "pixels", "noise")
 #: Decoded pixels are clipped to this range before the logit of the start (the logit of 0 or 1
 #: is infinite, and a pixel pinned near them would barely move).
 START_RANGE = (0.02, 0.98)
@@ -88,6 +89,9 @@ class PixelDescentSettings:
     blur_start: float = 2.0
     blur_end: float = 0.5
     jitter: int = 0
+    #: Keep pixels in [0, 1] after each step (the lab's icnn does not clamp; the image saved is
+    #: clipped either way).
+    clamp: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +166,10 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
     tv_weight : float, default=0.0
         Weight of a total-variation term (squared differences of neighbouring pixels of the
         image), in the pixel term's units; needs a ``pixel_target``. 0: none.
-    start : {"flat", "pixels"}, optional
-        Start image of ``lbfgs`` and ``gd``: "pixels" (the default with a ``pixel_target``) or the
-        paper's flat image of the encoder's mean colour (the default without).
+    start : {"flat", "pixels", "noise"}, optional
+        Start image of ``lbfgs`` and ``gd``: "pixels" (the default with a ``pixel_target``), the
+        paper's flat image of the encoder's mean colour (the default without), or seeded uniform
+        noise (icnn's default).
 
     Returns
     -------
@@ -214,8 +219,7 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
         return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
                                     on_snapshot, (pixel_weight, tv_weight),
-                                    pixel_start(pixel_target, image_size, seed) if start == "pixels"
-                                    else flat_start(encoder.mean_rgb, n_items, image_size, seed))
+                                    _start(start, encoder, pixel_target, n_items, image_size, seed))
 
 
 def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator, seed,
@@ -361,12 +365,12 @@ class _PixelDescent:
         variable, _ = minimise_momentum(
             self.problem.objective(lambda pixels: pixels), start, s.n_iter,
             lr=(s.lr_start, s.lr_end), momentum=s.momentum, step_unit=1 / 255,
-            jitter=round(s.jitter * self.scale), shrink=shrink, smooth=smooth, clamp=(0.0, 1.0),
+            jitter=round(s.jitter * self.scale), shrink=shrink, smooth=smooth, clamp=(0.0, 1.0) if s.clamp else None,
             seed=seed, on_iteration=on_iteration)
         return variable
 
     def images(self, variable):
-        return _to_numpy(variable)
+        return _to_numpy(variable.clamp(0.0, 1.0))  # unclamped descent may leave the range
 
 
 class _GeneratorDescent:
@@ -434,6 +438,16 @@ def total_variation(images):
     vertical = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).sum(1)
     horizontal = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).sum(1)
     return vertical + horizontal
+
+
+def _start(kind, encoder, pixel_target, n_items, image_size, seed):
+    """Start logits of every item (see :data:`STARTS`)."""
+    if kind == "pixels":
+        return pixel_start(pixel_target, image_size, seed)
+    if kind == "noise":
+        noise = torch.rand((n_items, 3, image_size, image_size), generator=torch.Generator().manual_seed(seed))
+        return torch.logit(noise.clamp(*START_RANGE))
+    return flat_start(encoder.mean_rgb, n_items, image_size, seed)
 
 
 def pixel_start(pixels, image_size, seed):

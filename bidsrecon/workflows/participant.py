@@ -101,7 +101,7 @@ def init_participant_wf(plan, config, name=None):
                     generator_latent_max=str(config.generator_latent_max or ""), jitter=config.jitter,
                     device=config.device, mixed_precision=config.mixed_precision, batch_size=config.batch_size,
                     snapshot_every=config.snapshot_every, pixel_weight=config.pixel_weight, start=config.start,
-                    tv_weight=config.tv_weight, coarse_factor=config.coarse_factor,
+                    tv_weight=config.tv_weight, coarse_factor=config.coarse_factor, clamp=config.clamp,
                     correction=config.feature_correction,
                     **encoder),
         name="reconstruct", n_procs=config.omp_nthreads)
