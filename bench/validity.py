@@ -41,6 +41,7 @@ and reused: a rerun with other reconstruction settings only reconstructs again.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,7 +53,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_agreement import app_decoding_data, decode_node_inputs  # noqa: E402
 
-from bidsrecon.cli import main as bidsrecon_main  # noqa: E402
 from bidsrecon.evaluation import (  # noqa: E402
     feature_identification_table, pairwise_identification, shape_identification, ssim,
 )
@@ -139,7 +139,9 @@ def run_seed(root, seed, preset, app_args, tag):
         simulate_dataset(bids, n_subjects=1, preset=preset, seed=seed)
     argv = [str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation", *app_args]
     print("running: bidsrecon " + " ".join(argv), flush=True)
-    if bidsrecon_main(argv) != 0:
+    # A child process per run: Nipype's MultiProc forks its workers, and a fork of a process whose
+    # torch thread pools already ran (the previous seed's run) can hang.
+    if subprocess.run([sys.executable, "-m", "bidsrecon", *argv]).returncode != 0:
         raise SystemExit("the app failed; see its error above")
     inputs = decode_node_inputs(work)
     data = app_decoding_data(inputs)

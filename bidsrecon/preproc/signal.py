@@ -78,17 +78,25 @@ def clean_run(data, confounds=None, n_discard=0, clip_sd=3.0):
     n_volumes, n_voxels = data.shape
     if not 0 <= n_discard < n_volumes - 2:
         raise ValueError(f"n_discard must be in [0, {n_volumes - 3}] for a run of {n_volumes} volumes; got {n_discard}")
+    return _by_voxel_chunks(data, confounds, n_discard, lambda chunk, design, projector: _clean_chunk(
+        chunk, design, projector, n_discard, clip_sd))
+
+
+def _by_voxel_chunks(data, confounds, n_discard, process):
+    """``process(chunk, design, projector)`` over chunks of voxels, as float32; the discarded
+    volumes NaN. ``design`` is :func:`nuisance_design`'s, ``projector`` its pseudo-inverse over
+    the kept volumes: one small pseudo-inverse serves every voxel (betas = projector @ data[kept])."""
+    n_volumes, n_voxels = data.shape
     design = nuisance_design(n_volumes, confounds)
     if not np.all(np.isfinite(design[n_discard:])):
         raise ValueError("confounds contain NaN or infinite values in the kept volumes")
-    # One small pseudo-inverse serves every voxel: betas = projector @ data[kept].
     projector = np.linalg.pinv(design[n_discard:])
-    cleaned = np.empty((n_volumes, n_voxels), dtype=np.float32)
+    result = np.empty((n_volumes, n_voxels), dtype=np.float32)
     for start in range(0, n_voxels, _VOXELS_PER_CHUNK):
         columns = slice(start, start + _VOXELS_PER_CHUNK)
-        cleaned[:, columns] = _clean_chunk(data[:, columns], design, projector, n_discard, clip_sd)
-    cleaned[:n_discard] = np.nan
-    return cleaned
+        result[:, columns] = process(data[:, columns], design, projector)
+    result[:n_discard] = np.nan
+    return result
 
 
 def _clean_chunk(chunk, design, projector, n_discard, clip_sd):
@@ -206,17 +214,8 @@ def normalise_run(data, baseline, confounds=None, n_discard=0, clip_sd=3.0, n_pa
                          "discarded; percent signal change needs at least 2")
     if n_passes < 1:
         raise ValueError(f"n_passes must be at least 1; got {n_passes}")
-    design = nuisance_design(n_volumes, confounds)
-    if not np.all(np.isfinite(design[n_discard:])):
-        raise ValueError("confounds contain NaN or infinite values in the kept volumes")
-    projector = np.linalg.pinv(design[n_discard:])
-    normalised = np.empty((n_volumes, n_voxels), dtype=np.float32)
-    for start in range(0, n_voxels, _VOXELS_PER_CHUNK):
-        columns = slice(start, start + _VOXELS_PER_CHUNK)
-        normalised[:, columns] = _normalise_chunk(data[:, columns], design, projector, n_discard, baseline,
-                                                  clip_sd, n_passes)
-    normalised[:n_discard] = np.nan
-    return normalised
+    return _by_voxel_chunks(data, confounds, n_discard, lambda chunk, design, projector: _normalise_chunk(
+        chunk, design, projector, n_discard, baseline, clip_sd, n_passes))
 
 
 def reduce_outliers(data, clip_sd=3.0, n_passes=OUTLIER_PASSES):
