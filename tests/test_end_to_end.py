@@ -63,7 +63,10 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
                             expected_mask_file=mask)
     assert set(reloaded.alpha_) == set(decoder["Layers"])
     accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
-    assert len(accuracy) == len(metrics) * len(decoder["Layers"])
+    # The decoder saves the pixels pseudo-layer as its two parts; accuracy is scored on the image.
+    assert {"pixels_luminance", "pixels_colour"} <= set(decoder["Layers"])
+    assert set(accuracy["layer"]) == set(decoder["Layers"]) - {"pixels_luminance", "pixels_colour"} | {"pixels"}
+    assert len(accuracy) == len(metrics) * (len(decoder["Layers"]) - 1)
 
     # Group level: one table of every participant's scores, one figure per participant.
     group = pd.read_csv(out / "group" / "group_desc-metrics.tsv", sep="\t")
