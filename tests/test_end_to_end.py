@@ -212,8 +212,9 @@ def test_per_unit_decoder_mode(tiny_dataset, tmp_path):
                  "--decoder", "fastl2lir", "--layers", "block2", "block3"]) == 0
     decoder = json.loads((out / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
     assert decoder["Format"] == "bidsrecon-per-unit-decoder" and "fastl2lir" in decoder["Method"]
-    assert decoder["Layers"] == ["block2", "block3"] and decoder["Alpha"]["block2"] == 100.0
+    # The pixels pseudo-layer is decoded per unit too (every pixel its own ridge).
+    assert decoder["Layers"] == ["block2", "block3", "pixels"] and decoder["Alpha"]["block2"] == 100.0
     accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
-    assert set(accuracy["layer"]) == {"block2", "block3"}
+    assert set(accuracy["layer"]) == {"block2", "block3", "pixels"}
     code, report = validate(out)
     assert code == 0, report
