@@ -56,6 +56,7 @@ from decoder_agreement import app_decoding_data, decode_node_inputs  # noqa: E40
 from bidsrecon.evaluation import (  # noqa: E402
     feature_identification_table, pairwise_identification, shape_identification, ssim,
 )
+from bidsrecon.evaluation.metrics import luma  # noqa: E402
 from bidsrecon.images import load_images  # noqa: E402
 from bidsrecon.simulate import simulate_dataset  # noqa: E402
 
@@ -65,11 +66,6 @@ MEASURES = ("pixel_id", "ssim", "shape_id", "effnet_id")
 #: Mean over seeds each set must reach (set: (measure, at least)).
 TARGETS = {"letters": ("pixel_id", 0.80), "shapes": ("shape_id", 0.80), "natural": ("pixel_id", 0.92),
            "imagery": ("pixel_id", 0.85)}
-
-
-def grey(images):
-    """BT.601 luma of (n, H, W, 3) images."""
-    return images @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def resize(images, size):
@@ -96,7 +92,7 @@ def linear_pixel_baseline(data, image_size, n_folds=5, seed=0):
     sd[sd == 0] = 1.0
     X = (train - mean) / sd
     names = data["train_names"]
-    targets = grey(load_images([data["stimuli"][name] for name in names], image_size))
+    targets = luma(load_images([data["stimuli"][name] for name in names], image_size))
     Y = resize(targets, BASELINE_SIZE).reshape(len(names), -1).astype(np.float64)
     folds = np.random.default_rng(seed).permutation(len(names)) % n_folds
     scores = np.zeros(len(BASELINE_ALPHAS))

@@ -19,6 +19,7 @@ applies to its image, so the decoded target and the image are compared like for 
 import numpy as np
 import torch
 
+from bidsrecon.evaluation.metrics import BT601_LUMA
 from bidsrecon.recon.spread import spread_from_moments
 
 #: Name of the pseudo-layer in decoded features, decoders and settings.
@@ -27,8 +28,7 @@ PIXEL_LAYER = "pixels"
 PIXEL_SIZE = 32
 #: The parts decoded, each with its own alpha: luminance (1 channel) and colour (2 channels).
 PIXEL_PARTS = ("pixels_luminance", "pixels_colour")
-#: ITU-R BT.601 luma weights of R, G, B.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA = np.array(BT601_LUMA, dtype=np.float32)
 
 
 def pixel_size(image_size):
@@ -109,8 +109,22 @@ def decode_pixel_parts(coefficients, targets, counts):
     parts = pixel_parts(targets)
     decoded = pixels_from_parts({part: decode_pixels(coefficients[part], parts[part], counts)[0]
                                  for part in PIXEL_PARTS})
-    _, train_mean, train_spread = decode_pixels(np.zeros((0, len(targets))), targets, counts)
-    return decoded, train_mean, train_spread
+    return (decoded, *pixel_statistics(targets, counts))
+
+
+def pixel_statistics(targets, counts):
+    """Trial-count-weighted mean and spread (:func:`spread_from_moments`) of training pixel images.
+
+    Returns
+    -------
+    train_mean : ndarray, shape (3, s, s) float32
+    train_spread : float
+    """
+    flat = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
+    weights = np.asarray(counts, dtype=np.float64) / np.sum(counts)
+    mean, shape = weights @ flat, targets.shape[1:]
+    spread = spread_from_moments(mean.reshape(shape), (weights @ flat**2).reshape(shape))
+    return mean.reshape(shape).astype(np.float32), spread
 
 
 def decode_pixels(coefficients, targets, counts):
@@ -133,10 +147,7 @@ def decode_pixels(coefficients, targets, counts):
     """
     coefficients = np.asarray(coefficients, dtype=np.float64)
     flat = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
-    weights = np.asarray(counts, dtype=np.float64)
-    weights = weights / weights.sum()
-    mean = weights @ flat
+    train_mean, train_spread = pixel_statistics(targets, counts)
+    mean = train_mean.reshape(-1).astype(np.float64)
     decoded = coefficients @ flat + (1.0 - coefficients.sum(axis=1, keepdims=True)) * mean
-    shape = targets.shape[1:]
-    spread = spread_from_moments(mean.reshape(shape), (weights @ flat**2).reshape(shape))
-    return decoded.reshape((-1,) + shape).astype(np.float32), mean.reshape(shape).astype(np.float32), spread
+    return decoded.reshape((-1,) + targets.shape[1:]).astype(np.float32), train_mean, train_spread

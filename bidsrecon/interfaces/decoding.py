@@ -260,7 +260,7 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
     decoders : dict of str to PerUnitDecoder
     """
     from bidsrecon.decoding.per_unit import PerUnitDecoder
-    from bidsrecon.decoding.pixels import PIXEL_LAYER, decode_pixels, pixel_targets
+    from bidsrecon.decoding.pixels import PIXEL_LAYER, pixel_statistics, pixel_targets
     from bidsrecon.decoding.stream import iter_feature_batches
     from bidsrecon.recon.spread import channel_sd, spread_from_moments
 
@@ -281,7 +281,7 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
     pixels = pixel_targets(images, images.shape[1])
     decoders[PIXEL_LAYER] = PerUnitDecoder().fit(train_samples, pixels.reshape(len(pixels), -1)[image_index])
     decoded[PIXEL_LAYER] = decoders[PIXEL_LAYER].predict(item_samples).reshape((-1,) + pixels.shape[1:])
-    _, train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixels(np.zeros((0, len(pixels))), pixels, counts)
+    train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = pixel_statistics(pixels, counts)
     return decoded, train_mean, train_spread, feature_std, decoders
 
 

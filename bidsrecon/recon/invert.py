@@ -39,11 +39,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.decoding.pixels import PIXEL_LAYER
 from bidsrecon.recon.allocator import freed_memory_kept
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
 from bidsrecon.recon.lbfgs import minimise_lbfgs
-from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets, layer_weights, pixel_weights
+from bidsrecon.recon.loss import (
+    feature_loss_and_output_gradients, gradient_offsets, layer_weights, pixel_weights, total_variation,
+)
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
@@ -62,8 +65,6 @@ STARTS = ("flat", "pixels", "noise")
 #: Decoded pixels are clipped to this range before the logit of the start (the logit of 0 or 1
 #: is infinite, and a pixel pinned near them would barely move).
 START_RANGE = (0.02, 0.98)
-#: Name of the pixel pseudo-layer among the targets (as bidsrecon.decoding.pixels.PIXEL_LAYER).
-PIXEL_TARGET = "pixels"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
     targets = {name: torch.as_tensor(np.asarray(targets[name]), dtype=torch.float32)
                for name in layers}
     if pixel_weight or tv_weight:
-        targets[PIXEL_TARGET] = torch.as_tensor(pixel_target)
+        targets[PIXEL_LAYER] = torch.as_tensor(pixel_target)
     # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
     # reproducible up to rounding only; the CPU's is exact).
     with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark), freed_memory_kept():
@@ -262,14 +263,14 @@ class _Problem:
         self.encoder = encoder
         self.device = encoder.device
         targets = {name: value.to(self.device) for name, value in targets.items()}
-        pixels = targets.pop(PIXEL_TARGET, None)
+        pixels = targets.pop(PIXEL_LAYER, None)
         # Per item, so computing them batch by batch (on the device) changes nothing.
         weights = layer_weights(targets, first_item)
         self.pixel_size, self.tv_weights = None, None
         if pixels is not None:
             self.tv_weights = pixel_weights(pixels, tv_weight, targets).to(self.device) if tv_weight else None
-            weights[PIXEL_TARGET] = pixel_weights(pixels, pixel_weight, targets)
-            targets[PIXEL_TARGET] = pixels
+            weights[PIXEL_LAYER] = pixel_weights(pixels, pixel_weight, targets)
+            targets[PIXEL_LAYER] = pixels
             self.pixel_size = pixels.shape[-1]
         self.weights = {name: value.to(self.device) for name, value in weights.items()}
         # Held instead of the targets (on a GPU in place of their copy; on the CPU, where the
@@ -281,7 +282,7 @@ class _Problem:
 
     def objective(self, render):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
-        layers = [name for name in self.offsets if name != PIXEL_TARGET]
+        layers = [name for name in self.offsets if name != PIXEL_LAYER]
         outputs = list(self.offsets)
 
         def evaluate(variable, items):
@@ -299,7 +300,7 @@ class _Problem:
                     features = self.encoder.features(image, layers)
                 features = {name: value.float() for name, value in features.items()}
                 if self.pixel_size:
-                    features[PIXEL_TARGET] = torch.nn.functional.adaptive_avg_pool2d(image.float(), self.pixel_size)
+                    features[PIXEL_LAYER] = torch.nn.functional.adaptive_avg_pool2d(image.float(), self.pixel_size)
                 loss, output_gradients = feature_loss_and_output_gradients(features, offsets, weights)
                 extra_outputs, extra_gradients = [], []
                 if self.tv_weights is not None:
@@ -431,13 +432,6 @@ def flat_start(mean_rgb, n_items, image_size, seed):
     mean_logit = torch.logit(torch.tensor(mean_rgb, dtype=torch.float32)).view(1, 3, 1, 1)
     jitter = torch.randn((n_items, 3, image_size, image_size), generator=generator)
     return mean_logit + START_JITTER * jitter
-
-
-def total_variation(images):
-    """Sum of squared differences of vertically and horizontally neighbouring pixels, per item."""
-    vertical = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).sum(1)
-    horizontal = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).sum(1)
-    return vertical + horizontal
 
 
 def _start(kind, encoder, pixel_target, n_items, image_size, seed):

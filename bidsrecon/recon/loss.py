@@ -68,6 +68,13 @@ def pixel_weights(pixels, weight, targets):
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
+def total_variation(images):
+    """Sum of squared differences of vertically and horizontally neighbouring pixels, per item."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).pow(2).flatten(1).sum(1)
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).pow(2).flatten(1).sum(1)
+    return vertical + horizontal
+
+
 def _squared_norms(features):
     """‖item‖² per item, summed in float64 on the features' own device (a GPU does it in
     milliseconds; the CPU in one pass)."""
