@@ -1,15 +1,19 @@
 """The BIDS-App command line: ``bidsrecon bids_dir output_dir {participant,group} [options]``."""
 import argparse
+import errno
 import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from bidsrecon import __version__
 from bidsrecon.config import Config
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_UNKNOWN_LEVEL, BidsReconError
+from bidsrecon.errors import (
+    EXIT_BAD_ARGUMENTS, EXIT_CANNOT_WRITE, EXIT_INPUT_MISSING, EXIT_UNKNOWN_LEVEL, BidsReconError,
+)
+from bidsrecon.folders import check_disjoint, check_writable, default_work_dir
+from bidsrecon.interrupt import stop_cleanly_on_signals
 from bidsrecon.spec import builtin_spec_names
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -168,7 +172,8 @@ def build_parser():
     perf = parser.add_argument_group("resources")
     perf.add_argument("-w", "--work-dir", type=Path, default=None,
                       help="working directory for intermediate results; reused to resume "
-                      "(default: bidsrecon-work in the system temporary folder)")
+                      "(default: bidsrecon-work-<uid> in the system temporary folder, made private to you; any work dir must "
+                      "be yours and not writable by others, since Nipype runs the results it caches there)")
     perf.add_argument("--nprocs", "--n_cpus", "--n-cpus", type=_positive_int, default=None,
                       help="CPUs to use in all (default: all available)")
     perf.add_argument("--omp-nthreads", "--omp_nthreads", type=_positive_int, default=None,
@@ -191,9 +196,17 @@ def build_parser():
     return parser
 
 
-def _inside(path, folder):
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
+def _check_folders(args, work_dir):
+    """Inputs, output and work dir apart, and the output writable, before any input is read."""
+    from bidsrecon.bids.fmriprep import parse_derivatives
+
+    inputs = [("the input dataset", args.bids_dir),
+              *((f"--derivatives {dataset.name}", dataset.root) for dataset in parse_derivatives(args.derivatives)),
+              *(("--stimuli-dir", folder) for folder in args.stimuli_dirs),
+              *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ())]
+    check_disjoint([("the output_dir", args.output_dir), ("the work directory (-w)", work_dir)], inputs)
+    check_writable(args.output_dir, "the output_dir")
+    check_writable(work_dir, "the work directory (-w)")
 
 
 def _resolved_if_file(value):
@@ -237,15 +250,9 @@ def parse_args(argv=None):
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
-    work_dir = args.work_dir or Path(tempfile.gettempdir()) / "bidsrecon-work"
+    work_dir = args.work_dir or default_work_dir()
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
-    for name, path in (("output_dir", args.output_dir), ("work directory", work_dir)):
-        if _inside(path, args.bids_dir):
-            raise BidsReconError(
-                f"the {name} {path} is inside the input dataset {args.bids_dir}; "
-                "choose a folder outside bids_dir (bidsrecon never writes into its input)",
-                EXIT_BAD_ARGUMENTS,
-            )
+    _check_folders(args, work_dir)
     return Config(
         bids_dir=args.bids_dir.resolve(),
         output_dir=args.output_dir.resolve(),
@@ -362,20 +369,41 @@ def main(argv=None):
     # It must be set before torch starts its thread pool; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        config = parse_args(argv)
-        _configure_logging(config.verbose)
-        if config.analysis_level == "participant":
-            from bidsrecon.participant import run_participant_level
+        with stop_cleanly_on_signals():
+            config = parse_args(argv)
+            _configure_logging(config.verbose)
+            if config.analysis_level == "participant":
+                from bidsrecon.participant import run_participant_level
 
-            run_participant_level(config)
-        else:
-            from bidsrecon.group import run_group_level
+                run_participant_level(config)
+            else:
+                from bidsrecon.group import run_group_level
 
-            run_group_level(config)
+                run_group_level(config)
     except BidsReconError as error:
         print(f"bidsrecon: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        # Outside a workflow step (those end in a crash file and exit 1): the output or work dir
+        # full, read-only or gone under our feet. Finished outputs stay as they were.
+        print(f"bidsrecon: error: {_describe_os_error(error)}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE if error.errno in _WRITE_ERRNOS else EXIT_INPUT_MISSING
     return 0
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _describe_os_error(error):
+    where = f"{error.filename}: " if error.filename else ""
+    fixes = {errno.ENOSPC: "free some space (or give another output or -w folder)",
+             errno.EDQUOT: "free some of your quota (or give another output or -w folder)",
+             errno.EROFS: "give a folder on a writable file system",
+             errno.EACCES: "give a folder you can write to, or fix its permissions",
+             errno.EPERM: "give a folder you can write to, or fix its permissions"}
+    fix = fixes.get(error.errno, "check the file and the folder it is in")
+    return (f"{where}{error.strerror or error}; {fix}. Outputs already finished are kept, and the same "
+            "command resumes from the work directory.")
 
 
 if __name__ == "__main__":

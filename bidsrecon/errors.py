@@ -5,6 +5,8 @@ EXIT_VALIDATION_FAILED = 16
 EXIT_UNKNOWN_LEVEL = 17
 EXIT_NOTHING_SELECTED = 18
 EXIT_INPUT_MISSING = 66
+EXIT_CANNOT_WRITE = 73  # sysexits' EX_CANTCREAT: the output or work dir cannot be written
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another run holds the participant's lock; retry later
 
 
 class BidsReconError(Exception):

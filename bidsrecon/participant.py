@@ -11,15 +11,19 @@ from pathlib import Path
 import pandas as pd
 
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
-from bidsrecon.bids.derivatives import atomic_write_bytes, init_output_dir, raw_uri
+from bidsrecon.bids.derivatives import (
+    atomic_write_bytes, init_output_dir, publish_participant, raw_uri, staging_dir,
+)
 from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_derivatives, parse_space, raw_run_entities
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
-from bidsrecon.bids.validate import run_validator
+from bidsrecon.bids.validate import ReadSelection, check_dataset
+from bidsrecon.folders import participant_locks, prepare_work_dir
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_VALIDATION_FAILED, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
 
@@ -41,10 +45,16 @@ class RunInputs:
 
 def run_participant_level(config):
     """Decode and reconstruct every selected participant of ``config.bids_dir``."""
+    prepare_work_dir(config.work_dir)
     layout = load_layout(config.bids_dir)
     if not config.skip_bids_validation:
-        validate_input(config.bids_dir)
+        validate_input(config)
     subjects = collect_participants(layout, config.participant_labels)
+    with participant_locks(config.work_dir, subjects):
+        _run_participants(config, layout, subjects)
+
+
+def _run_participants(config, layout, subjects):
     spec = load_spec(config.spec)
     # --normalise not given: the specification decides (rest when it names the rest events).
     config = dataclasses.replace(config, normalise=resolve_normalisation(config.normalise, spec))
@@ -55,11 +65,14 @@ def run_participant_level(config):
     encoder = check_networks(config)
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)
              for subject in subjects]
+    preflight(plans)  # every stimulus, bold, trial and output name: all problems at once, nothing written
     init_output_dir(config.output_dir, config.bids_dir)
     for plan in plans:
         started = datetime.now(timezone.utc)
         _run_workflow(plan, config)
-        write_provenance(config, plan.subject, started, datetime.now(timezone.utc))
+        write_provenance(config, plan.subject, started, datetime.now(timezone.utc),
+                         staging_dir(config.output_dir))
+        publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
 
@@ -91,16 +104,16 @@ def check_networks(config):
     return encoder
 
 
-def validate_input(bids_dir):
-    passed, report = run_validator(bids_dir)
-    if not passed:
-        errors = [line.strip() for line in report.splitlines() if "ERROR" in line]
-        first = errors[0] if errors else report.splitlines()[-1] if report else "no report"
-        raise BidsReconError(
-            f"{bids_dir} does not pass bids-validator-deno ({first}); fix the dataset, "
-            "or pass --skip-bids-validation",
-            EXIT_VALIDATION_FAILED,
-        )
+def validate_input(config):
+    """Run bids-validator-deno: exit 16 on errors in what this run reads, a warning for the others.
+
+    What counts as read is in :mod:`bidsrecon.bids.validate` (the selected participants' runs,
+    sessions and tasks, the dataset's stimuli/ unless --stimuli-dir, dataset_description.json as
+    a file but none of its fields).
+    """
+    check_dataset(config.bids_dir, ReadSelection.from_labels(
+        config.participant_labels, config.session_labels, config.task_labels,
+        dataset_stimuli=not config.stimuli_dirs))
 
 
 @dataclass
@@ -266,7 +279,7 @@ def _run_workflow(plan, config):
     finally:
         gc.unfreeze()  # back to normal collection (main() may be called again in one process)
     if config.resource_monitor and resources.is_file():
-        atomic_write_bytes(Path(config.output_dir) / f"sub-{subject}" / "log" /
+        atomic_write_bytes(staging_dir(config.output_dir) / f"sub-{subject}" / "log" /
                            f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
 
 

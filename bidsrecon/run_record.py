@@ -59,8 +59,11 @@ def preprocessing_settings(config):
     }
 
 
-def write_provenance(config, subject, started, finished):
-    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions."""
+def write_provenance(config, subject, started, finished, output_dir=None):
+    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions.
+
+    Written into ``output_dir`` (default: ``config.output_dir``), the staging folder during a run.
+    """
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -74,7 +77,7 @@ def write_provenance(config, subject, started, finished):
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "not installed"
-    write_json(Path(config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
+    write_json(Path(output_dir or config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
         "Command": list(config.command),
         "Started": started.isoformat(timespec="seconds"),
         "Finished": finished.isoformat(timespec="seconds"),

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.names import check_label
 
 ENTITY_KEYS = ("session", "task", "run", "acquisition")
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in")
@@ -235,10 +236,13 @@ def load_spec(name_or_path):
                 EXIT_INPUT_MISSING if looks_like_path else EXIT_BAD_ARGUMENTS,
             )
         source = str(path)
-        content = path.read_text()
+        try:
+            content = path.read_text()
+        except UnicodeDecodeError as error:
+            raise BidsReconError(f"{source} is not UTF-8 text ({error}); save it as UTF-8 JSON") from None
     try:
         data = json.loads(content)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BidsReconError(f"{source} is not valid JSON: {error}") from None
     return spec_from_dict(data, source)
 
@@ -267,7 +271,7 @@ def spec_from_dict(data, source="specification"):
     for index, entry in enumerate(tests):
         where = f"tests[{index}]"
         _check_object(entry, _TEST_KEYS, ("name",), source, where)
-        test_name = _check_text(entry["name"], source, f"{where}.name")
+        test_name = check_label(_check_text(entry["name"], source, f"{where}.name"), f"{source}: {where}.name")
         if test_name == TRAINING or test_name in (t.name for t in test_sets):
             raise BidsReconError(f"{source}: {where}.name '{test_name}' is 'training' or used twice; "
                                  "give every test set its own name")

@@ -4,9 +4,10 @@
 # Build the image once (on a machine with Docker, or straight from Docker Hub):
 #   apptainer build bidsrecon-0.1.0.sif docker://bidsrecon/bidsrecon:0.1.0
 #   (GPU nodes: docker://bidsrecon/bidsrecon:0.1.0-cuda, and set USE_GPU=1 below)
-# Submit one task per row of participants.tsv (its first line is the header):
+# Submit one task per participant: the participant_id rows of participants.tsv or, when the
+# dataset has none (as ds001506), its sub-* folders in sorted order, as bidsrecon finds them:
 #   mkdir -p logs
-#   sbatch --array=1-$(( $(wc -l < /data/ds001506/participants.tsv) - 1 )) \
+#   sbatch --array=1-$(ls -d /data/ds001506/sub-*/ | wc -l) \
 #       examples/slurm_apptainer_array.sh [more bidsrecon options, e.g. --roi VC]
 # The settings below can be changed here or given in the environment of sbatch, which passes
 # it on:  BIDS_DIR=/data/ds001506 OUTPUT_DIR=/data/out sbatch --array=1-3 ...
@@ -40,18 +41,30 @@ if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
     exit 64
 fi
 
-# The participant of this task: row SLURM_ARRAY_TASK_ID of participants.tsv's participant_id
-# column (header excluded), without its "sub-" prefix.
+# The participant of this task, without its "sub-" prefix: row SLURM_ARRAY_TASK_ID of
+# participants.tsv's participant_id column (header excluded) or, without participants.tsv, the
+# SLURM_ARRAY_TASK_ID-th sub-* folder of BIDS_DIR in sorted (C locale) order.
 PARTICIPANTS="${BIDS_DIR}/participants.tsv"
-LABEL=$(awk -F'\t' -v row="${SLURM_ARRAY_TASK_ID}" '
-    { sub(/\r$/, "") }
-    NR == 1 { for (i = 1; i <= NF; i++) if ($i == "participant_id") column = i; next }
-    column && NR == row + 1 { print $column }
-' "${PARTICIPANTS}")
+LABEL=""
+if [ -f "${PARTICIPANTS}" ]; then
+    SOURCE="${PARTICIPANTS}"
+    HINT="is --array within 1..number of participants, and is there a participant_id column?"
+    LABEL=$(awk -F'\t' -v row="${SLURM_ARRAY_TASK_ID}" '
+        { sub(/\r$/, "") }
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == "participant_id") column = i; next }
+        column && NR == row + 1 { print $column }
+    ' "${PARTICIPANTS}")
+else
+    SOURCE="the sub-* folders of ${BIDS_DIR}, which has no participants.tsv"
+    HINT="is --array within 1..number of sub-* folders?"
+    if [[ "${SLURM_ARRAY_TASK_ID}" =~ ^[1-9][0-9]*$ ]]; then
+        LABEL=$(cd "${BIDS_DIR}" 2>/dev/null && LC_ALL=C && shopt -s nullglob &&
+                folders=(sub-*/) && printf '%s\n' "${folders[@]%/}" | sed -n "${SLURM_ARRAY_TASK_ID}p") || true
+    fi
+fi
 LABEL=${LABEL#sub-}
 if [ -z "${LABEL}" ]; then
-    echo "no participant for array task ${SLURM_ARRAY_TASK_ID} in ${PARTICIPANTS}" \
-        "(is --array within 1..number of participants, and is there a participant_id column?)" >&2
+    echo "no participant for array task ${SLURM_ARRAY_TASK_ID} in ${SOURCE}: ${HINT}" >&2
     exit 66
 fi
 

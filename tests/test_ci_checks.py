@@ -420,6 +420,46 @@ def test_slurm_example_stops_outside_the_participant_list(tmp_path, dataset):
     assert calls == []
 
 
+@pytest.fixture
+def dataset_without_participants(tmp_path):
+    """Subjects only as folders, as in the published ds001506 (no participants.tsv)."""
+    bids = tmp_path / "ds001506"
+    for label in ("03", "01", "10", "02"):
+        (bids / f"sub-{label}").mkdir(parents=True)
+    (bids / "sub-99.txt").write_text("not a subject folder")
+    return bids
+
+
+@pytest.mark.parametrize("task, label", [("1", "01"), ("2", "02"), ("3", "03"), ("4", "10")])
+def test_slurm_example_without_participants_tsv_takes_the_folders(tmp_path, dataset_without_participants,
+                                                                   task, label):
+    result, calls = run_slurm_example(tmp_path, dataset_without_participants, {"SLURM_ARRAY_TASK_ID": task})
+    assert result.returncode == 0, result.stderr
+    (call,) = calls
+    assert call[call.index("--participant-label") + 1] == label
+
+
+@pytest.mark.parametrize("task", ["5", "0", "-1", "x"])
+def test_slurm_example_without_participants_tsv_stops_outside_the_folders(tmp_path, dataset_without_participants,
+                                                                          task):
+    result, calls = run_slurm_example(tmp_path, dataset_without_participants, {"SLURM_ARRAY_TASK_ID": task})
+    assert result.returncode == 66
+    assert f"no participant for array task {task} in the sub-* folders of" in result.stderr
+    assert calls == []
+
+
+def test_readme_slurm_line_counts_the_subjects_without_participants_tsv(dataset_without_participants):
+    # The README's sbatch line, run on a dataset laid out like ds001506: one task per subject folder.
+    text = (REPO / "README.md").read_text()
+    (count,) = re.findall(r"sbatch --array=1-\$\((.+?)\) \\\n", text)
+    assert "participants.tsv" not in count
+    command = count.replace("/data/ds001506", str(dataset_without_participants))
+    result = subprocess.run(["bash", "-c", f"echo $({command})"], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "4", result.stderr
+    script = (EXAMPLES / "slurm_apptainer_array.sh").read_text()
+    assert f"sbatch --array=1-$({count})" in script
+
+
 @pytest.mark.parametrize("engine, gpu_flag", [("docker", "--gpus"), ("apptainer", "--nv")])
 def test_gpu_example_asks_for_the_gpu(engine, gpu_flag, tmp_path):
     bin_dir = tmp_path / "bin"

@@ -56,7 +56,7 @@ def test_unknown_analysis_level(tmp_path):
 
 def test_output_or_work_dir_inside_the_input_is_refused(tiny_dataset, tmp_path):
     one_line_error(run_cli(tiny_dataset, tiny_dataset / "derivatives" / "x", "participant"), 64, "inside the input dataset")
-    one_line_error(run_cli(tiny_dataset, tiny_dataset, "participant"), 64, "inside the input dataset")
+    one_line_error(run_cli(tiny_dataset, tiny_dataset, "participant"), 64, "is the input dataset")
     one_line_error(run_cli(tiny_dataset, tmp_path / "out", "participant", "-w", tiny_dataset / "work"), 64,
                    "work directory")
     assert not (tiny_dataset / "derivatives" / "x").exists() and not (tiny_dataset / "work").exists()

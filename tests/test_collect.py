@@ -329,3 +329,23 @@ def test_ds001506_preset_has_the_real_per_run_layout(tmp_path):
         trials[run.set_name] = trials.get(run.set_name, 0) + len(run.trials)
     # 1,200 images x 5; 50 x 24; 40 x 20; 10 x 12; 25 imagery targets (fixation dropped) x 20.
     assert trials == {"training": 6000, "natural": 1200, "shapes": 800, "letters": 120, "imagery": 500}
+
+
+def test_participants_come_from_the_folders_without_participants_tsv(tmp_path):
+    # The published ds001506 has no participants.tsv: subjects are its sub-* folders.
+    from bidsrecon.bids.collect import collect_participants
+
+    root = tmp_path / "ds001506"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.0.2", "Funding": ""}))
+    for subject in ("03", "01", "02"):
+        func = root / f"sub-{subject}" / "ses-a" / "func"
+        func.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)),
+                 func / f"sub-{subject}_ses-a_task-x_run-01_bold.nii.gz")
+    assert not (root / "participants.tsv").exists()
+    layout = load_layout(root)
+    assert collect_participants(layout) == ["01", "02", "03"]
+    assert collect_participants(layout, ["sub-02"]) == ["02"]
+    with pytest.raises(BidsReconError, match="the dataset has: 01, 02, 03"):
+        collect_participants(layout, ["04"])

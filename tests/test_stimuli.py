@@ -96,3 +96,106 @@ def test_stim_file_map():
     trials.loc[2, "stim_file"] = "y/a.png"
     with pytest.raises(BidsReconError, match=r"a \(x/a.png, y/a.png\)"):
         stim_file_map(trials)
+
+
+# --- git-annex / DataLad ----------------------------------------------------------------------
+
+def annex_object(dataset, key, content=b"image"):
+    """A fetched git-annex object: ``.git/annex/objects/xx/yy/KEY/KEY``."""
+    return touch_bytes(dataset / ".git" / "annex" / "objects" / "Xx" / "Yy" / key / key, content)
+
+
+def touch_bytes(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def annex_link(link, target):
+    """A relative symbolic link, as git-annex makes them."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), link)
+    return link
+
+
+@pytest.fixture
+def annexed(tmp_path):
+    """A DataLad-like dataset: stimuli/ holds links into its own .git/annex/objects."""
+    dataset = tmp_path / "ds"
+    (dataset / ".git").mkdir(parents=True)
+    for name in ("a", "b"):
+        key = f"MD5E-s5--{name * 32}.png"
+        annex_link(dataset / "stimuli" / f"{name}.png", annex_object(dataset, key))
+    return dataset
+
+
+def test_annexed_stimuli_are_accepted(annexed):
+    folder = annexed / "stimuli"
+    assert os.readlink(folder / "a.png").startswith("../.git/annex/objects/")
+    assert find_stimuli(["a", "b"], [folder]) == {"a": str(folder / "a.png"), "b": str(folder / "b.png")}
+    assert find_stimuli(["x"], [folder], stim_files={"x": "b.png"}) == {"x": str(folder / "b.png")}
+    # The dataset root as the folder: the annex's own files (named by key) are not searched.
+    assert find_stimuli(["a"], [annexed]) == {"a": str(folder / "a.png")}
+    with pytest.raises(BidsReconError, match="not found"):
+        find_stimuli([f"MD5E-s5--{'a' * 32}"], [annexed])
+
+
+def test_a_link_into_another_datasets_annex_is_refused(annexed, tmp_path):
+    other = tmp_path / "other"
+    (other / ".git").mkdir(parents=True)
+    annex_link(annexed / "stimuli" / "c.png", annex_object(other, "MD5E-s5--" + "c" * 32 + ".png"))
+    with pytest.raises(BidsReconError, match="would reach outside") as error:
+        find_stimuli(["a", "c"], [annexed / "stimuli"])
+    assert error.value.exit_code == 64 and "c -> " in str(error.value) and "a -> " not in str(error.value)
+    with pytest.raises(BidsReconError, match="would reach outside"):
+        find_stimuli(["x"], [annexed / "stimuli"], stim_files={"x": "c.png"})
+
+
+def test_a_link_into_an_enclosing_repositorys_annex_is_refused(tmp_path):
+    # The nearest repository is the folder's own dataset: a superdataset's annex is someone else's.
+    outer = tmp_path / "outer"
+    dataset = outer / "ds"
+    (dataset / ".git").mkdir(parents=True)
+    (outer / ".git").mkdir()
+    annex_link(dataset / "stimuli" / "a.png", annex_object(outer, "MD5E-s5--" + "a" * 32 + ".png"))
+    with pytest.raises(BidsReconError, match="would reach outside"):
+        find_stimuli(["a"], [dataset / "stimuli"])
+
+
+def test_a_git_folder_that_is_a_link_is_not_trusted(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    key = "MD5E-s5--" + "a" * 32 + ".png"
+    target = annex_object(elsewhere, key)
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    os.symlink(elsewhere / ".git", dataset / ".git")
+    annex_link(dataset / "stimuli" / "a.png", dataset / ".git" / "annex" / "objects" / "Xx" / "Yy" / key / key)
+    assert (dataset / "stimuli" / "a.png").resolve() == target.resolve()
+    with pytest.raises(BidsReconError, match="would reach outside"):
+        find_stimuli(["a"], [dataset / "stimuli"])
+
+
+def test_an_annexed_stimulus_not_fetched_names_the_get_command(annexed):
+    folder = annexed / "stimuli"
+    # Not fetched: the link points at an object that is not there.
+    key = "MD5E-s5--" + "d" * 32 + ".png"
+    annex_link(folder / "d.png", annexed / ".git" / "annex" / "objects" / "Zz" / "Ww" / key / key)
+    assert (folder / "d.png").is_symlink() and not (folder / "d.png").exists()
+    # An unlocked annexed file without its content holds git-annex's pointer.
+    touch_bytes(folder / "e.png", f"/annex/objects/MD5E-s5--{'e' * 32}.png\n".encode())
+    for names, stim_files in ((["a", "d", "e"], None), (["x"], {"x": "d.png"})):
+        with pytest.raises(BidsReconError) as error:
+            find_stimuli(names, [folder], stim_files=stim_files)
+        message = str(error.value)
+        assert error.value.exit_code == 66
+        assert "not fetched" in message and "datalad get" in message and "git annex get" in message
+        assert str(folder / "d.png") in message
+        assert (str(folder / "e.png") in message) == (stim_files is None)
+        assert str(folder / "a.png") not in message
+
+
+def test_a_broken_link_out_of_the_folder_is_still_refused(annexed, tmp_path):
+    annex_link(annexed / "stimuli" / "f.png", tmp_path / "nowhere" / "f.png")
+    with pytest.raises(BidsReconError, match="would reach outside") as error:
+        find_stimuli(["f"], [annexed / "stimuli"])
+    assert error.value.exit_code == 64

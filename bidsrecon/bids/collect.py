@@ -104,7 +104,7 @@ def load_bids_filters(path):
         raise BidsReconError(f"--bids-filter-file {path}: no such file", EXIT_INPUT_MISSING)
     try:
         filters = json.loads(path.read_text())
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BidsReconError(f"--bids-filter-file {path} is not valid JSON: {error}") from None
     if not isinstance(filters, dict):
         raise BidsReconError(f"--bids-filter-file {path}: expected a JSON object such as "
@@ -225,11 +225,21 @@ def read_trials(events_path, trial_set):
 
 
 def read_events(events_path):
-    """An events.tsv as a table of strings, its ``onset`` column checked to be numeric."""
+    """An events.tsv as a table of strings, its ``onset`` column checked to be numeric.
+
+    A file with a header and no row is an error, not a run without trials: the spec selected the run,
+    so its events are missing (silently dropping it would change the training or test data).
+    """
     try:
         events = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:
+        raise BidsReconError(f"{events_path}: not UTF-8 text ({_first_non_utf8(events_path)}); BIDS text files "
+                             "are UTF-8: save it with that encoding") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise BidsReconError(f"{events_path}: cannot read it as a tab-separated table ({error})") from None
+    if events.empty:
+        raise BidsReconError(f"{events_path}: no events (a header and no row); add the run's events, or leave "
+                             "the run out (--bids-filter-file, --session-label)", EXIT_INPUT_MISSING)
     for column in ("onset", "duration"):
         if column not in events.columns:
             raise BidsReconError(f"{events_path}: no '{column}' column (columns: {', '.join(events.columns)})")
@@ -396,6 +406,17 @@ def _bad_cells_message(events_path, column, cells, bad, expected="a number"):
     lines = [f"line {cells.index[i] + 2} ({cells.iloc[i]!r})" for i in bad[:10]]
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return f"{events_path}: '{column}' must be {expected} in every trial row; got {', '.join(lines)}{more}"
+
+
+def _first_non_utf8(path):
+    """Where a file stops being UTF-8, as an editor shows it: ``byte 0xe9 on line 7``."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        return f"byte 0x{data[error.start]:02x} on line {line}"
+    return "an undecodable byte"
 
 
 def _events_path(bold_path):

@@ -1,4 +1,5 @@
 """The output derivative dataset: its description, names, and writes that never leave half a file."""
+import contextlib
 import json
 import os
 import re
@@ -98,3 +99,36 @@ def item_stem(subject, set_name, stimulus):
 def raw_uri(bids_dir, path):
     """BIDS URI of a file of the input dataset: ``bids:raw:sub-01/...``."""
     return f"bids:raw:{Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
+
+
+# A participant's outputs are written here first and moved into place as a whole when the run ends:
+# a failed run leaves the last complete outputs untouched, and a rerun that drops a test set leaves
+# no file of it behind. Inside the output dataset, so that the move is a rename on one file system;
+# a hidden folder, which the BIDS validator skips.
+STAGING = ".bidsrecon-staging"
+
+
+def staging_dir(output_dir):
+    """Where a run writes its participants' outputs before `publish_participant` moves them."""
+    return Path(output_dir) / STAGING
+
+
+def publish_participant(output_dir, subject):
+    """Replace ``output_dir/sub-<subject>`` by its staged version in two renames.
+
+    The previous outputs are renamed aside first and removed last, so that at every moment one
+    complete version exists: a run killed in between leaves them in the staging folder, and the
+    next run's publish clears them.
+    """
+    import shutil
+
+    staged, final = staging_dir(output_dir) / f"sub-{subject}", Path(output_dir) / f"sub-{subject}"
+    previous = staging_dir(output_dir) / f"sub-{subject}.previous"
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final.exists():
+        os.rename(final, previous)
+    os.rename(staged, final)
+    shutil.rmtree(previous, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other participants may still be staged by parallel jobs
+        staging_dir(output_dir).rmdir()

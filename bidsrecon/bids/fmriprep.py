@@ -20,6 +20,7 @@ import pandas as pd
 
 from bidsrecon.bids.collect import bold_volumes
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.names import is_label
 from bidsrecon.preproc.inputs import read_confounds
 
 MOTION_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -32,7 +33,6 @@ RUN_ENTITIES = {
 }
 _BOLD_EXTENSIONS = (".nii.gz", ".nii")
 _CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _pipeline_name(description_file):
     try:
         description = json.loads(description_file.read_text())
         return str(description["GeneratedBy"][0]["Name"]).lower()
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError):
         return description_file.parent.name
 
 
@@ -173,7 +173,7 @@ def parse_space(value=DEFAULT_SPACE):
     """
     name, _, modifier = value.partition(":")
     resolution = modifier.removeprefix("res-") if modifier.startswith("res-") else None
-    if not _LABEL.match(name) or (modifier and not (resolution and _LABEL.match(resolution))):
+    if not is_label(name) or (modifier and not is_label(resolution)):
         raise BidsReconError(
             f"--space {value!r}: expected SPACE or SPACE:res-N with alphanumeric labels, e.g. T1w, "
             "MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2", EXIT_BAD_ARGUMENTS)

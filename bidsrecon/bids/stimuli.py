@@ -8,13 +8,25 @@ Two ways to name a stimulus's file:
   under one of the folders (the first folder that has it wins), any of :data:`IMAGE_SUFFIXES`.
 
 A ``stim_file`` or name that is absolute, climbs with ``..``, or leads (through a symbolic link)
-outside its folder is refused.
+outside its folder is refused, with one exception: files managed by git-annex or DataLad are
+symbolic links into the dataset's ``.git/annex/objects``. A link is followed when it resolves
+inside the ``.git/annex/objects`` of the git repository the folder belongs to (the nearest folder
+at or above it that has a ``.git`` folder, not a link); a link into another repository's annex, or
+anywhere else, is still refused. An annexed file whose content has not been fetched (a broken link
+into the annex, or an unlocked file that holds only git-annex's pointer) stops the run naming the
+file, with the ``datalad get``/``git annex get`` command that fetches it. ``.git`` folders are not
+searched for stimuli.
 """
+import os
+import shlex
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+# An unlocked git-annex file whose content is absent holds this pointer instead of the image.
+ANNEX_POINTER_PREFIX = b"/annex/objects/"
+_ANNEX_POINTER_MAX_BYTES = 1024
 
 
 def find_stimuli(names, search_dirs, stim_files=None):
@@ -39,13 +51,14 @@ def find_stimuli(names, search_dirs, stim_files=None):
     ------
     BidsReconError
         Exit 64 naming every stimulus whose name or ``stim_file`` would reach outside its folder,
-        or whose name matches several files in one folder; else exit 66 naming every stimulus
-        that is not found.
+        or whose name matches several files in one folder; else exit 66 naming every annexed
+        stimulus whose content has not been fetched, else every stimulus that is not found.
     """
     names = list(dict.fromkeys(names))
     stim_files = stim_files or {}
     folders = [Path(folder) for folder in search_dirs]
-    found, missing, escaping, ambiguous = {}, [], [], []
+    annexes = {folder: _annex_objects(folder) for folder in folders}
+    found, missing, escaping, ambiguous, unfetched = {}, [], [], [], []
     by_name = [name for name in names if name not in stim_files]
     unsafe_names = [name for name in by_name if not _is_plain_name(name)]
     escaping += [f"stimulus name {name!r}" for name in unsafe_names]
@@ -54,13 +67,15 @@ def find_stimuli(names, search_dirs, stim_files=None):
         if name in unsafe_names:
             continue
         if name in stim_files:
-            path, problem = _locate_stim_file(stim_files[name], folders)
+            path, problem = _locate_stim_file(stim_files[name], folders, annexes)
             label = f"{name} (stim_file {stim_files[name]})"
         else:
-            path, problem = _locate_by_stem(name, index)
+            path, problem = _locate_by_stem(name, index, annexes)
             label = name
         if problem == "escapes":
             escaping.append(f"{label} -> {path}" if path else label)
+        elif problem == "not fetched":
+            unfetched.append(path)
         elif problem == "ambiguous":
             ambiguous.append(f"{name} ({', '.join(str(p) for p in path)})")
         elif path is None:
@@ -76,6 +91,12 @@ def find_stimuli(names, search_dirs, stim_files=None):
         raise BidsReconError(
             f"{len(ambiguous)} stimulus name(s) match several images under {where}: {'; '.join(ambiguous)}; "
             "keep one image per name", EXIT_BAD_ARGUMENTS)
+    if unfetched:
+        raise BidsReconError(
+            f"{len(unfetched)} stimulus image(s) are git-annex/DataLad files whose content is not here (not "
+            f"fetched): {', '.join(str(path) for path in unfetched)}; fetch them first: `datalad get "
+            f"{_shell_paths(unfetched)}` (or `git annex get` on the same files, in their dataset)",
+            EXIT_INPUT_MISSING)
     if missing:
         raise BidsReconError(
             f"{len(missing)} stimulus image(s) not found under {where}: {', '.join(missing)}; put "
@@ -125,20 +146,20 @@ def _is_relative_inside(relative):
     return True
 
 
-def _locate_stim_file(relative, folders):
-    """(path, problem) of a stim_file: problem is None, ``escapes`` or ``missing``."""
+def _locate_stim_file(relative, folders, annexes):
+    """(path, problem) of a stim_file: problem is None, ``escapes``, ``not fetched`` or ``missing``."""
     if not _is_relative_inside(relative):
         return None, "escapes"
     for folder in folders:
         candidate = folder / relative
-        if candidate.is_symlink() and not _resolves_inside(candidate, folder):
-            return candidate, "escapes"
-        if candidate.is_file():
-            return candidate, None if _resolves_inside(candidate, folder) else "escapes"
+        if candidate.is_symlink() or candidate.is_file():
+            problem = _target_problem(candidate, folder, annexes[folder])
+            if problem != "missing":  # a broken link inside the folder: look in the next folder
+                return candidate, problem
     return None, "missing"
 
 
-def _locate_by_stem(name, index):
+def _locate_by_stem(name, index, annexes):
     """(path, problem) of a name looked up by stem in the first folder that has it."""
     for folder, stems in index:
         paths = stems.get(name)
@@ -146,25 +167,70 @@ def _locate_by_stem(name, index):
             continue
         if len(paths) > 1:
             return paths, "ambiguous"
-        if not _resolves_inside(paths[0], folder):
-            return paths[0], "escapes"
-        return (paths[0], None) if paths[0].is_file() else (None, "missing")
+        problem = _target_problem(paths[0], folder, annexes[folder])
+        return (None, problem) if problem == "missing" else (paths[0], problem)
     return None, "missing"
 
 
 def _index_by_stem(folders):
-    """Per folder, the image files under it by stem (symbolic links to folders are not entered)."""
+    """Per folder, the image files under it by stem (symbolic links to folders and ``.git`` are not entered)."""
     index = []
     for folder in folders:
         stems = {}
         if folder.is_dir():
-            for path in sorted(folder.rglob("*")):
+            found = []
+            for parent, subfolders, files in os.walk(folder):
+                subfolders[:] = [name for name in subfolders if name != ".git"]
+                found += [Path(parent) / name for name in files]
+            for path in sorted(found):
                 if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink()):
                     stems.setdefault(path.stem, []).append(path)
         index.append((folder, stems))
     return index
 
 
-def _resolves_inside(path, folder):
-    # resolve() follows every symbolic link, so a link out of the folder is caught here.
-    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+def _target_problem(path, folder, annex):
+    """None when ``path`` may be read; else ``escapes``, ``not fetched`` or ``missing``.
+
+    A path may be read when it resolves (every symbolic link followed) inside ``folder``, or inside
+    ``annex``, the ``.git/annex/objects`` of the folder's own repository (None when it has none).
+    """
+    target = Path(path).resolve()  # non-strict: a broken link resolves to where it points
+    in_annex = annex is not None and target.is_relative_to(annex)
+    if not (target.is_relative_to(Path(folder).resolve()) or in_annex):
+        return "escapes"
+    if target.is_file():
+        return "not fetched" if _is_annex_pointer(target) else None
+    return "not fetched" if in_annex else "missing"
+
+
+def _annex_objects(folder):
+    """``<repository>/.git/annex/objects`` of the git repository holding ``folder``, or None.
+
+    The repository is the nearest folder at or above ``folder`` (its real location) with a
+    ``.git`` folder; a ``.git`` that is a file or a link (worktrees, absorbed submodules) is not
+    followed.
+    """
+    folder = Path(folder).resolve()
+    for candidate in (folder, *folder.parents):
+        git = candidate / ".git"
+        if git.is_dir() and not git.is_symlink():
+            return git / "annex" / "objects"
+    return None
+
+
+def _is_annex_pointer(path):
+    """Whether a file is an unlocked git-annex file without its content (it holds the key's pointer)."""
+    try:
+        if path.stat().st_size > _ANNEX_POINTER_MAX_BYTES:
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(len(ANNEX_POINTER_PREFIX)) == ANNEX_POINTER_PREFIX
+    except OSError:
+        return False
+
+
+def _shell_paths(paths, shown=5):
+    """The first few paths, quoted for a shell, for a command the user can paste."""
+    quoted = " ".join(shlex.quote(str(path)) for path in paths[:shown])
+    return quoted + (" ..." if len(paths) > shown else "")

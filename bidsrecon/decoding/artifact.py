@@ -34,6 +34,7 @@ from bidsrecon.bids.roi import AFFINE_TOLERANCE
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.names import check_file_name
 
 #: Version of the artifact's layout; a loader refuses layouts newer than its own.
 ARTIFACT_FORMAT = 1
@@ -233,7 +234,7 @@ def read_decoder_description(path_stem):
                 EXIT_INPUT_MISSING)
     try:
         sidecar = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise BidsReconError(f"{sidecar_path} is not valid JSON ({error}); it is not a "
                              "decoder sidecar written by bidsrecon.", EXIT_BAD_ARGUMENTS) from None
     if isinstance(sidecar, dict) and sidecar.get("Format") == _PER_UNIT_FORMAT_NAME:
@@ -249,7 +250,34 @@ def read_decoder_description(path_stem):
             f"{sidecar_path} was written by bidsrecon {sidecar.get('SoftwareVersion')} in decoder "
             f"format {sidecar.get('FormatVersion')}; this version reads format {ARTIFACT_FORMAT} "
             "only. Use a newer bidsrecon, or retrain the decoder.", EXIT_BAD_ARGUMENTS)
+    _check_sidecar_fields(sidecar, sidecar_path)
     return sidecar
+
+
+# The fields a kernel decoder's sidecar must hold, with their JSON types; checked when it is read
+# so that a damaged or hand-edited sidecar is one clear error, not a KeyError hours later.
+_REQUIRED_FIELDS = {
+    "Encoder": (str,), "EncoderWeightsSHA256": (str, type(None)), "ImageSize": (int,), "Layers": (list,),
+    "TrainingStimuli": (list,), "TrainingStimulusSHA256": (list,), "VoxelMask": (dict,), "Voxels": (int,),
+    "ArraysSHA256": (str,),
+}
+
+
+def _check_sidecar_fields(sidecar, sidecar_path):
+    """Every required field present with its type; the files it names are plain names in its folder."""
+    for key, types in _REQUIRED_FIELDS.items():
+        if not isinstance(sidecar.get(key), types) or isinstance(sidecar.get(key), bool):
+            problem = "lacks" if key not in sidecar else f"has a {type(sidecar[key]).__name__} in"
+            raise BidsReconError(f"{sidecar_path} {problem} the field \"{key}\" ({' or '.join(t.__name__ for t in types)} "
+                                 "expected): it is not a complete decoder sidecar written by bidsrecon. Restore "
+                                 "the file from the decoder's folder, or retrain.", EXIT_BAD_ARGUMENTS)
+    check_file_name(sidecar["VoxelMask"].get("File"), f"{sidecar_path}: VoxelMask.File")
+    reference = sidecar.get("MotionReference")
+    if reference is not None:
+        if not isinstance(reference, dict):
+            raise BidsReconError(f"{sidecar_path}: \"MotionReference\" must be an object with \"File\" and "
+                                 "\"SHA256\"; restore the file, or retrain.", EXIT_BAD_ARGUMENTS)
+        check_file_name(reference.get("File"), f"{sidecar_path}: MotionReference.File")
 
 
 def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,

@@ -82,7 +82,7 @@ def find_saved_decoder(decoders_dir, subject):
             "with the training sessions), or give the output folder that holds it.", EXIT_INPUT_MISSING)
     description = read_decoder_description(stem)
     folder = sidecar_file.parent
-    mask_file = folder / str(description.get("VoxelMask", {}).get("File", ""))
+    mask_file = folder / description["VoxelMask"]["File"]  # a plain file name, checked on reading
     if not mask_file.is_file():
         raise BidsReconError(
             f"{sidecar_file}: its voxel mask {mask_file} is missing; copy the whole decoder folder "
@@ -90,7 +90,7 @@ def find_saved_decoder(decoders_dir, subject):
     reference = description.get("MotionReference")
     reference_file = None
     if reference:
-        reference_file = folder / str(reference.get("File", ""))
+        reference_file = folder / reference["File"]
         if not reference_file.is_file():
             raise BidsReconError(
                 f"{sidecar_file}: its motion reference volume {reference_file} is missing; copy the whole "

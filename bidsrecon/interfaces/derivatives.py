@@ -1,5 +1,6 @@
 """Nipype interface that writes one participant's derivatives (the workflow's only sink)."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ SET_COLUMNS = {
 
 
 class _WriteInputSpec(BaseInterfaceInputSpec):
-    output_dir = Directory(mandatory=True, desc="the derivative dataset")
+    output_dir = Directory(mandatory=True, desc="where sub-<label>/ is written: the output's staging folder")
     subject = traits.Str(mandatory=True)
     images_file = File(exists=True, mandatory=True)
     truths_file = File(exists=True, mandatory=True)
@@ -125,6 +126,8 @@ class WriteDerivatives(SimpleInterface):
 
         subject = self.inputs.subject
         subject_dir = Path(self.inputs.output_dir) / f"sub-{subject}"
+        # A folder left by a run that failed while writing: this run's outputs replace it whole.
+        shutil.rmtree(subject_dir, ignore_errors=True)
         images = np.load(self.inputs.images_file, allow_pickle=False)
         truths = np.load(self.inputs.truths_file, allow_pickle=False)
         items = pd.read_csv(self.inputs.items_metrics, sep="\t")
@@ -215,6 +218,7 @@ class WriteDerivatives(SimpleInterface):
         atomic_write_bytes(arrays, Path(self.inputs.decoder_arrays).read_bytes())
         # The voxel mask goes with the decoder (byte for byte: its hash is in the sidecar), so that
         # the decoder can be applied to data sampled in the same voxels later.
+        # An applied decoder's file names come from its sidecar: plain names, checked when it was read.
         mask = folder / (decoder["VoxelMask"]["File"] if self.inputs.copy_decoder
                          else f"sub-{subject}_desc-decoder_mask.nii.gz")
         atomic_write_bytes(mask, Path(self.inputs.mask_file).read_bytes())

@@ -9,7 +9,10 @@ from nipype.interfaces.base import (
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.interfaces.threads import limited_threads
 from bidsrecon.preproc.inputs import check_slice_timing, load_bold
-from bidsrecon.preproc.motion import MOTION_COLUMNS, estimate_motion, framewise_displacement, resample_volume
+from bidsrecon.preproc.motion import (
+    MOTION_COLUMNS, contaminated_voxels, estimate_motion, framewise_displacement, reference_error,
+    reference_volume_problem, resample_volume, zero_nonfinite_voxels,
+)
 from bidsrecon.preproc.slice_timing import slice_time_correct
 
 _AXES = {"i": 0, "j": 1, "k": 2}
@@ -45,6 +48,13 @@ class Realign(SimpleInterface):
     trilinearly to the reference position: fMRIPrep's order, which estimates motion before slice
     timing changes the images. The parameters have fMRIPrep's confounds column names and units;
     their frame and signs are described in `bidsrecon.preproc.motion`.
+
+    Hostile input: a reference volume that motion cannot be measured against (all zero, all NaN,
+    constant: `bidsrecon.preproc.motion.reference_volume_problem`) stops the node with an error
+    naming the run. Voxels that are NaN or infinite in any volume are set to 0 for the
+    realignment (one warning with their count), and the realigned voxels that read them are 0 in
+    every volume: constant, so that the brain mask and the samples leave them out. A run with no
+    voxel finite throughout is refused.
     """
 
     input_spec = _RealignInputSpec
@@ -56,12 +66,16 @@ class Realign(SimpleInterface):
         slice_times, slice_axis = self._slice_times(bold)
         zooms = bold.header.get_zooms()[:3]
         volumes = np.asanyarray(bold.dataobj, dtype=np.float32)
+        nonfinite = zero_nonfinite_voxels(volumes, bold_path)  # refuses a run with nothing finite
         with limited_threads(1):  # runs are processed in parallel, one per CPU
-            motion = estimate_motion(volumes, zooms, reference_volume=self._reference_volume(volumes.shape[:3]))
+            reference = self._reference_volume(volumes, zooms)
+            motion = estimate_motion(volumes, zooms, reference_volume=reference)
             if slice_times is not None:
                 volumes = slice_time_correct(volumes, slice_times, self.inputs.tr, slice_axis)
             for index in range(volumes.shape[3]):  # in place: a full-size run is 670 MB in float32
                 volumes[..., index] = resample_volume(volumes[..., index], motion[index], zooms)
+            if nonfinite.any():
+                volumes[contaminated_voxels(nonfinite, motion, zooms)] = 0
         self._results["realigned_file"] = f"{runtime.cwd}/realigned_bold.nii.gz"
         self._results["motion_file"] = f"{runtime.cwd}/motion.tsv"
         _save_like(volumes, bold, self._results["realigned_file"])
@@ -71,15 +85,26 @@ class Realign(SimpleInterface):
                      float_format="%.6g", lineterminator="\n")
         return runtime
 
-    def _reference_volume(self, shape):
+    def _reference_volume(self, volumes, zooms):
+        """The volume to register to: reference_file's (checked), or None for the run's middle volume (checked)."""
+        shape, bold_path = volumes.shape[:3], self.inputs.bold_file
         if not isdefined(self.inputs.reference_file):
+            index = volumes.shape[3] // 2
+            problem = reference_volume_problem(volumes[..., index], zooms)
+            if problem:
+                raise reference_error(bold_path, f"its middle volume ({index + 1} of {volumes.shape[3]})", problem)
             return None
-        reference = np.asanyarray(nib.load(self.inputs.reference_file).dataobj, dtype=np.float32)
+        reference_path = self.inputs.reference_file
+        reference = np.asanyarray(nib.load(reference_path).dataobj, dtype=np.float32)
+        what = "its mean over time" if reference.ndim == 4 else "the volume"
         reference = reference.mean(axis=3) if reference.ndim == 4 else reference
         if reference.shape != shape:
-            raise BidsReconError(f"{self.inputs.bold_file}: its grid {shape} differs from the reference run's "
+            raise BidsReconError(f"{bold_path}: its grid {shape} differs from the reference run's "
                                  f"{reference.shape}; raw runs must share one grid (or use fMRIPrep input)")
-        return reference
+        problem = reference_volume_problem(reference, zooms)
+        if problem:
+            raise reference_error(bold_path, what, problem, reference=reference_path)
+        return np.where(np.isfinite(reference), reference, np.float32(0))
 
     def _slice_times(self, bold):
         """Slice times in slice-index order and the slice axis, or (None, None) when not asked."""
@@ -120,6 +145,7 @@ class MeanVolume(SimpleInterface):
     def _run_interface(self, runtime):
         series = nib.load(self.inputs.in_file)
         mean = np.asanyarray(series.dataobj, dtype=np.float32).mean(axis=3)
+        mean[~np.isfinite(mean)] = 0  # the reference of every run's realignment: NaN would spread
         self._results["out_file"] = f"{runtime.cwd}/mean.nii.gz"
         nib.save(nib.Nifti1Image(mean, series.affine), self._results["out_file"])
         return runtime

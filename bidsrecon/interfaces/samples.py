@@ -27,15 +27,25 @@ class _EpiMaskOutputSpec(TraitedSpec):
 
 
 class EpiMask(SimpleInterface):
-    """A brain mask computed from the data (nilearn's ``compute_epi_mask`` on the mean volume)."""
+    """A brain mask computed from the data (nilearn's ``compute_epi_mask`` on the mean volume).
+
+    Voxels without data are left out even inside the brain, where nilearn's closing would fill
+    them in: NaN or infinite ones, and those that are 0 throughout (`Realign` sets the voxels that
+    were NaN in the raw run to 0).
+    """
 
     input_spec = _EpiMaskInputSpec
     output_spec = _EpiMaskOutputSpec
 
     def _run_interface(self, runtime):
+        from nilearn.image import new_img_like
         from nilearn.masking import compute_epi_mask
 
         mask = compute_epi_mask(self.inputs.bold_file)
+        data = np.asanyarray(nib.load(self.inputs.bold_file).dataobj, dtype=np.float32)
+        data = data if data.ndim == 4 else data[..., None]
+        has_data = np.isfinite(data).all(axis=3) & (data != 0).any(axis=3)
+        mask = new_img_like(mask, np.asanyarray(mask.dataobj).astype(bool) & has_data)
         self._results["out_mask"] = f"{runtime.cwd}/brain_mask.nii.gz"
         nib.save(mask, self._results["out_mask"])
         return runtime

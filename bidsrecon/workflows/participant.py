@@ -2,6 +2,7 @@
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bidsrecon.bids.derivatives import staging_dir
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.masks import BuildMask
@@ -108,9 +109,11 @@ def init_participant_wf(plan, config, name=None):
     evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file, seed=config.seed, device=config.device,
                                 bids_dir=str(config.bids_dir), subject=subject, spec=str(config.spec)),
                        name="evaluate")
-    # Always rerun the sink: the outputs may have been removed since the last run.
+    # Always rerun the sink: it writes into the staging folder, which the participant level moves into
+    # the output dataset at the end (bidsrecon.bids.derivatives.publish_participant).
     write_derivatives = pe.Node(
-        WriteDerivatives(output_dir=str(config.output_dir), subject=subject, trials_files=list(plan.trials_files),
+        WriteDerivatives(output_dir=str(staging_dir(config.output_dir)), subject=subject,
+                         trials_files=list(plan.trials_files),
                          seed=config.seed,
                          save_decoded_features=config.save_decoded_features,
                          copy_decoder=saved is not None),
