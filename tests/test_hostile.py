@@ -336,3 +336,13 @@ def test_rerun_that_drops_a_set_leaves_none_of_its_files(tiny_dataset, tmp_path)
     assert result.returncode == 0, result.stderr
     assert not list(out.rglob("*set-letters*")) and list(out.rglob("*set-shapes*"))
     assert not staging_dir(out).exists()
+
+
+@pytest.mark.parametrize("content", [b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+                                     '{"TaskName": "caf\u00e9"}'.encode("latin-1")], ids=["nested", "latin-1"])
+def test_unreadable_bold_sidecar_is_named(tiny_dataset, tmp_path, content):
+    dataset = tmp_path / "bids"
+    shutil.copytree(tiny_dataset, dataset, symlinks=True)
+    (dataset / "task-perception_bold.json").write_bytes(content)
+    result = run_cli(dataset, tmp_path / "out", "participant", "-w", tmp_path / "work", *FAST)
+    one_line_error(result, 64, "task-perception_bold.json", "pybids cannot index the dataset")

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bidsrecon.errors import EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.spec import TRAINING, normalise_value
 
 LOGGER = logging.getLogger("bidsrecon")
@@ -66,7 +66,27 @@ def load_layout(bids_dir):
             "Pass the root folder of a BIDS dataset as bids_dir.",
             EXIT_INPUT_MISSING,
         )
-    return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    except (ValueError, RecursionError, OSError) as error:  # pybids reports some JSON errors as OSError
+        # pybids does not say which sidecar it could not read: find it.
+        bad = next((path for path in sorted(bids_dir.rglob("*.json")) if _json_problem(path)), None)
+        where = f"{bad}: {_json_problem(bad)}" if bad else f"{bids_dir}: {type(error).__name__}: {error}"
+        raise BidsReconError(f"{where}; pybids cannot index the dataset. Every JSON file must be UTF-8 JSON "
+                             "(bids-validator-deno lists such files; do not skip it)", EXIT_BAD_ARGUMENTS) from None
+
+
+def _json_problem(path):
+    """Why ``path`` is not readable UTF-8 JSON, or None."""
+    try:
+        json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 text (byte {error.start})"
+    except (ValueError, RecursionError) as error:
+        return f"not valid JSON ({error})"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    return None
 
 
 def collect_participants(layout, labels=None):
