@@ -1,69 +1,265 @@
-"""All settings of one run of the app, in one frozen object (fMRIPrep's lesson: no globals, no
-settings threaded one by one through every factory)."""
-from dataclasses import dataclass
+"""All settings of one run of the app, in one frozen object, each defined once.
+
+fMRIPrep's lesson: no globals, no settings threaded one by one through every factory. Each
+setting the user can give is a field of `Config` whose ``option(...)`` holds all there is to
+know about it: its default, its command-line flags (with fMRIPrep's and the BIDS-App spellings),
+its help and how argparse reads it. `bidsrecon.cli.build_parser` makes the parser from these
+fields and `bidsrecon.cli.parse_args` the `Config` from the parsed values, so adding an option is
+one new field here (plus the code that uses it). Fields without flags are set by the CLI from
+others (``plugin``, ``command``) or are fixed settings of the method (``clip_sd``, ``cv_units``).
+"""
+import argparse
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# Argument groups of ``--help``, in the order they are shown.
+POSITIONAL = "positional arguments"
+SELECT = "what to process"
+PREPROCESSING = "preprocessing"
+DECODING = "decoding and reconstruction"
+RECONSTRUCTION = "reconstruction"
+RESOURCES = "resources"
+
+
+def positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def non_negative_float(value):
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return number
+
+
+def option(default, *flags, group, help, parser_default=..., **argparse_settings):
+    """A `Config` field that the command line sets.
+
+    Parameters
+    ----------
+    default
+        The field's default, also the option's unless ``parser_default`` is given.
+    *flags : str
+        The option's spellings; none for a positional argument.
+    group : str
+        Its section of ``--help``.
+    help : str
+        Its help text.
+    parser_default : optional
+        What argparse gives when the option is absent, where that must differ from the field's
+        default (to tell "not given" from "given the default").
+    **argparse_settings
+        ``type``, ``nargs``, ``choices``, ``metavar``, ``action``, as argparse takes them.
+    """
+    metadata = {"flags": flags, "group": group, "help": help, "argparse": argparse_settings,
+                "parser_default": default if parser_default is ... else parser_default}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Config:
-    bids_dir: Path
-    output_dir: Path
-    analysis_level: str
-    work_dir: Path
-    participant_labels: tuple = ()
-    task_labels: tuple = ()
-    stimuli_dirs: tuple = ()
-    nprocs: int = 1
-    skip_bids_validation: bool = False
-    verbose: int = 0
-    seed: int = 0
-    spec: str = "ds001506"
-    session_labels: tuple = ()
-    bids_filter_file: Path = None
-    cut_runs: bool = False
-    # inputs: raw data (realigned here) or fMRIPrep derivatives
-    derivatives: tuple = ()
-    space: str = "T1w"
-    confounds: tuple = None  # None: the six motion parameters
-    slice_timing: bool = False
-    rois: tuple = ()
-    n_voxels: int = None
-    # samples (the paper's defaults, REFERENCE.md §2)
-    samples: str = "block"
-    discard_seconds: float = 8.0
-    delay_seconds: float = 4.0
-    clip_sd: float = 3.0
-    normalise: str = None  # rest | zscore; None: rest when the specification names the rest events
-    # decoding and reconstruction
-    encoder: str = "efficientnet-lite0"
-    encoder_weights: Path = None
-    layers: tuple = ()
-    image_size: int = 64
-    iterations: int = 200
-    cv_units: int = 1000
-    save_decoded_features: bool = False
-    decoder: str = "kernel"
-    decoders_dir: Path = None  # a previous output dataset whose saved decoders are applied, not refitted
-    # reconstruction (the paper's defaults, REFERENCE.md §1)
-    optimiser: str = "lbfgs"
-    generator_weights: Path = None
-    generator_latent_max: str = None
-    jitter: int = 0
-    feature_correction: str = "spread"
-    pixel_weight: float = 100.0  # the decoded small image's term (bidsrecon.decoding.pixels)
-    tv_weight: float = 3.0
-    coarse_factor: int = 2
-    start: str = "pixels"
-    clamp: bool = True  # gd: pixels kept in [0, 1] after each step
-    device: str = "auto"
-    mixed_precision: bool = False
-    batch_size: int = 8
-    snapshot_every: int = 0
-    # resources
-    mem_gb: float = None
-    feature_cache: str = "off"
-    omp_nthreads: int = 1  # threads of one process (torch, BLAS)
+    # --- positional arguments ---
+    bids_dir: Path = option(None, group=POSITIONAL,
+                type=Path,
+                help="root folder of the input BIDS dataset")
+    output_dir: Path = option(None, group=POSITIONAL,
+                type=Path,
+                help="folder of the output derivative dataset")
+    analysis_level: str = option(None, group=POSITIONAL,
+                help="'participant' (decode and reconstruct) or 'group' (aggregate)")
+    # --- what to process ---
+    participant_labels: tuple = option((), '--participant-label', '--participant_label', group=SELECT,
+                nargs='+', metavar='LABEL',
+                help="subjects to process, with or without 'sub-' (default: all)")
+    task_labels: tuple = option((), '--task-label', '--task_label', group=SELECT,
+                nargs='+', metavar='TASK',
+                help="tasks to use (default: every task the specification names)")
+    session_labels: tuple = option((), '--session-label', '--session_label', group=SELECT,
+                nargs='+', metavar='SESSION',
+                help="sessions to use, with or without 'ses-' (default: all)")
+    bids_filter_file: Path = option(None, '--bids-filter-file', '--bids_filter_file', group=SELECT,
+                type=Path, metavar='FILE',
+                help="JSON of pybids filters in fMRIPrep's format; its 'bold' query selects the runs")
+    spec: str = option('ds001506', '--spec', group=SELECT,
+                metavar='NAME|FILE',
+                help="decoding specification: which runs and trials train the decoder and which are test sets; a "
+                "built-in name ({builtin_specs}) or a JSON file (default: ds001506)")
+    cut_runs: bool = option(False, '--cut-runs', group=SELECT,
+                action="store_true",
+                help="drop trials whose window runs past the end of their run instead of stopping")
+    stimuli_dirs: tuple = option((), '--stimuli-dir', group=SELECT,
+                type=Path, nargs='+', metavar='DIR',
+                help="folders holding <stimulus_name>.png|jpg (default: the dataset's stimuli/)")
+    skip_bids_validation: bool = option(False, '--skip-bids-validation', '--skip_bids_validation', '--skip_bids_validator', group=SELECT,
+                action="store_true",
+                help="do not validate bids_dir first")
+    # --- preprocessing ---
+    derivatives: tuple = option((), '--derivatives', group=PREPROCESSING,
+                nargs='+', metavar='[NAME=]PATH',
+                help="fMRIPrep derivatives to take the preprocessed bold, brain mask and confounds from (default: "
+                "preprocess the raw data: motion correction, mask from the data)")
+    space: str = option('T1w', '--space', group=PREPROCESSING,
+                help="fMRIPrep output space, e.g. T1w (default) or MNI152NLin2009cAsym:res-2")
+    confounds: tuple = option(None, '--confounds', group=PREPROCESSING,
+                nargs='*', metavar='COLUMN',
+                help="fMRIPrep confounds to regress out: names or globs such as 'cosine*', 'a_comp_cor_*' (default: "
+                "the six motion parameters; give the option with no value for none)")
+    slice_timing: bool = option(False, '--slice-timing', group=PREPROCESSING,
+                action="store_true",
+                help="correct slice timing from the SliceTiming metadata (raw input)")
+    rois: tuple = option((), '--roi', group=PREPROCESSING,
+                nargs='+', metavar='NAME[=PATH]',
+                help="regions of interest joined into the voxel mask: NIfTI files as NAME=PATH, or ds001506's "
+                "sourcedata masks by name (V1, V2, V3, hV4, LOC, FFA, PPA, HVC, VC...)")
+    n_voxels: int = option(None, '--n-voxels', group=PREPROCESSING,
+                type=positive_int, metavar='K',
+                help="keep the K voxels most reliably driven by the training images (training data only)")
+    samples: str = option('block', '--samples', group=PREPROCESSING,
+                choices=('block', 'lss'),
+                help="one sample per block (the paper's, default) or a beta per trial (least-squares separate)")
+    delay_seconds: float = option(4.0, '--hrf-delay', group=PREPROCESSING,
+                type=float, metavar='SECONDS',
+                help="haemodynamic delay of the block samples (default: 4 s, the paper's)")
+    discard_seconds: float = option(8.0, '--discard-seconds', group=PREPROCESSING,
+                type=float, metavar='SECONDS',
+                help="seconds at the start of each run left out (default: 8 s, the paper's)")
+    normalise: str = option(None, '--normalise', '--normalize', group=PREPROCESSING,
+                choices=('rest', 'zscore'),
+                help="rest: each voxel in percent signal change from the run's rest (the events the specification's "
+                "'baseline' names; ds001506: the opening 32-s rest), outliers clipped at 3 SD in 10 passes (the "
+                "paper's); zscore: each voxel z-scored over the whole run, which shifts runs with another share "
+                "of stimulation (ds001506's letter runs) (default: rest when the specification names the rest, "
+                "else zscore)")
+    # --- decoding and reconstruction ---
+    encoder: str = option('efficientnet-lite0', '--encoder', group=DECODING,
+                help="network whose features are decoded and inverted (default: efficientnet-lite0; also vgg19, "
+                "vgg19-caffe; *-random variants are for tests only)")
+    encoder_weights: Path = option(None, '--encoder-weights', group=DECODING,
+                type=Path, metavar='FILE',
+                help="weights file of the encoder (state dict; loaded without executing code)")
+    # None on the command line, so that --decoders-dir can refuse a --decoder given explicitly.
+    decoder: str = option('kernel', '--decoder', group=DECODING, parser_default=None,
+                choices=('kernel', 'fastl2lir'),
+                help="kernel: kernel ridge with one penalty per layer, every unit streamed (default); fastl2lir: the "
+                "Kamitani lab's ridge per unit on its 500 best voxels (alpha 100), slow: for layer subsets and "
+                "comparison")
+    decoders_dir: Path = option(None, '--decoders-dir', group=DECODING,
+                type=Path, metavar='DIR',
+                help="apply the decoders saved in DIR, a previous bidsrecon output dataset (sub-<label>/decoder/), "
+                "instead of fitting them: no training runs are needed or read, the samples are taken in the saved "
+                "voxel mask and raw runs are realigned to the saved reference volume; --encoder, "
+                "--encoder-weights, --image-size and --layers must match the saved decoder (--n-voxels, --roi and --decoder "
+                "are refused)")
+    layers: tuple = option((), '--layers', group=DECODING,
+                nargs='+', metavar='LAYER',
+                help="encoder layers to decode and invert (default: the encoder's default set)")
+    image_size: int = option(64, '--image-size', group=DECODING,
+                type=positive_int,
+                help="reconstruction size in pixels (default: 64)")
+    iterations: int = option(200, '--iterations', group=DECODING,
+                type=positive_int,
+                help="iterations of the reconstruction's optimiser (default: 200, the paper's)")
+    seed: int = option(0, '--seed', group=DECODING,
+                type=int,
+                help="random seed (default: 0)")
+    save_decoded_features: bool = option(False, '--save-decoded-features', group=DECODING,
+                action="store_true",
+                help="also write the decoded features of every test item (HDF5, one dataset per layer)")
+    # --- reconstruction ---
+    optimiser: str = option('lbfgs', '--optimiser', '--optimizer', group=RECONSTRUCTION,
+                choices=('lbfgs', 'gd', 'generator'),
+                help="lbfgs: L-BFGS over pixels, no prior (the paper's default); gd: momentum gradient descent over "
+                "pixels with decay and blur; generator: momentum descent over a DGN generator's latent (needs "
+                "--generator-weights)")
+    generator_weights: Path = option(None, '--generator-weights', group=RECONSTRUCTION,
+                type=Path, metavar='FILE',
+                help="the DGN generator's weights (the lab's PyTorch fc7 generator, a state dict)")
+    generator_latent_max: str = option(None, '--generator-latent-max', group=RECONSTRUCTION,
+                metavar='VALUE|FILE',
+                help="upper bound of the generator's latent: a number, or a text file of 4096 values (the lab uses 3 "
+                "SD of AlexNet fc7 activations); default: no upper bound")
+    feature_correction: str = option('spread', '--feature-correction', group=RECONSTRUCTION,
+                choices=('spread', 'none', 'lab2019', 'cookbook', 'cookbook-trainmean'),
+                help="correction of the decoded features before inversion: spread (rescale around the training mean to "
+                "the training spread; default, chosen by bench/validity.py), lab2019 (each item to the training "
+                "images' feature SD, the 2019 scripts), cookbook and cookbook-trainmean (bdpy's normalize_feature "
+                "as the brain-decoding cookbook calls it), none")
+    pixel_weight: float = option(100.0, '--pixel-weight', group=RECONSTRUCTION,
+                type=non_negative_float, metavar='WEIGHT',
+                help="weight of the decoded small image (the 'pixels' pseudo-layer) in the loss, against 1 for one "
+                "network layer; 0 leaves it out (default: 100, chosen by bench/validity.py; lbfgs and gd)")
+    tv_weight: float = option(3.0, '--tv-weight', group=RECONSTRUCTION,
+                type=non_negative_float, metavar='WEIGHT',
+                help="weight of a total-variation term (squared differences of neighbouring pixels), in the pixel "
+                "term's units (default: 3, chosen by bench/validity.py)")
+    coarse_factor: int = option(2, '--coarse-factor', group=RECONSTRUCTION,
+                type=positive_int, metavar='N',
+                help="lbfgs only: optimise an image N times smaller than --image-size, upsampled (bilinear) before the "
+                "encoder; 1 optimises every pixel, the paper's (default: 2, chosen by bench/validity.py)")
+    start: str = option('pixels', '--start', group=RECONSTRUCTION,
+                choices=('pixels', 'flat', 'noise'),
+                help="start image of lbfgs and gd: the decoded small image (default), the paper's flat image of the "
+                "mean colour, or uniform noise (icnn's default)")
+    clamp: bool = option(True, '--no-clamp', group=RECONSTRUCTION,
+                action="store_false",
+                help="gd only: let pixels leave [0, 1] during the descent, as the lab's icnn does (the saved image is "
+                "clipped)")
+    jitter: int = option(0, '--jitter', group=RECONSTRUCTION,
+                type=int, metavar='PIXELS',
+                help="gd only: largest random image shift per iteration, in pixels at 224 px (default: 0)")
+    device: str = option('auto', '--device', group=RECONSTRUCTION,
+                choices=('auto', 'cpu', 'cuda', 'mps'),
+                help="where the encoder runs, for decoding and reconstruction (default: auto, a GPU when there is one)")
+    mixed_precision: bool = option(False, '--mixed-precision', group=RECONSTRUCTION,
+                action="store_true",
+                help="run the networks in bfloat16 on CUDA (faster; the loss stays float32)")
+    batch_size: int = option(8, '--batch-size', group=RECONSTRUCTION,
+                type=positive_int,
+                help="items reconstructed together (default: 8; results do not depend on it)")
+    snapshot_every: int = option(0, '--snapshot-every', group=RECONSTRUCTION,
+                type=positive_int, metavar='N',
+                help="also save every item's image every N iterations (sub-XX/recon/snapshots/)")
+    # --- resources ---
+    work_dir: Path = option(None, '-w', '--work-dir', group=RESOURCES,
+                type=Path,
+                help="working directory for intermediate results; reused to resume (default: bidsrecon-work-<uid> in "
+                "the system temporary folder, made private to you; any work dir must be yours and not writable by "
+                "others, since Nipype runs the results it caches there)")
+    nprocs: int = option(None, '--nprocs', '--n_cpus', '--n-cpus', group=RESOURCES,
+                type=positive_int,
+                help="CPUs to use in all (default: all available)")
+    omp_nthreads: int = option(None, '--omp-nthreads', '--omp_nthreads', group=RESOURCES,
+                type=positive_int,
+                help="threads of one step (encoder, linear algebra) (default: --nprocs)")
+    mem_gb: float = option(None, '--mem', '--mem-gb', '--mem_gb', group=RESOURCES,
+                type=float, metavar='GB',
+                help="memory limit in GB (10^9 bytes): the decoding splits its work to stay under it and Nipype "
+                "schedules steps within it (default: no limit)")
+    plugin_file: Path = option(None, '--use-plugin', '--use_plugin', group=RESOURCES,
+                type=Path, metavar='FILE',
+                help="YAML or JSON Nipype plugin settings, as fMRIPrep's: 'plugin: SLURM' (or SGE, PBS, MultiProc, "
+                "Linear) and 'plugin_args: {...}' (default: MultiProc over --nprocs CPUs)")
+    stop_on_first_crash: bool = option(False, '--stop-on-first-crash', group=RESOURCES,
+                action="store_true",
+                help="stop at the first failing step instead of running every step that does not depend on it")
+    resource_monitor: bool = option(False, '--resource-monitor', group=RESOURCES,
+                action="store_true",
+                help="record each step's time, CPU and peak memory (sub-XX/log/sub-XX_desc-resources_log.jsonl)")
+    feature_cache: str = option('off', '--feature-cache', group=RESOURCES,
+                choices=('off', 'float32', 'float16'),
+                help="keep the encoder's features of the stimuli in <work dir>/feature_cache, keyed by encoder, "
+                "weights, image content, size and layer, so later runs and other subjects with the same stimuli "
+                "reuse them (float16 halves the disk; default: off)")
+    verbose: int = option(0, '--verbose', '-v', group=RESOURCES,
+                action="count",
+                help="more log output (repeat for more)")
+    # --- set by the CLI from the options above ---
     plugin: tuple = ("Linear", ())  # Nipype plugin name and its arguments as (key, value) pairs
-    stop_on_first_crash: bool = False
-    resource_monitor: bool = False
     command: tuple = ()  # the command line, for the provenance record
+    # --- fixed settings of the method (the paper's, REFERENCE.md §2) ---
+    clip_sd: float = 3.0
+    cv_units: int = 1000
