@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.grid import same_grid
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -37,7 +38,6 @@ RESAMPLE_THRESHOLD = 0.5
 # Most sample points per axis and bold voxel when measuring that share (512 per voxel).
 MAX_SUBSAMPLES = 8
 # Grids whose affines differ by less than this (mm) are taken as the same grid.
-AFFINE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def roi_files(requests, bids_dir, subject):
 
 
 def _same_grid(image, shape, affine):
-    return image.shape[:3] == tuple(shape) and np.allclose(image.affine, affine, atol=AFFINE_TOLERANCE)
+    return same_grid(image.shape, image.affine, shape, affine)
 
 
 def _grid_text(shape, affine):

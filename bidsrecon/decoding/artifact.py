@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon.arrays import load_arrays, save_arrays
-from bidsrecon.bids.roi import AFFINE_TOLERANCE
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.grid import same_affine
 from bidsrecon.names import check_file_name
 
 #: Version of the artifact's layout; a loader refuses layouts newer than its own.
@@ -527,7 +527,7 @@ def _check_mask(where, saved, given, given_file):
         raise BidsReconError(
             f"{where} was trained in a voxel mask of shape {saved['Shape']}; the mask "
             f"{given_file} has shape {given['Shape']}. {remedy}", EXIT_BAD_ARGUMENTS)
-    if not np.allclose(saved["Affine"], given["Affine"], atol=AFFINE_TOLERANCE):
+    if not same_affine(saved["Affine"], given["Affine"]):
         raise BidsReconError(
             f"{where} was trained in a voxel mask with affine {saved['Affine']}; the mask "
             f"{given_file} has affine {given['Affine']}. {remedy}", EXIT_BAD_ARGUMENTS)

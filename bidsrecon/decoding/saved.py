@@ -23,9 +23,8 @@ import numpy as np
 from bidsrecon.decoding.artifact import decoder_paths, load_decoder, mask_voxel_set_sha256, read_decoder_description
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.grid import same_grid
 
-# Affines of the same grid written by different tools differ at rounding level.
-_AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -186,8 +185,7 @@ def _check_grid(grid_file, bold_files):
     grid = nib.load(grid_file)
     for bold_file in bold_files:
         bold = nib.load(bold_file)  # the header only
-        same = bold.shape[:3] == grid.shape[:3] and np.allclose(bold.affine, grid.affine, atol=_AFFINE_TOLERANCE_MM)
-        if not same:
+        if not same_grid(bold.shape, bold.affine, grid.shape, grid.affine):
             raise BidsReconError(
                 f"{bold_file}: its grid (shape {bold.shape[:3]}) differs from the saved decoder's {grid_file} "
                 f"(shape {grid.shape[:3]}{', another affine' if bold.shape[:3] == grid.shape[:3] else ''}); "

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.grid import same_affine
 
 # Spellings of a missing value in a TSV (BIDS writes n/a; pandas and numpy write NaN or nan).
 _MISSING_VALUES = ("n/a", "NaN", "nan", "")
 # Affines of the same grid written by different tools differ at rounding level.
-_AFFINE_TOLERANCE_MM = 1e-3
 
 
 def load_bold(path):
@@ -41,11 +41,11 @@ def load_mask(mask_path, bold_image, bold_path):
         When the mask's shape or affine differs from the run's, or it selects no voxel.
     """
     mask_image = nib.load(mask_path)
-    same_affine = np.allclose(mask_image.affine, bold_image.affine, atol=_AFFINE_TOLERANCE_MM)
-    if mask_image.shape[:3] != bold_image.shape[:3] or len(mask_image.shape) != 3 or not same_affine:
+    affine_agrees = same_affine(mask_image.affine, bold_image.affine)
+    if mask_image.shape[:3] != bold_image.shape[:3] or len(mask_image.shape) != 3 or not affine_agrees:
         raise BidsReconError(
             f"{bold_path}: its grid (shape {bold_image.shape[:3]}) differs from the mask {mask_path} "
-            f"(shape {mask_image.shape}{'' if same_affine else ', another affine'}); "
+            f"(shape {mask_image.shape}{'' if affine_agrees else ', another affine'}); "
             "resample the mask to the BOLD grid first",
             EXIT_BAD_ARGUMENTS,
         )

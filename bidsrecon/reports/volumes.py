@@ -2,6 +2,8 @@
 import nibabel as nib
 import numpy as np
 
+from bidsrecon.grid import same_grid
+
 
 def load_tsnr_and_mask(tsnr_path, mask_path):
     """The tSNR map and the decoder's voxel mask, both reoriented to RAS+ for display.
@@ -15,7 +17,7 @@ def load_tsnr_and_mask(tsnr_path, mask_path):
     if not mask_path.is_file():
         return tsnr, None, "No decoder voxel mask to outline."
     mask_image = nib.as_closest_canonical(nib.load(str(mask_path)))
-    if mask_image.shape[:3] != image.shape[:3] or not np.allclose(mask_image.affine, image.affine, atol=1e-3):
+    if not same_grid(mask_image.shape, mask_image.affine, image.shape, image.affine):
         return tsnr, None, "The decoder's voxel mask is on another grid; it is not outlined."
     mask = np.asarray(mask_image.dataobj).reshape(tsnr.shape) > 0
     return tsnr, mask, "The decoded voxels are outlined in blue."
