@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bidsrecon.preproc.motion import MOTION_COLUMNS
 from bidsrecon.bids.fmriprep import (
-    MOTION_CONFOUNDS,
     DerivativeDataset,
     OutputSpace,
     find_fmriprep_run,
@@ -68,7 +68,7 @@ def _write_run(root, stem, space_entities, n_volumes=10, confounds_suffix="times
                  func / f"{stem}_{space}_desc-preproc_bold.nii.gz")
         nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), affine), func / f"{stem}_{space}_desc-brain_mask.nii.gz")
     if table is None:
-        table = pd.DataFrame({name: np.linspace(0, 1, n_volumes) for name in MOTION_CONFOUNDS})
+        table = pd.DataFrame({name: np.linspace(0, 1, n_volumes) for name in MOTION_COLUMNS})
     table.to_csv(func / f"{stem}_desc-confounds_{confounds_suffix}.tsv", sep="\t", index=False, na_rep="n/a")
     return func
 
@@ -132,7 +132,7 @@ def test_every_simulated_run_is_found(dataset, fmriprep_dir, indexed):
         assert Path(found.bold).name == f"{stem}_space-T1w_desc-preproc_bold.nii.gz"
         assert Path(found.mask).name == f"{stem}_space-T1w_desc-brain_mask.nii.gz"
         assert Path(found.confounds).name == f"{stem}_desc-confounds_timeseries.tsv"
-        assert found.confound_columns == MOTION_CONFOUNDS
+        assert found.confound_columns == MOTION_COLUMNS
         assert found.n_volumes == nib.load(raw).shape[3]
         assert found.space == "T1w" and found.derivatives == str(fmriprep_dir.resolve())
         assert nib.load(found.mask).shape == nib.load(found.bold).shape[:3]
@@ -222,7 +222,7 @@ def test_older_fmriprep_confounds_name_is_accepted(tmp_path):
 
 def test_confounds_rows_must_match_the_volumes(tmp_path):
     root = _description(tmp_path / "fmriprep")
-    table = pd.DataFrame({name: np.zeros(9) for name in MOTION_CONFOUNDS})
+    table = pd.DataFrame({name: np.zeros(9) for name in MOTION_COLUMNS})
     _write_run(root, "sub-02_task-a", ["space-T1w"], n_volumes=10, table=table)
     with pytest.raises(BidsReconError, match="has 9 rows but .* has 10 volumes"):
         find_fmriprep_run(index_derivatives(parse_derivatives([str(root)])), {"subject": "02", "task": "a"})
@@ -252,8 +252,8 @@ def test_select_confounds_default_is_the_six_motion_parameters(indexed):
     path = find_fmriprep_run(indexed, TRAINING_RUN).confounds
     table = pd.read_csv(path, sep="\t")
     names, values = select_confounds(path)
-    assert names == list(MOTION_CONFOUNDS)
-    np.testing.assert_array_equal(values, table[list(MOTION_CONFOUNDS)].to_numpy())
+    assert names == list(MOTION_COLUMNS)
+    np.testing.assert_array_equal(values, table[list(MOTION_COLUMNS)].to_numpy())
     assert values.shape == (len(table), 6) and values.dtype == np.float64
 
 

@@ -22,8 +22,8 @@ from bidsrecon.bids.collect import bold_volumes
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.names import is_label
 from bidsrecon.preproc.inputs import read_confounds
+from bidsrecon.preproc.motion import MOTION_COLUMNS
 
-MOTION_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 DEFAULT_SPACE = "T1w"
 # pybids entity names that tell two raw runs of a subject apart, with their filename keys,
 # in the order BIDS writes them.
@@ -360,7 +360,7 @@ def resolve_confound_columns(available, patterns=None, source="the confounds tab
         The table's columns.
     patterns : sequence of str, optional
         Exact names or shell-style globs (``cosine*``, ``a_comp_cor_0[0-4]``). None selects
-        the six motion parameters (:data:`MOTION_CONFOUNDS`); an empty sequence selects none.
+        the six motion parameters (:data:`bidsrecon.preproc.motion.MOTION_COLUMNS`); an empty sequence selects none.
     source : str
         Named in error messages (the table's path).
 
@@ -374,7 +374,7 @@ def resolve_confound_columns(available, patterns=None, source="the confounds tab
     BidsReconError
         Exit 64 when a pattern matches no column; the message summarises the available ones.
     """
-    patterns = MOTION_CONFOUNDS if patterns is None else tuple(patterns)
+    patterns = MOTION_COLUMNS if patterns is None else tuple(patterns)
     selected = set()
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern.strip():

@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 )
 
 from bidsrecon.bids.derivatives import atomic_write_bytes, atomic_write_text, item_stem, write_json
+from bidsrecon.preproc.motion import MOTION_COLUMNS
 
 OPTIMISERS = {
     "lbfgs": "L-BFGS (a curvature history and an Armijo backtracking line search per item) over the pixels of "
@@ -56,9 +57,11 @@ ACCURACY_COLUMNS = {
     "pattern_correlation": "Mean over items of the correlation of decoded and true features across units.",
     "pattern_items_scored": "Items with a defined pattern correlation.",
 }
-MOTION_COLUMNS = {
-    **{f"trans_{axis}": {"Description": f"Translation along {axis}.", "Units": "mm"} for axis in "xyz"},
-    **{f"rot_{axis}": {"Description": f"Rotation about {axis}.", "Units": "rad"} for axis in "xyz"},
+# Sidecar of the motion traces in qc/: the six parameters of preproc.motion, then FD.
+MOTION_SIDECAR = {
+    **{name: {"Description": f"{'Translation along' if name.startswith('trans') else 'Rotation about'} "
+                             f"{name[-1]}.", "Units": "mm" if name.startswith("trans") else "rad"}
+       for name in MOTION_COLUMNS},
     "framewise_displacement": {"Description": "Framewise displacement (Power et al. 2012, 50-mm head; "
                                "0 for the first volume).", "Units": "mm"},
 }
@@ -251,7 +254,7 @@ class WriteDerivatives(SimpleInterface):
             path = subject_dir / "qc" / f"sub-{subject}_{label}_desc-motion_timeseries.tsv"
             atomic_write_text(path, motion_table(confounds).to_csv(sep="\t", index=False, float_format="%.6g"))
             written.append(str(path))
-        write_json(subject_dir / "qc" / f"sub-{subject}_desc-motion_timeseries.json", MOTION_COLUMNS)
+        write_json(subject_dir / "qc" / f"sub-{subject}_desc-motion_timeseries.json", MOTION_SIDECAR)
         path = subject_dir / "qc" / f"sub-{subject}_desc-tsnr_boldmap.nii.gz"
         atomic_write_bytes(path, Path(self.inputs.tsnr_file).read_bytes())
         return [*written, str(path)]

@@ -11,8 +11,8 @@ from scipy.linalg import eigh
 from scipy.ndimage import binary_erosion
 
 from bidsrecon.simulate.bold import HEAD_RADIUS_MM
+from bidsrecon.preproc.motion import MOTION_COLUMNS
 
-MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 N_COMPCOR = 5
 HIGH_PASS_PERIOD_S = 128.0
 
