@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
+
 # Argument groups of ``--help``, in the order they are shown.
 POSITIONAL = "positional arguments"
 SELECT = "what to process"
@@ -121,10 +123,10 @@ class Config:
     samples: str = option('block', '--samples', group=PREPROCESSING,
                 choices=('block', 'lss'),
                 help="one sample per block (the paper's, default) or a beta per trial (least-squares separate)")
-    delay_seconds: float = option(4.0, '--hrf-delay', group=PREPROCESSING,
+    delay_seconds: float = option(DELAY_SECONDS, '--hrf-delay', group=PREPROCESSING,
                 type=float, metavar='SECONDS',
                 help="haemodynamic delay of the block samples (default: 4 s, the paper's)")
-    discard_seconds: float = option(8.0, '--discard-seconds', group=PREPROCESSING,
+    discard_seconds: float = option(DISCARD_SECONDS, '--discard-seconds', group=PREPROCESSING,
                 type=float, metavar='SECONDS',
                 help="seconds at the start of each run left out (default: 8 s, the paper's)")
     normalise: str = option(None, '--normalise', '--normalize', group=PREPROCESSING,
@@ -261,5 +263,5 @@ class Config:
     plugin: tuple = ("Linear", ())  # Nipype plugin name and its arguments as (key, value) pairs
     command: tuple = ()  # the command line, for the provenance record
     # --- fixed settings of the method (the paper's, REFERENCE.md §2) ---
-    clip_sd: float = 3.0
+    clip_sd: float = CLIP_SD
     cv_units: int = 1000

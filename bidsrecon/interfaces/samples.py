@@ -16,6 +16,7 @@ from bidsrecon.preproc.inputs import (
 from bidsrecon.preproc.lss import lss_betas, trial_regressors
 from bidsrecon.preproc.motion import MOTION_COLUMNS
 from bidsrecon.preproc.signal import baseline_volumes, normalise_run, nuisance_design, unusable_voxels
+from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 
 
 class _EpiMaskInputSpec(BaseInterfaceInputSpec):
@@ -57,9 +58,9 @@ class _RunSamplesInputSpec(BaseInterfaceInputSpec):
     trials_file = File(exists=True, mandatory=True,
                        desc="TSV of the run's trials; its onset and duration columns (s) are used")
     tr = traits.Float(mandatory=True, desc="repetition time (s)")
-    discard_seconds = traits.Float(8.0, usedefault=True, desc="seconds at the start left out of every estimate")
-    delay_seconds = traits.Float(4.0, usedefault=True, desc="haemodynamic delay (s) of the block method")
-    clip_sd = traits.Float(3.0, usedefault=True, desc="outliers clipped at this many SD")
+    discard_seconds = traits.Float(DISCARD_SECONDS, usedefault=True, desc="seconds at the start left out of every estimate")
+    delay_seconds = traits.Float(DELAY_SECONDS, usedefault=True, desc="haemodynamic delay (s) of the block method")
+    clip_sd = traits.Float(CLIP_SD, usedefault=True, desc="outliers clipped at this many SD")
     confounds_file = File(exists=True, desc="TSV of confounds, one row per volume (fMRIPrep's "
                                             "desc-confounds_timeseries.tsv, or Realign's motion_file)")
     confound_columns = traits.List(traits.Str, value=list(MOTION_COLUMNS), usedefault=True,

@@ -1,8 +1,10 @@
 """Turn a cleaned run into one sample per stimulus block."""
 import numpy as np
 
+from bidsrecon.paper import DELAY_SECONDS
 
-def block_weights(n_volumes, tr, onsets, durations, delay=4.0):
+
+def block_weights(n_volumes, tr, onsets, durations, delay=DELAY_SECONDS):
     """Weights of each volume in each block's sample.
 
     Volume ``v`` is taken to cover the interval ``[v * tr, (v + 1) * tr)``. A block's window is
@@ -48,7 +50,7 @@ def block_weights(n_volumes, tr, onsets, durations, delay=4.0):
     return overlap / covered[:, None]
 
 
-def block_samples(data, tr, onsets, durations, delay=4.0):
+def block_samples(data, tr, onsets, durations, delay=DELAY_SECONDS):
     """Average a cleaned run over each block's delayed window (see `block_weights`).
 
     Parameters

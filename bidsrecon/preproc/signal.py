@@ -1,6 +1,8 @@
 """Clean one run's voxel time series before samples are taken from it."""
 import numpy as np
 
+from bidsrecon.paper import CLIP_SD
+
 # Voxels cleaned at a time: bounds the float64 working copies (a full-size run has ~10^5
 # voxels x 239 volumes) while keeping each matrix product large enough to be efficient.
 _VOXELS_PER_CHUNK = 8192
@@ -44,7 +46,7 @@ def unusable_voxels(data, n_discard=0):
     return ~finite | constant
 
 
-def clean_run(data, confounds=None, n_discard=0, clip_sd=3.0):
+def clean_run(data, confounds=None, n_discard=0, clip_sd=CLIP_SD):
     """Remove trend and confounds from one run, z-score each voxel and clip outliers.
 
     The order of operations (the paper's, REFERENCE.md §2, with z-scoring in place of the
@@ -148,7 +150,7 @@ def baseline_volumes(onsets, durations, n_volumes, tr, n_discard=0):
     return np.flatnonzero(inside)
 
 
-def normalise_run(data, baseline, confounds=None, n_discard=0, clip_sd=3.0, n_passes=OUTLIER_PASSES):
+def normalise_run(data, baseline, confounds=None, n_discard=0, clip_sd=CLIP_SD, n_passes=OUTLIER_PASSES):
     """Express one run in percent signal change from its rest baseline, then reduce outliers.
 
     The Kamitani lab's normalisation (Shen et al. 2019, REFERENCE.md §2; bdpy's ``regressout``
@@ -218,7 +220,7 @@ def normalise_run(data, baseline, confounds=None, n_discard=0, clip_sd=3.0, n_pa
         chunk, design, projector, n_discard, baseline, clip_sd, n_passes))
 
 
-def reduce_outliers(data, clip_sd=3.0, n_passes=OUTLIER_PASSES):
+def reduce_outliers(data, clip_sd=CLIP_SD, n_passes=OUTLIER_PASSES):
     """Clip each column at its mean ± ``clip_sd`` SD (ddof 1), ``n_passes`` times.
 
     The lab's ``reduce_outlier`` along time: each pass takes the mean and SD of the values the
