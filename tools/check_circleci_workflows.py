@@ -138,13 +138,22 @@ def check_workflows(config):
             raise ConfigError(f"'{section}' must be a mapping")
         sections[section] = value
     jobs, workflows, executors, orbs = (sections[key] for key in ("jobs", "workflows", "executors", "orbs"))
+    problems = _executor_problems(jobs, executors, orbs)
+    for workflow_name, workflow in workflows.items():
+        if workflow_name == "version" or not isinstance(workflow, dict):
+            continue  # `version: 2` of 2.0 configs
+        problems += _workflow_problems(workflow_name, workflow, jobs, orbs)
+    return problems
+
+
+def _known_orb(reference, orbs):
+    orb = _orb_name(reference)
+    return orb is not None and orb in orbs
+
+
+def _executor_problems(jobs, executors, orbs):
+    """Every job that runs steps has an executor, and every named executor is defined."""
     problems = []
-
-    def known_orb(reference):
-        orb = _orb_name(reference)
-        return orb is not None and orb in orbs
-
-    # Executors of the jobs.
     for job_name, job in jobs.items():
         if not isinstance(job, dict):
             problems.append(f"job {job_name!r}: its definition must be a mapping")
@@ -159,7 +168,7 @@ def check_workflows(config):
                                 "or macos:)")
         elif not isinstance(executor, str):
             problems.append(f"job {job_name!r}: executor must be a name, not {executor!r}")
-        elif not (executor in executors or known_orb(executor) or _is_templated(executor)):
+        elif not (executor in executors or _known_orb(executor, orbs) or _is_templated(executor)):
             if _orb_name(executor):
                 problems.append(f"job {job_name!r} uses executor {executor!r}, but orb "
                                 f"{_orb_name(executor)!r} is not declared under 'orbs:'")
@@ -167,62 +176,68 @@ def check_workflows(config):
                 defined = ", ".join(sorted(executors)) or "none"
                 problems.append(f"job {job_name!r} uses executor {executor!r}, which is not "
                                 f"defined under 'executors:' (defined: {defined})")
+    return problems
 
-    # Jobs and requirements of each workflow.
-    for workflow_name, workflow in workflows.items():
-        if workflow_name == "version" or not isinstance(workflow, dict):
-            continue  # `version: 2` of 2.0 configs
-        entries = list(_workflow_entries(workflow_name, workflow))
-        # Every name an entry is known by in this workflow -> the entry's own names.
-        names, entry_names = {}, []
-        for reference, parameters in entries:
-            if parameters.get("type") == "approval" or known_orb(reference):
-                pass
-            elif reference not in jobs:
-                if _orb_name(reference):
-                    problems.append(f"workflow {workflow_name!r} runs job {reference!r}, but orb "
-                                    f"{_orb_name(reference)!r} is not declared under 'orbs:'")
-                else:
-                    problems.append(f"workflow {workflow_name!r} runs job {reference!r}, which "
-                                    "is not defined under 'jobs:'")
-            if isinstance(parameters.get("matrix"), dict):
-                own = _matrix_names(reference, parameters)
-                aliases = [str(parameters["matrix"].get("alias", reference))]
+
+def _workflow_problems(workflow_name, workflow, jobs, orbs):
+    """The jobs of one workflow exist, have distinct names, and require each other without a cycle."""
+    problems = []
+    entries = list(_workflow_entries(workflow_name, workflow))
+    # Every name an entry is known by in this workflow -> the entry's own names.
+    names, entry_names = {}, []
+    for reference, parameters in entries:
+        if parameters.get("type") == "approval" or _known_orb(reference, orbs):
+            pass
+        elif reference not in jobs:
+            if _orb_name(reference):
+                problems.append(f"workflow {workflow_name!r} runs job {reference!r}, but orb "
+                                f"{_orb_name(reference)!r} is not declared under 'orbs:'")
             else:
-                own = [str(parameters.get("name", reference))]
-                aliases = []
-            entry_names.append(own)
-            for name in own:
-                if name in names and not _is_templated(name):
-                    problems.append(f"workflow {workflow_name!r} has two jobs named {name!r}: "
-                                    "give one a different 'name:'")
-                names[name] = own
-            for alias in aliases:
-                names.setdefault(alias, [])
-                names[alias] = names[alias] + own
-        graph = {}
-        for (reference, parameters), own in zip(entries, entry_names):
-            requires = parameters.get("requires") or []
-            if not isinstance(requires, list):
-                problems.append(f"workflow {workflow_name!r}: job {own[0]!r}: 'requires' must be "
-                                "a list")
+                problems.append(f"workflow {workflow_name!r} runs job {reference!r}, which "
+                                "is not defined under 'jobs:'")
+        if isinstance(parameters.get("matrix"), dict):
+            own = _matrix_names(reference, parameters)
+            aliases = [str(parameters["matrix"].get("alias", reference))]
+        else:
+            own = [str(parameters.get("name", reference))]
+            aliases = []
+        entry_names.append(own)
+        for name in own:
+            if name in names and not _is_templated(name):
+                problems.append(f"workflow {workflow_name!r} has two jobs named {name!r}: "
+                                "give one a different 'name:'")
+            names[name] = own
+        for alias in aliases:
+            names.setdefault(alias, [])
+            names[alias] = names[alias] + own
+    return problems + _requirement_problems(workflow_name, entries, entry_names, names)
+
+
+def _requirement_problems(workflow_name, entries, entry_names, names):
+    """Every ``requires:`` entry names a job of the workflow, and the requirements have no cycle."""
+    problems, graph = [], {}
+    for (reference, parameters), own in zip(entries, entry_names):
+        requires = parameters.get("requires") or []
+        if not isinstance(requires, list):
+            problems.append(f"workflow {workflow_name!r}: job {own[0]!r}: 'requires' must be "
+                            "a list")
+            continue
+        required = set()
+        for requirement in _requirement_names(requires):
+            if _is_templated(requirement):
                 continue
-            required = set()
-            for requirement in _requirement_names(requires):
-                if _is_templated(requirement):
-                    continue
-                if requirement not in names:
-                    problems.append(f"workflow {workflow_name!r}: job {own[0]!r} requires "
-                                    f"{requirement!r}, which is not a job of this workflow "
-                                    f"(its jobs: {', '.join(sorted(names))})")
-                else:
-                    required.update(names[requirement])
-            for name in own:
-                graph.setdefault(name, set()).update(required)
-        cycle = _find_cycle(graph)
-        if cycle:
-            problems.append(f"workflow {workflow_name!r}: requirements form a cycle: "
-                            f"{' -> '.join(cycle)}")
+            if requirement not in names:
+                problems.append(f"workflow {workflow_name!r}: job {own[0]!r} requires "
+                                f"{requirement!r}, which is not a job of this workflow "
+                                f"(its jobs: {', '.join(sorted(names))})")
+            else:
+                required.update(names[requirement])
+        for name in own:
+            graph.setdefault(name, set()).update(required)
+    cycle = _find_cycle(graph)
+    if cycle:
+        problems.append(f"workflow {workflow_name!r}: requirements form a cycle: "
+                        f"{' -> '.join(cycle)}")
     return problems
 
 
