@@ -9,6 +9,7 @@ from bidsrecon.encoders import get_encoder, resolve_device
 from bidsrecon.encoders.vgg19 import default_weights_path
 from bidsrecon.errors import BidsReconError
 from bidsrecon.images import load_images
+from bidsrecon.parallel import task_threads
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
 from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
@@ -358,11 +359,38 @@ def test_cudnn_tunes_the_batch_shape_only(random_lite0, small_problem, monkeypat
 
     monkeypatch.setattr(random_lite0, "features", recording_features)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    problem.device = torch.device("cuda")  # the GPU's path (a CPU evaluates each item alone)
     evaluate = problem.objective(torch.sigmoid)
     evaluate(variable, torch.arange(3))
     evaluate(variable[[2]], torch.tensor([2]))
     assert tuning == [(3, True), (1, False)]
     assert torch.backends.cudnn.benchmark
+
+
+def test_the_cpu_evaluates_each_item_alone(random_lite0, small_problem, monkeypatch):
+    """On the CPU every item goes through the encoder on its own (bidsrecon.parallel): its loss
+    and gradient are the same bits whatever its batch-mates and the number of threads."""
+    images, targets = small_problem
+    problem = _Problem(random_lite0, {name: torch.from_numpy(value) for name, value in targets.items()},
+                       mixed_precision=False)
+    variable = torch.logit(torch.from_numpy(images).permute(0, 3, 1, 2) * 0.9 + 0.05)
+    sizes = []
+    features = random_lite0.features
+
+    def recording_features(pixels, layers=None):
+        sizes.append(len(pixels))
+        return features(pixels, layers)
+
+    monkeypatch.setattr(random_lite0, "features", recording_features)
+    evaluate = problem.objective(torch.sigmoid)
+    with task_threads(1):
+        loss, grad = evaluate(variable, torch.arange(3))
+        assert sizes == [1, 1, 1]
+        alone_loss, alone_grad = evaluate(variable[[2]], torch.tensor([2]))
+    assert torch.equal(alone_loss, loss[2:]) and torch.equal(alone_grad, grad[2:])
+    with task_threads(3):
+        threaded_loss, threaded_grad = evaluate(variable, torch.arange(3))
+    assert torch.equal(threaded_loss, loss) and torch.equal(threaded_grad, grad)
 
 
 @pytest.mark.parametrize("optimiser", ["gd", "generator"])

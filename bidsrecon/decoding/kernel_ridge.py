@@ -18,6 +18,11 @@ Alpha is chosen per layer by grouped K-fold cross-validation on a sample of unit
 an image fall in the same fold, and the held-out trials of an image are averaged before
 prediction, the way test data is used (REFERENCE.md §8: alpha chosen on single trials came out
 10-100 times too strong for averaged test data).
+
+The linear algebra runs as tasks of :mod:`bidsrecon.parallel` (rows of the kernel, folds,
+layers, alphas), each with BLAS and LAPACK on one thread: a multithreaded BLAS or LAPACK
+call rounds differently with another thread count, and the decoder must be the same bits
+whatever ``--nprocs``.
 """
 import dataclasses
 import warnings
@@ -29,10 +34,13 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks
 
 #: Default alpha grid, relative to the kernel's scale (the mean of diag(K), i.e. about the
 #: number of voxels for z-scored data), so one grid suits any voxel count.
 DEFAULT_RELATIVE_ALPHAS = np.logspace(-3, 4, 15)
+#: Rows of the kernel computed by one task (:func:`linear_kernel`).
+KERNEL_ROWS = 256
 
 
 class KernelRidgeDecoder(BaseEstimator):
@@ -84,6 +92,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.n_folds = n_folds
         self.random_state = random_state
 
+    @in_task_threads
     def fit(self, X, image_index, cv_targets, test_trials=None):
         """Z-score the voxels and choose each layer's alpha by grouped cross-validation.
 
@@ -115,7 +124,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.image_index_ = image_index
         self.n_images_ = n_images
 
-        kernel = self.X_ @ self.X_.T
+        kernel = linear_kernel(self.X_)
         kernel_scale = np.mean(np.diag(kernel))
         if kernel_scale == 0:
             raise ValueError("Every voxel of X is constant over the training samples; "
@@ -131,11 +140,15 @@ class KernelRidgeDecoder(BaseEstimator):
                                                      with_noise=True)
         self.cv_scores_, self.alpha_ = {}, {}
         self.cv_scores_by_trials_, self.alpha_by_trials_ = ({}, {}) if counts is not None else (None, None)
-        for layer, targets in cv_targets.items():
+
+        def layer_scores(targets):
             if counts is None:
-                scores = _smoother_scores(smoothers, targets, folds)
-            else:
-                scores = _scores_for_trial_counts(smoothers, noise, targets, folds, counts)
+                return _smoother_scores(smoothers, targets, folds)
+            return _scores_for_trial_counts(smoothers, noise, targets, folds, counts)
+
+        # One task per layer; the warnings of _best_alpha come from this thread, in layer order.
+        all_scores = map_tasks(layer_scores, cv_targets.values())
+        for (layer, targets), scores in zip(cv_targets.items(), all_scores):
             if np.all(np.isnan(scores)):
                 raise ValueError(f"cv_targets[{layer!r}]: no sampled unit varies across the "
                                  "training images, so no alpha can be scored.")
@@ -155,6 +168,7 @@ class KernelRidgeDecoder(BaseEstimator):
         _warn_if_on_grid_edge(name, best, len(scores))
         return float(self.alphas_[best])
 
+    @in_task_threads
     def coefficients(self, X_test, test_trials=None):
         """Coefficients over unique training images for each layer.
 
@@ -178,15 +192,17 @@ class KernelRidgeDecoder(BaseEstimator):
             raise ValueError(f"X_test has {X_test.shape[1]} voxels; the decoder was fitted on "
                              f"{self.X_.shape[1]}.")
         item_alphas = self.item_alphas(len(X_test), test_trials)
-        test_kernel = ((X_test - self.voxel_mean_) / self.voxel_std_) @ self.X_.T
-        kernel = self.X_ @ self.X_.T
-        collapsed_by_alpha = {}
-        for alpha in np.unique(np.concatenate(list(item_alphas.values()))):
+        test_kernel = linear_kernel((X_test - self.voxel_mean_) / self.voxel_std_, self.X_)
+        kernel = linear_kernel(self.X_)
+
+        def collapsed(alpha):
             regularised = kernel + alpha * np.eye(len(kernel))
             sample_coefficients = scipy.linalg.solve(regularised, test_kernel.T,
                                                      assume_a="pos").T
-            collapsed_by_alpha[alpha] = collapse_onto_images(
-                sample_coefficients, self.image_index_, self.n_images_)
+            return collapse_onto_images(sample_coefficients, self.image_index_, self.n_images_)
+
+        alphas = np.unique(np.concatenate(list(item_alphas.values())))
+        collapsed_by_alpha = dict(zip(alphas, map_tasks(collapsed, alphas)))
         coefficients = {}
         for layer, alphas in item_alphas.items():
             coefficients[layer] = np.empty((len(X_test), self.n_images_))
@@ -259,6 +275,39 @@ def collapse_onto_images(sample_coefficients, image_index, n_images):
     return np.asarray(sample_coefficients @ _image_indicator(image_index, n_images))
 
 
+def linear_kernel(X, Y=None):
+    """``X Yᵀ`` by blocks of :data:`KERNEL_ROWS` rows of ``X``, one task each
+    (:mod:`bidsrecon.parallel`): one BLAS call over the whole product would split its sums by
+    the thread count.
+
+    Without ``Y``, ``X Xᵀ``: each block computes its rows up to the diagonal, and the upper
+    triangle mirrors the lower one, so the kernel is exactly symmetric (as BLAS's syrk makes it).
+
+    Returns
+    -------
+    ndarray, shape (len(X), len(Y))
+    """
+    symmetric = Y is None
+    Y = X if symmetric else Y
+    kernel = np.empty((len(X), len(Y)), dtype=np.result_type(X, Y))
+
+    def fill(rows):
+        if not symmetric:
+            kernel[rows] = X[rows] @ Y.T
+            return
+        block = X[rows] @ X[:rows.stop].T
+        diagonal = block[:, rows]
+        block[:, rows] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        kernel[rows, :rows.stop] = block
+
+    blocks = fixed_blocks(len(X), KERNEL_ROWS)
+    map_tasks(fill, blocks)
+    if symmetric:
+        for rows in blocks:
+            kernel[rows, rows.stop:] = kernel[rows.stop:, rows].T
+    return kernel
+
+
 def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas, with_noise=False):
     """Matrices that map training-image features to out-of-fold predictions, one per alpha.
 
@@ -293,7 +342,10 @@ def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas, with_noi
     """
     smoothers = np.zeros((len(alphas), n_images, n_images))
     noise_rows = np.zeros_like(smoothers) if with_noise else None
-    for held_out_images in folds:
+
+    # One task per fold (bidsrecon.parallel); folds hold out different images, so each task
+    # writes its own rows.
+    def fill_fold(held_out_images):
         held_out = np.isin(image_index, held_out_images)
         train = ~held_out
         # Rows of held-out samples combined: each image's trials averaged, then (with_noise)
@@ -320,6 +372,8 @@ def out_of_fold_smoothers(kernel, image_index, n_images, folds, alphas, with_noi
             smoothers[alpha_position, held_out_images] = rows[:n_rows]
             if with_noise:
                 noise_rows[alpha_position, held_out_images] = rows[n_rows:]
+
+    map_tasks(fill_fold, folds)
     if not with_noise:
         return smoothers
     return smoothers, PredictionNoise(noise_rows, np.bincount(image_index, minlength=n_images))

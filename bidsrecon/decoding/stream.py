@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from bidsrecon.decoding.cache import image_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks, task_threads
 from bidsrecon.recon.spread import channel_sd, spread_from_moments
 
 #: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
@@ -36,6 +37,10 @@ _ACCUMULATOR_BYTES_PER_UNIT = 4 + 8 + 8 + 4
 #: reads and writes all the decoded outputs (3 GB for 50 items of VGG19): on a CPU that sweep,
 #: not the arithmetic, is the accumulation's cost, so fewer, larger sweeps are faster.
 ACCUMULATED_BATCHES = 2
+#: Units of a layer accumulated by one task (:mod:`bidsrecon.parallel`): the sweeps over the
+#: outputs run in parallel by blocks of this many units, fixed so the sums do not depend on the
+#: number of threads.
+ACCUMULATED_UNITS = 8192
 
 
 def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False, cache=None):
@@ -68,7 +73,8 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     n_images = len(images)
     starts = range(0, n_images, batch_size)
-    with tqdm(total=n_images, unit="image", desc="encoder", disable=not progress) as bar:
+    # One image per task (see _forward); the caller's code between batches runs in the block too.
+    with task_threads(), tqdm(total=n_images, unit="image", desc="encoder", disable=not progress) as bar:
         if cache is None:
             for start in starts:
                 stop = min(start + batch_size, n_images)
@@ -101,7 +107,24 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
 
 
 def _forward(encoder, batch, layers):
-    """The encoder's features of a batch (b, H, W, 3) at ``layers``, as float32 arrays."""
+    """The encoder's features of a batch (b, H, W, 3) at ``layers``, as float32 arrays.
+
+    On the CPU each image goes through the encoder alone, as one task of
+    :mod:`bidsrecon.parallel`: a batched convolution rounds an image's features differently
+    with other batch-mates (and the cache computes only the images it lacks), and a
+    multithreaded one with another thread count. An image's features are then the same bits
+    whatever its batch, the cache's state and the number of threads.
+    """
+    if encoder.device.type != "cpu":
+        return _forward_together(encoder, batch, layers)
+    if hasattr(encoder, "prepare"):  # trace in this thread, before the tasks share the encoder
+        encoder.prepare(layers)
+    parts = map_tasks(lambda position: _forward_together(encoder, batch[position:position + 1], layers),
+                      range(len(batch)))
+    return {layer: np.concatenate([part[layer] for part in parts]) for layer in layers}
+
+
+def _forward_together(encoder, batch, layers):
     tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(encoder.device)
     # no_grad wraps only the forward pass: around a caller's yield it would leak to the caller.
     with torch.no_grad():
@@ -154,6 +177,7 @@ def _store_entries(cache, entries):
         cache.store(image_hash, image_shape, layer, stored)
 
 
+@in_task_threads
 def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_size=16,
                          progress=False, cache=None):
     """Features of a random sample of each layer's units, for choosing alpha.
@@ -199,6 +223,7 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
     return features, unit_indices
 
 
+@in_task_threads
 def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True,
                     cache=None, memory_budget=None, feature_std=None):
     """Decoded features of every unit of every layer, in one pass over the training images.
@@ -439,19 +464,25 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
     channel_sd_sum = {}
     gathered, gathered_start, gathered_count = {}, 0, 0
 
+    def accumulate_block(task):
+        layer, columns = task
+        offset = gathered[layer][:gathered_count, columns]
+        offset -= centre[layer][columns]
+        stop = gathered_start + gathered_count
+        # In place, through torch: no (n_items × units) temporary per sweep.
+        torch.from_numpy(decoded[layer][:, columns]).addmm_(coefficients_f32[layer][:, gathered_start:stop],
+                                                            torch.from_numpy(offset))
+        # einsum's own loop, not a BLAS call: numpy's BLAS threads alternating with torch's
+        # made this loop several times slower on a 16-core machine.
+        mean_offset[layer][columns] += np.einsum("i,ij->j", weights[gathered_start:stop], offset)
+        mean_square_offset[layer][columns] += np.einsum("i,ij,ij->j", weights[gathered_start:stop], offset,
+                                                        offset)
+
     def accumulate():
-        for layer, layer_coefficients in coefficients_f32.items():
-            offset = gathered[layer][:gathered_count]
-            offset -= centre[layer]
-            stop = gathered_start + gathered_count
-            # In place, through torch: no (n_items × units) temporary per sweep.
-            torch.from_numpy(decoded[layer]).addmm_(layer_coefficients[:, gathered_start:stop],
-                                                    torch.from_numpy(offset))
-            # einsum's own loop, not a BLAS call: numpy's BLAS threads alternating with torch's
-            # made this loop several times slower on a 16-core machine.
-            mean_offset[layer] += np.einsum("i,ij->j", weights[gathered_start:stop], offset)
-            mean_square_offset[layer] += np.einsum("i,ij,ij->j", weights[gathered_start:stop], offset,
-                                                   offset)
+        # Blocks of units fixed by the layer's size, each one task on one thread
+        # (bidsrecon.parallel): the sums are then the same bits whatever the thread count.
+        map_tasks(accumulate_block, [(layer, columns) for layer in coefficients_f32
+                                     for columns in fixed_blocks(decoded[layer].shape[1], ACCUMULATED_UNITS)])
 
     # Batches are gathered (copied into one buffer per layer) and accumulated together.
     for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,

@@ -119,6 +119,15 @@ class Encoder:
         normalised = (images.to(self.device) - self._input_mean) / self._input_std
         return extractor(normalised.flip(1) if self._bgr_input else normalised)
 
+    def prepare(self, layers=None):
+        """Trace the feature extractor of ``layers`` now, before threads share the encoder.
+
+        Tracing patches torch's module calls for the whole process while it runs; a forward
+        pass in another thread at that moment would be traced too. :mod:`bidsrecon.parallel`'s
+        callers prepare their layers in the calling thread before they hand out tasks.
+        """
+        self._extractor(self.check_layers(layers))
+
     def _extractor(self, layers):
         """One traced feature extractor per layer selection (tracing costs ~0.1 s)."""
         if layers not in self._extractors:

@@ -73,6 +73,7 @@ from bidsrecon.encoders.base import (
     IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, build_with_weights, load_state_dict_file)
 from bidsrecon.errors import BidsReconError
 from bidsrecon.evaluation.identification import pairwise_identification
+from bidsrecon.parallel import in_task_threads, map_tasks
 
 #: File names of the weights, as torchvision (and SwAV's authors) publish them.
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -139,6 +140,7 @@ _CLIP_LAYER = "final image embedding (ViT-L/14 in the literature)"
 _EFFICIENTNET_LAYER = "head after ReLU6, spatial mean (1280): the classifier's input"
 
 
+@in_task_threads
 def feature_identification_table(recons, truths, weights_dir=None, device="cpu"):
     """Two-way identification of reconstructions in the features of each network of the table.
 
@@ -256,14 +258,16 @@ def _torchvision_rows(network, recons, truths, weights_dir, device):
         extractor = create_feature_extractor(model, return_nodes=list(nodes))
     extractor = extractor.to(device).eval()
 
+    def forward(batch):
+        with torch.no_grad():
+            return extractor(_network_input(batch, network["size"], device))
+
     def features(images):
-        batches = [extractor(_network_input(batch, network["size"], device))
-                   for batch in _batches(images)]
+        batches = _each_batch(forward, images, device)
         return {node: np.concatenate([batch[node].flatten(1).cpu().numpy() for batch in batches])
                 for node in nodes}
 
-    with torch.no_grad():
-        recon_features, truth_features = features(recons), features(truths)
+    recon_features, truth_features = features(recons), features(truths)
     return {name: _row(name, layer,
                        _identification(recon_features[node], truth_features[node]),
                        f"weights from {path}")
@@ -280,16 +284,15 @@ def _efficientnet_row(recons, truths, device):
     except BidsReconError as error:
         return _row(name, _EFFICIENTNET_LAYER, None, f"not available: {error}")
 
-    def features(images):
-        pooled = []
-        for batch in _batches(images):
+    def forward(batch):
+        with torch.no_grad():
             # The encoder normalises its input itself; it only needs the size.
             head = encoder.features(_resize(batch, 224).to(device), ["head"])["head"]
-            pooled.append(F.relu6(head).mean(dim=(2, 3)).cpu().numpy())
-        return np.concatenate(pooled)
+            return F.relu6(head).mean(dim=(2, 3)).cpu().numpy()
 
-    with torch.no_grad():
-        accuracy = _identification(features(recons), features(truths))
+    encoder.prepare(["head"])  # traced here, before the batches share the encoder
+    accuracy = _identification(np.concatenate(_each_batch(forward, recons, device)),
+                               np.concatenate(_each_batch(forward, truths, device)))
     return _row(name, _EFFICIENTNET_LAYER, accuracy,
                 f"{encoder.description}; the literature's row is EfficientNet-B1 as a distance")
 
@@ -310,6 +313,15 @@ def _identification(recon_features, truth_features):
 def _row(network, layer, accuracy, note):
     return {"network": network, "layer": layer, "available": accuracy is not None,
             "accuracy": accuracy, "note": note}
+
+
+def _each_batch(forward, images, device):
+    """``forward`` of each batch of ``images``, in order. On the CPU each batch is one task of
+    :mod:`bidsrecon.parallel` (one thread each, the batches in parallel): the batches are fixed by
+    the items, so the features do not depend on the number of threads."""
+    if torch.device(device).type == "cpu":
+        return map_tasks(forward, _batches(images))
+    return [forward(batch) for batch in _batches(images)]
 
 
 def _batches(images):

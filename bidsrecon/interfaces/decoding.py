@@ -42,7 +42,8 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     decoder_name = traits.Str("decoder", usedefault=True, desc="file stem of the saved decoder")
     accuracy_units = traits.Int(10000, usedefault=True, desc="units per layer sampled to score decoding accuracy")
     seed = traits.Int(0, usedefault=True)
-    n_threads = traits.Int(1, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True, nohash=True,
+                           desc="threads (the results do not depend on them: not part of the cache key)")
     feature_cache = traits.Str("", usedefault=True, desc="folder of the feature cache ('' = no cache)")
     feature_cache_dtype = traits.Enum("float32", "float16", usedefault=True)
     memory_gb = traits.Float(0.0, usedefault=True, desc="peak memory of this node in GB (0: no limit)")

@@ -19,7 +19,8 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     image_size = traits.Int(mandatory=True)
     iterations = traits.Int(200, usedefault=True)
     seed = traits.Int(0, usedefault=True)
-    n_threads = traits.Int(1, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True, nohash=True,
+                           desc="threads (the results do not depend on them: not part of the cache key)")
     optimiser = traits.Enum("lbfgs", "gd", "generator", usedefault=True)
     generator_weights = traits.Str("", usedefault=True)
     generator_latent_max = traits.Str("", usedefault=True, desc="a number or a file; empty: unbounded")
@@ -130,6 +131,9 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
     n_permutations = traits.Int(1000, usedefault=True, desc="permutations of the identification test")
     seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
+    n_threads = traits.Int(1, usedefault=True, nohash=True,
+                           desc="threads of the evaluation networks, one batch each (the results do not "
+                           "depend on them: not part of the cache key)")
     device = traits.Str("auto", usedefault=True, desc="where the evaluation networks run")
     bids_dir = traits.Str("", usedefault=True, desc="the input dataset (for a simulated one's noise ceiling)")
     subject = traits.Str("", usedefault=True, desc="participant label, without sub-")
@@ -157,6 +161,10 @@ class Evaluate(SimpleInterface):
     output_spec = _EvaluateOutputSpec
 
     def _run_interface(self, runtime):
+        with limited_threads(self.inputs.n_threads):
+            return self._evaluate(runtime)
+
+    def _evaluate(self, runtime):
         from bidsrecon.encoders import resolve_device
         from bidsrecon.evaluation import (
             identification_permutation_test, pairwise_identification, pixcorr, shape_identification, ssim,

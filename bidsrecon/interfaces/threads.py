@@ -1,21 +1,19 @@
 """How many threads a node's numeric libraries may use."""
 from contextlib import contextmanager
 
-import torch
-from threadpoolctl import threadpool_limits
+from bidsrecon.parallel import task_threads
 
 
 @contextmanager
 def limited_threads(n_threads):
-    """Cap torch and the BLAS/OpenMP pools at ``n_threads`` inside the block.
+    """Give the block ``n_threads`` threads, used so that its results do not depend on them.
 
-    Unbounded pools oversubscribe the CPUs when Nipype runs nodes in parallel, and BLAS calls
-    from numpy then run many times slower than on one thread.
+    torch, BLAS and OpenMP run on one thread each inside the block, and the work that
+    :mod:`bidsrecon.parallel` splits into tasks fixed by the data (images, items, folds,
+    blocks of units) runs on ``n_threads`` workers: the same command gives the same bits
+    with any ``--nprocs``/``--omp-nthreads``. Unbounded pools would also oversubscribe the CPUs
+    when Nipype runs nodes in parallel (BLAS calls from numpy then run many times slower than
+    on one thread).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        with threadpool_limits(limits=n_threads):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with task_threads(n_threads):
+        yield

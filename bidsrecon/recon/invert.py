@@ -27,8 +27,10 @@ contrast energy ``‖p̂ − mean(p̂)‖²``, where a layer has ``‖f̂_l‖²
 sees and lets the features add detail.
 
 A batch of items is optimised together but independently: every optimiser keeps its state per
-item, so an item's result does not depend on its batch-mates (up to floating-point rounding of
-batched convolutions).
+item, so an item's result does not depend on its batch-mates. On the CPU each item goes through
+the encoder alone, on one thread (:mod:`bidsrecon.parallel`), so the images are the same bits
+whatever the batch size and the number of threads; on a GPU the batch goes through together and
+its convolutions round an item differently with other batch-mates.
 """
 import contextlib
 import dataclasses
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.decoding.pixels import PIXEL_LAYER
+from bidsrecon.parallel import map_tasks, task_threads, task_workers
 from bidsrecon.recon.allocator import freed_memory_kept
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
@@ -149,7 +152,10 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
     progress : bool, default=True
         Show a progress bar with the current mean loss on stderr.
     batch_size : int, optional
-        Items optimised together (8 when omitted); the results do not depend on it.
+        Items optimised together (8 when omitted); the results do not depend on it. On the CPU,
+        where the items of a batch go through the network in parallel, one per thread, a batch
+        holds at least as many items as there are threads (``torch.get_num_threads()``), so
+        that every thread has one; the network's memory grows with the threads, not the batch.
     mixed_precision : bool, default=False
         Run the networks in bfloat16 autocast (CUDA only); the loss stays float32.
     snapshot_every : int, default=0
@@ -215,8 +221,12 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
     if pixel_weight or tv_weight:
         targets[PIXEL_LAYER] = torch.as_tensor(pixel_target)
     # cuDNN picks the fastest convolution algorithms for the batch's fixed shapes (a GPU run is
-    # reproducible up to rounding only; the CPU's is exact).
-    with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark), freed_memory_kept():
+    # reproducible up to rounding only; the CPU's is exact, whatever the number of threads:
+    # task_threads evaluates each item on one thread, the items in parallel).
+    with _cudnn_tuning(encoder.device.type == "cuda" or torch.backends.cudnn.benchmark), freed_memory_kept(), \
+            task_threads():
+        if encoder.device.type == "cpu":
+            batch_size = max(batch_size, task_workers())
         return _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator,
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
                                     on_snapshot, (pixel_weight, tv_weight),
@@ -281,20 +291,35 @@ class _Problem:
         self.mixed_precision = mixed_precision
 
     def objective(self, render):
-        """``objective(variable, items)`` → (loss per item, gradient), images = render(variable)."""
+        """``objective(variable, items)`` → (loss per item, gradient), images = render(variable).
+
+        On the CPU each item is evaluated alone, as one task of :mod:`bidsrecon.parallel` (one
+        thread each, the items in parallel): its loss and gradient then depend neither on the
+        number of threads (oneDNN's backward pass splits its sums by it) nor on its batch-mates.
+        A GPU evaluates the items together.
+        """
         layers = [name for name in self.offsets if name != PIXEL_LAYER]
         outputs = list(self.offsets)
+        if hasattr(self.encoder, "prepare"):  # trace in this thread, before the tasks share it
+            self.encoder.prepare(layers)
 
-        def evaluate(variable, items):
+        def evaluate_together(variable, items):
             offsets, weights = self.offsets, self.weights
             whole_batch = len(items) == self.n_items
-            if not whole_batch:  # a line search re-evaluating some items only
+            if len(items) == 1 and not whole_batch:  # views, not copies, of one item's offsets
+                item = int(items[0])
+                offsets = {name: value[item:item + 1] for name, value in offsets.items()}
+                weights = {name: value[item:item + 1] for name, value in weights.items()}
+            elif not whole_batch:  # a line search re-evaluating some items only
                 offsets = {name: value[items] for name, value in offsets.items()}
                 weights = {name: value[items] for name, value in weights.items()}
             variable = variable.detach().requires_grad_(True)
             # cuDNN times every algorithm on each new input shape (seconds for VGG19 in bfloat16),
             # and a line search re-evaluates any number of items: only the batch's shape is tuned.
-            with _cudnn_tuning(torch.backends.cudnn.benchmark and whole_batch):
+            # (Not on the CPU, whose tasks would set that global flag from several threads.)
+            tuning = (contextlib.nullcontext() if self.device.type == "cpu"
+                      else _cudnn_tuning(torch.backends.cudnn.benchmark and whole_batch))
+            with tuning, torch.enable_grad():
                 image = render(variable)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
                     features = self.encoder.features(image, layers)
@@ -312,6 +337,15 @@ class _Problem:
                                               grad_outputs=[output_gradients[name] for name in outputs]
                                               + extra_gradients)
             return loss, grad
+
+        if self.device.type != "cpu":
+            return evaluate_together
+
+        def evaluate(variable, items):
+            results = map_tasks(lambda position: evaluate_together(variable[position:position + 1],
+                                                                   items[position:position + 1]),
+                                range(len(items)))
+            return torch.cat([loss for loss, _ in results]), torch.cat([grad for _, grad in results])
 
         return evaluate
 

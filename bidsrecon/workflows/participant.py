@@ -107,8 +107,9 @@ def init_participant_wf(plan, config, name=None):
                     **encoder),
         name="reconstruct", n_procs=config.omp_nthreads)
     evaluate = pe.Node(Evaluate(stimuli_file=plan.stimuli_file, seed=config.seed, device=config.device,
-                                bids_dir=str(config.bids_dir), subject=subject, spec=str(config.spec)),
-                       name="evaluate")
+                                bids_dir=str(config.bids_dir), subject=subject, spec=str(config.spec),
+                                n_threads=config.omp_nthreads),
+                       name="evaluate", n_procs=config.omp_nthreads)
     # Always rerun the sink: it writes into the staging folder, which the participant level moves into
     # the output dataset at the end (bidsrecon.bids.derivatives.publish_participant).
     write_derivatives = pe.Node(
