@@ -22,9 +22,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml version
 demo: $(STAMP)
 	$(BIN)/python -m bidsrecon.demo $(DEMO_DIR)
 
-# The container and CI files, checked without Docker: hadolint on the Dockerfile, the CircleCI
+# ruff on the Python (pyflakes, import order, complexity; settings in pyproject.toml), then the
+# container and CI files, checked without Docker: hadolint on the Dockerfile, the CircleCI
 # config against its JSON schema, then its workflow/job/executor names against each other.
 lint: $(STAMP)
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.circle-ci .circleci/config.yml
 	$(BIN)/python tools/check_circleci_workflows.py .circleci/config.yml

@@ -41,7 +41,6 @@ import argparse
 import importlib.util
 import json
 import subprocess
-import sys
 import time
 
 import numpy as np

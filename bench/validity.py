@@ -54,7 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_agreement import app_decoding_data, decode_node_inputs  # noqa: E402
 
 from bidsrecon.evaluation import (  # noqa: E402
-    feature_identification_table, pairwise_identification, shape_identification, ssim,
+    feature_identification_table,
+    pairwise_identification,
+    shape_identification,
+    ssim,
 )
 from bidsrecon.evaluation.metrics import luma  # noqa: E402
 from bidsrecon.images import load_images  # noqa: E402

@@ -10,7 +10,11 @@ from pathlib import Path
 from bidsrecon import __version__
 from bidsrecon.config import POSITIONAL, Config
 from bidsrecon.errors import (
-    EXIT_BAD_ARGUMENTS, EXIT_CANNOT_WRITE, EXIT_INPUT_MISSING, EXIT_UNKNOWN_LEVEL, BidsReconError,
+    EXIT_BAD_ARGUMENTS,
+    EXIT_CANNOT_WRITE,
+    EXIT_INPUT_MISSING,
+    EXIT_UNKNOWN_LEVEL,
+    BidsReconError,
 )
 from bidsrecon.folders import check_disjoint, check_writable, default_work_dir
 from bidsrecon.interrupt import stop_cleanly_on_signals

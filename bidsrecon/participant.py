@@ -12,19 +12,29 @@ import pandas as pd
 
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
 from bidsrecon.bids.derivatives import (
-    atomic_write_bytes, init_output_dir, publish_participant, raw_uri, staging_dir,
+    atomic_write_bytes,
+    init_output_dir,
+    publish_participant,
+    raw_uri,
+    staging_dir,
 )
-from bidsrecon.bids.fmriprep import find_fmriprep_run, index_derivatives, parse_derivatives, parse_space, raw_run_entities
+from bidsrecon.bids.fmriprep import (
+    find_fmriprep_run,
+    index_derivatives,
+    parse_derivatives,
+    parse_space,
+    raw_run_entities,
+)
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import ReadSelection, check_dataset
-from bidsrecon.folders import participant_locks, prepare_work_dir
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
-from bidsrecon.reports import write_participant_report
-from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.folders import participant_locks, prepare_work_dir
 from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
+from bidsrecon.reports import write_participant_report
+from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
 
 LOGGER = logging.getLogger("bidsrecon")

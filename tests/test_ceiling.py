@@ -8,7 +8,11 @@ import pytest
 
 from bidsrecon.errors import BidsReconError
 from bidsrecon.simulate.ceiling import (
-    ceiling_identification, noise_free_responses, simulated_noise_ceiling, simulation_record)
+    ceiling_identification,
+    noise_free_responses,
+    simulated_noise_ceiling,
+    simulation_record,
+)
 from bidsrecon.simulate.presets import PRESETS
 
 

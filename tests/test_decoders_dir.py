@@ -5,12 +5,12 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import validate
 
 from bidsrecon.cli import main, parse_args
 from bidsrecon.decoding.artifact import load_decoded_features, load_decoder, read_decoder_description
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
-from conftest import validate
 
 FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "10", "--nprocs", "1"]
 DECODER_FILES = ("sub-01_decoder.json", "sub-01_decoder.safetensors", "sub-01_desc-decoder_mask.nii.gz",

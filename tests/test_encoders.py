@@ -9,8 +9,7 @@ import torchvision
 from PIL import Image
 from torch.nn import functional as F
 
-from bidsrecon.encoders import available_encoders, get_encoder
-from bidsrecon.encoders import efficientnet_lite, vgg19
+from bidsrecon.encoders import available_encoders, efficientnet_lite, get_encoder, vgg19
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.images import load_images
 

@@ -4,10 +4,10 @@ import os
 
 import pandas as pd
 import pytest
+from conftest import validate
 from PIL import Image
 
 from bidsrecon.cli import main
-from conftest import validate
 
 
 def snapshot(folder):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import validate
+from PIL import Image
 
 RUN = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "40", "--nprocs", "1",
        "--skip-bids-validation"]

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bidsrecon.preproc.motion import MOTION_COLUMNS
 from bidsrecon.bids.fmriprep import (
     DerivativeDataset,
     OutputSpace,
@@ -22,6 +21,7 @@ from bidsrecon.bids.fmriprep import (
     summarise_columns,
 )
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.preproc.motion import MOTION_COLUMNS
 
 TRAINING_RUN = {"subject": "01", "session": "perceptionNaturalImageTraining01", "task": "perception", "run": "01"}
 TRAINING_LABEL = "sub-01_ses-perceptionNaturalImageTraining01_task-perception_run-01"

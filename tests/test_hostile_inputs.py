@@ -23,7 +23,10 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconEr
 from bidsrecon.interfaces.motion import MeanVolume, Realign
 from bidsrecon.interfaces.samples import EpiMask
 from bidsrecon.preproc.motion import (
-    check_reference_volume, contaminated_voxels, estimate_motion, reference_volume_problem,
+    check_reference_volume,
+    contaminated_voxels,
+    estimate_motion,
+    reference_volume_problem,
 )
 from bidsrecon.preproc.signal import unusable_voxels
 from bidsrecon.simulate import bold as simulated_bold

@@ -8,7 +8,12 @@ from scipy.ndimage import gaussian_filter
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.interfaces.motion import Realign
 from bidsrecon.preproc.motion import (
-    MOTION_COLUMNS, estimate_motion, framewise_displacement, resample_volume, rigid_matrix, rigid_parameters,
+    MOTION_COLUMNS,
+    estimate_motion,
+    framewise_displacement,
+    resample_volume,
+    rigid_matrix,
+    rigid_parameters,
 )
 from bidsrecon.simulate import bold as simulated_bold
 from bidsrecon.simulate import dataset

@@ -7,8 +7,13 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 from bidsrecon.evaluation.networks import (
-    ALEXNET_FILE, INCEPTION_V3_FILE, NETWORKS, SWAV_FILE, feature_identification_table,
-    swav_state_dict)
+    ALEXNET_FILE,
+    INCEPTION_V3_FILE,
+    NETWORKS,
+    SWAV_FILE,
+    feature_identification_table,
+    swav_state_dict,
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_end_to_end import FAST
+from test_images import png_claiming_size
 
 from bidsrecon.cli import main
 from bidsrecon.images import read_rgb
 from bidsrecon.preflight import check_bold, check_nifti, check_output_names, check_stimulus, check_trials
-from test_end_to_end import FAST
-from test_images import png_claiming_size
 
 NATURAL = "sub-01/ses-perceptionNaturalImageTest01/func/sub-01_ses-perceptionNaturalImageTest01_task-perception"
 RUN1_BOLD, RUN2_BOLD = f"{NATURAL}_run-01_bold.nii.gz", f"{NATURAL}_run-02_bold.nii.gz"

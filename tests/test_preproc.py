@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from bidsrecon.preproc import (
-    block_samples, block_weights, clean_run, lss_betas, nuisance_design, slice_time_correct, trial_regressors,
+    block_samples,
+    block_weights,
+    clean_run,
+    lss_betas,
+    nuisance_design,
+    slice_time_correct,
+    trial_regressors,
     unusable_voxels,
 )
 from bidsrecon.preproc.slice_timing import reference_time

@@ -17,13 +17,13 @@ from html.parser import HTMLParser
 from io import BytesIO
 
 import pytest
+from chromium import CHROMIUM, Chromium
 from PIL import Image
+from test_group import participant_outputs
 
 from bidsrecon.cli import main
 from bidsrecon.reports import write_participant_report
 from bidsrecon.reports.participant import MOTION_TRACES
-from chromium import CHROMIUM, Chromium
-from test_group import participant_outputs
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 # Elements that may not sit inside a <p> (the parser would close the <p> before them).

@@ -26,7 +26,6 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconEr
 from bidsrecon.grid import same_grid
 
 
-
 @dataclass(frozen=True)
 class SavedDecoder:
     """The files of one participant's saved decoder, and its sidecar's content."""

@@ -13,8 +13,7 @@ the ``-random`` encoders are for tests only.
 import functools
 
 from bidsrecon.encoders.base import Encoder, resolve_device
-from bidsrecon.encoders.efficientnet_lite import (
-    make_efficientnet_lite0, make_efficientnet_lite0_random)
+from bidsrecon.encoders.efficientnet_lite import make_efficientnet_lite0, make_efficientnet_lite0_random
 from bidsrecon.encoders.vgg19 import make_vgg19, make_vgg19_caffe, make_vgg19_random
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 

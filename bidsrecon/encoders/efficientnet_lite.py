@@ -37,8 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bidsrecon.encoders.base import (
-    Encoder, build_with_weights, file_sha256, load_state_dict_file, seeded_init)
+from bidsrecon.encoders.base import Encoder, build_with_weights, file_sha256, load_state_dict_file, seeded_init
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 
 #: (repeats, kernel, stride, expansion, out channels) of each stage.

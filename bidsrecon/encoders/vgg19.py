@@ -16,8 +16,14 @@ import torchvision
 from torch import nn
 
 from bidsrecon.encoders.base import (
-    IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Encoder, build_with_weights, file_sha256,
-    load_state_dict_file, seeded_init)
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    Encoder,
+    build_with_weights,
+    file_sha256,
+    load_state_dict_file,
+    seeded_init,
+)
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 
 #: torchvision's file name for ``VGG19_Weights.IMAGENET1K_V1`` in torch hub's checkpoint cache.

@@ -1,6 +1,10 @@
 """Metrics of reconstruction quality."""
 from bidsrecon.evaluation.identification import (
-    correlation_matrix, pairwise_identification, pixel_correlation, shape_identification, stimulus_colour,
+    correlation_matrix,
+    pairwise_identification,
+    pixel_correlation,
+    shape_identification,
+    stimulus_colour,
 )
 from bidsrecon.evaluation.metrics import pixcorr, ssim
 from bidsrecon.evaluation.significance import identification_permutation_test

@@ -69,8 +69,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from bidsrecon.encoders.base import (
-    IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, build_with_weights, load_state_dict_file)
+from bidsrecon.encoders.base import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, build_with_weights, load_state_dict_file
 from bidsrecon.errors import BidsReconError
 from bidsrecon.evaluation.identification import pairwise_identification
 from bidsrecon.parallel import in_task_threads, map_tasks

@@ -89,8 +89,8 @@ class DecodeFeatures(SimpleInterface):
         from bidsrecon.decoding.pixels import PIXEL_PARTS, pixel_parts, pixel_targets
         from bidsrecon.decoding.stream import budget_within
         from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
-        from bidsrecon.encoders.base import file_sha256
         from bidsrecon.encoders import get_encoder, resolve_device
+        from bidsrecon.encoders.base import file_sha256
         from bidsrecon.images import load_images
 
         samples = np.concatenate([np.load(f, allow_pickle=False) for f in self.inputs.samples_files])

@@ -3,15 +3,26 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits,
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
 )
 
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.interfaces.threads import limited_threads
 from bidsrecon.preproc.inputs import check_slice_timing, load_bold
 from bidsrecon.preproc.motion import (
-    MOTION_COLUMNS, contaminated_voxels, estimate_motion, framewise_displacement, reference_error,
-    reference_volume_problem, resample_volume, zero_nonfinite_voxels,
+    MOTION_COLUMNS,
+    contaminated_voxels,
+    estimate_motion,
+    framewise_displacement,
+    reference_error,
+    reference_volume_problem,
+    resample_volume,
+    zero_nonfinite_voxels,
 )
 from bidsrecon.preproc.slice_timing import slice_time_correct
 

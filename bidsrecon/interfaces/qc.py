@@ -3,9 +3,9 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bidsrecon.paper import DISCARD_SECONDS
 from bidsrecon.preproc.inputs import load_bold, load_mask, masked_time_series
 from bidsrecon.preproc.qc import temporal_snr
-from bidsrecon.paper import DISCARD_SECONDS
 
 
 class _TemporalSnrInputSpec(BaseInterfaceInputSpec):

@@ -167,7 +167,11 @@ class Evaluate(SimpleInterface):
     def _evaluate(self, runtime):
         from bidsrecon.encoders import resolve_device
         from bidsrecon.evaluation import (
-            identification_permutation_test, pairwise_identification, pixcorr, shape_identification, ssim,
+            identification_permutation_test,
+            pairwise_identification,
+            pixcorr,
+            shape_identification,
+            ssim,
         )
         from bidsrecon.evaluation.networks import feature_identification_table
         from bidsrecon.images import load_images

@@ -4,19 +4,28 @@ import warnings
 import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
-    BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits,
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
 )
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.interfaces.threads import limited_threads
+from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 from bidsrecon.preproc import block_samples, clean_run
 from bidsrecon.preproc.inputs import (
-    load_bold, load_mask, masked_time_series, read_confounds, read_trial_timing,
+    load_bold,
+    load_mask,
+    masked_time_series,
+    read_confounds,
+    read_trial_timing,
 )
 from bidsrecon.preproc.lss import lss_betas, trial_regressors
 from bidsrecon.preproc.motion import MOTION_COLUMNS
 from bidsrecon.preproc.signal import baseline_volumes, normalise_run, nuisance_design, unusable_voxels
-from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 
 
 class _EpiMaskInputSpec(BaseInterfaceInputSpec):

@@ -6,7 +6,12 @@ from bidsrecon.preproc.lss import lss_betas, trial_regressors
 from bidsrecon.preproc.motion import MOTION_COLUMNS, estimate_motion, framewise_displacement, resample_volume
 from bidsrecon.preproc.samples import block_samples, block_weights
 from bidsrecon.preproc.signal import (
-    baseline_volumes, clean_run, normalise_run, nuisance_design, reduce_outliers, unusable_voxels,
+    baseline_volumes,
+    clean_run,
+    normalise_run,
+    nuisance_design,
+    reduce_outliers,
+    unusable_voxels,
 )
 from bidsrecon.preproc.slice_timing import slice_time_correct
 

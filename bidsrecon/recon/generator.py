@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bidsrecon.encoders.base import (
-    build_with_weights, file_sha256, load_state_dict_file, seeded_init)
+from bidsrecon.encoders.base import build_with_weights, file_sha256, load_state_dict_file, seeded_init
 from bidsrecon.encoders.vgg19 import CAFFE_MEAN_BGR
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 

@@ -40,15 +40,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.decoding.pixels import PIXEL_LAYER
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.parallel import map_tasks, task_threads, task_workers
 from bidsrecon.recon.allocator import freed_memory_kept
 from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
 from bidsrecon.recon.generator import LATENT_SIZE
 from bidsrecon.recon.lbfgs import minimise_lbfgs
 from bidsrecon.recon.loss import (
-    feature_loss_and_output_gradients, gradient_offsets, layer_weights, pixel_weights, total_variation,
+    feature_loss_and_output_gradients,
+    gradient_offsets,
+    layer_weights,
+    pixel_weights,
+    total_variation,
 )
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
@@ -202,16 +206,7 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
                              "use --device cuda.", EXIT_BAD_ARGUMENTS)
     layers = encoder.check_layers(targets)
     n_items = _check_targets(encoder, targets, layers, image_size)
-    start = ("pixels" if pixel_target is not None else "flat") if start is None else start
-    if start not in STARTS:
-        raise ValueError(f"Unknown start {start!r}; choose one of {', '.join(STARTS)}.")
-    if pixel_target is None and (start == "pixels" or pixel_weight or tv_weight):
-        raise ValueError("start='pixels', a pixel_weight and a tv_weight need a pixel_target.")
-    if pixel_target is not None:
-        pixel_target = _check_pixel_target(pixel_target, n_items, image_size)
-    for name, weight in (("pixel_weight", pixel_weight), ("tv_weight", tv_weight)):
-        if not (np.isfinite(weight) and weight >= 0):
-            raise ValueError(f"Expected {name} as a number >= 0, got {weight!r}.")
+    start, pixel_target = _check_image_terms(start, pixel_target, pixel_weight, tv_weight, n_items, image_size)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     _check_positive_int(batch_size, "batch_size")
     if snapshot_every:
@@ -231,6 +226,21 @@ def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=Non
                                     seed, progress, batch_size, mixed_precision, snapshot_every,
                                     on_snapshot, (pixel_weight, tv_weight),
                                     _start(start, encoder, pixel_target, n_items, image_size, seed))
+
+
+def _check_image_terms(start, pixel_target, pixel_weight, tv_weight, n_items, image_size):
+    """The start image's kind and the checked pixel target (see `reconstruct`)."""
+    start = ("pixels" if pixel_target is not None else "flat") if start is None else start
+    if start not in STARTS:
+        raise ValueError(f"Unknown start {start!r}; choose one of {', '.join(STARTS)}.")
+    if pixel_target is None and (start == "pixels" or pixel_weight or tv_weight):
+        raise ValueError("start='pixels', a pixel_weight and a tv_weight need a pixel_target.")
+    if pixel_target is not None:
+        pixel_target = _check_pixel_target(pixel_target, n_items, image_size)
+    for name, weight in (("pixel_weight", pixel_weight), ("tv_weight", tv_weight)):
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"Expected {name} as a number >= 0, got {weight!r}.")
+    return start, pixel_target
 
 
 def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, generator, seed,

@@ -17,8 +17,15 @@ import pandas as pd
 from bidsrecon import __version__
 from bidsrecon.bids.derivatives import atomic_write_text
 from bidsrecon.reports import html, plots
-from bidsrecon.reports.outputs import (metrics_path, motion_files, read_items, read_json, read_table, subject_dir,
-                                       subject_label)
+from bidsrecon.reports.outputs import (
+    metrics_path,
+    motion_files,
+    read_items,
+    read_json,
+    read_table,
+    subject_dir,
+    subject_label,
+)
 
 THUMBNAIL_PX = 160  # images are shown at 112 px; 160 keeps them sharp on high-density screens
 

@@ -18,7 +18,11 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter, zoom
 
 from bidsrecon.simulate.features import (
-    CHANNELS, ENERGY_CHANNELS, GABOR_ORIENTATIONS, GABOR_WAVELENGTHS_PX, MAGNITUDE_CHANNEL,
+    CHANNELS,
+    ENERGY_CHANNELS,
+    GABOR_ORIENTATIONS,
+    GABOR_WAVELENGTHS_PX,
+    MAGNITUDE_CHANNEL,
     MODEL_SIZE,
 )
 

@@ -10,8 +10,8 @@ import pandas as pd
 from scipy.linalg import eigh
 from scipy.ndimage import binary_erosion
 
-from bidsrecon.simulate.bold import HEAD_RADIUS_MM
 from bidsrecon.preproc.motion import MOTION_COLUMNS
+from bidsrecon.simulate.bold import HEAD_RADIUS_MM
 
 N_COMPCOR = 5
 HIGH_PASS_PERIOD_S = 128.0

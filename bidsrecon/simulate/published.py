@@ -36,10 +36,15 @@ import pandas as pd
 from PIL import Image
 
 from bidsrecon.simulate import brain, images, stimuli
-from bidsrecon.simulate.dataset import (
-    CUE_TEXT, RATING_TEXT, SubjectSimulation, _write_nifti, generator, simulate_run_signal,
-)
 from bidsrecon.simulate.bold import baseline_intensity
+from bidsrecon.simulate.dataset import (
+    CUE_TEXT,
+    RATING_TEXT,
+    SubjectSimulation,
+    _write_nifti,
+    generator,
+    simulate_run_signal,
+)
 from bidsrecon.simulate.design import SESSION_PREFIXES, TR, RunPlan
 from bidsrecon.simulate.features import feature_maps
 from bidsrecon.simulate.presets import get_preset
