@@ -58,7 +58,8 @@ def stop_cleanly_on_signals():
             return
         for number in _SIGNALS:  # a second Ctrl-C while the workers end does not interrupt this
             signal.signal(number, signal.SIG_IGN)
-        sys.stderr.write(f"bidsrecon: stopped by {signal.Signals(signum).name}; stopping the workers. Finished "
+        # A progress bar may hold the line (it ends in a carriage return, not a newline).
+        sys.stderr.write(f"\nbidsrecon: stopped by {signal.Signals(signum).name}; stopping the workers. Finished "
                          "outputs and steps are kept: the same command resumes from them.\n")
         sys.stderr.flush()
         # What the pool's threads report about the workers ended below is noise after that line.
