@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as functional
 
 from bidsrecon.decoding import decode_features
+from bidsrecon.features.spread import channel_sd, item_spread, lab_feature_std, positions_per_channel
 from bidsrecon.recon.correction import (
     CORRECTION_METHODS,
     correct_features,
     correct_spread,
     correction_statistics,
 )
-from bidsrecon.recon.spread import channel_sd, item_spread, lab_feature_std, positions_per_channel
 
 torch.set_num_threads(1)
 

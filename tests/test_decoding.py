@@ -16,9 +16,10 @@ from bidsrecon.decoding import (
     iter_feature_batches,
     sample_unit_features,
 )
-from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers, profile_correlation
+from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers
 from bidsrecon.errors import BidsReconError
-from bidsrecon.recon.spread import spread_from_moments
+from bidsrecon.features.correlation import profile_correlation
+from bidsrecon.features.spread import spread_from_moments
 
 torch.set_num_threads(1)
 

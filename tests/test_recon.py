@@ -8,6 +8,7 @@ from PIL import Image
 from bidsrecon.encoders import get_encoder, resolve_device
 from bidsrecon.encoders.vgg19 import default_weights_path
 from bidsrecon.errors import BidsReconError
+from bidsrecon.features.spread import item_spread
 from bidsrecon.images import load_images
 from bidsrecon.parallel import task_threads
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
@@ -16,7 +17,6 @@ from bidsrecon.recon.generator import random_generator
 from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, _Problem
 from bidsrecon.recon.lbfgs import MAX_BACKTRACKS, minimise_lbfgs
 from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets
-from bidsrecon.recon.spread import item_spread
 
 SMALL = 32
 FEW_LAYERS = ("stem", "block1", "block2")

@@ -34,6 +34,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.features.correlation import profile_correlation
 from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks
 
 #: Default alpha grid, relative to the kernel's scale (the mean of diag(K), i.e. about the
@@ -508,26 +509,6 @@ def _scores_for_trial_counts(smoothers, noise, targets, folds, trial_counts):
             warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no varying unit
             scores[position] = np.nanmean(correlations, axis=1)
     return scores
-
-
-def profile_correlation(predicted, true):
-    """Pearson correlation of each unit across images (NaN where either side is constant).
-
-    Parameters
-    ----------
-    predicted, true : ndarray, shape (n_images, n_units)
-
-    Returns
-    -------
-    ndarray, shape (n_units,)
-    """
-    predicted = predicted - predicted.mean(axis=0)
-    true = true - true.mean(axis=0)
-    norms = np.sqrt((predicted**2).sum(axis=0) * (true**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlations = (predicted * true).sum(axis=0) / norms
-    correlations[norms == 0] = np.nan
-    return correlations
 
 
 def _image_indicator(image_index, n_images):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bidsrecon.evaluation.metrics import BT601_LUMA
-from bidsrecon.recon.spread import spread_from_moments
+from bidsrecon.features.spread import spread_from_moments
 
 #: Name of the pseudo-layer in decoded features, decoders and settings.
 PIXEL_LAYER = "pixels"

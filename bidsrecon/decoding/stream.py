@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from bidsrecon.decoding.cache import image_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks, task_threads
-from bidsrecon.recon.spread import channel_sd, spread_from_moments
 
 #: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
 #: float32 centre and two float64 moment sums, and a float32 copy of the mean at the end.
@@ -254,7 +254,7 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
     feature_std : dict, optional
         When given, filled (in place) with, per layer, the count-weighted mean over the
         training images of each channel's SD over its positions within the image, ddof 1
-        (:func:`bidsrecon.recon.spread.channel_sd`): ndarray of shape (C,) float64, (1,) for a
+        (:func:`bidsrecon.features.spread.channel_sd`): ndarray of shape (C,) float64, (1,) for a
         vector layer. The statistic the lab's decoded-feature corrections scale to (``feat_std0``;
         :func:`bidsrecon.recon.correction.correct_features`). Costs two more passes over each
         batch's features (about 0.6 s a batch of 16 VGG19 images on one CPU core) and one
@@ -267,7 +267,7 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         Count-weighted mean ``ȳ`` of the training features.
     train_spread : dict of str to float
         Spread of the training features around ``ȳ``
-        (:func:`bidsrecon.recon.spread.spread_from_moments`, count-weighted).
+        (:func:`bidsrecon.features.spread.spread_from_moments`, count-weighted).
     """
     counts = _check_counts(counts, len(images))
     coefficients = _check_coefficients(coefficients, len(images))

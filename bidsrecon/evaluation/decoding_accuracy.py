@@ -13,7 +13,7 @@ a float64 copy of a whole layer.
 import numpy as np
 import pandas as pd
 
-from bidsrecon.decoding.kernel_ridge import profile_correlation
+from bidsrecon.features.correlation import profile_correlation
 
 #: Units per slice of the profile correlation: (n_items × this) float64 values at a time.
 _UNITS_PER_SLICE = 1 << 16

@@ -263,7 +263,7 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
     from bidsrecon.decoding.per_unit import PerUnitDecoder
     from bidsrecon.decoding.pixels import PIXEL_LAYER, pixel_statistics, pixel_targets
     from bidsrecon.decoding.stream import iter_feature_batches
-    from bidsrecon.recon.spread import channel_sd, spread_from_moments
+    from bidsrecon.features.spread import channel_sd, spread_from_moments
 
     batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache)]
     weights = counts / counts.sum()

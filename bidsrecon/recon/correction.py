@@ -9,7 +9,7 @@ layer (``(C, H, W)`` or ``(U,)``):
 ``"spread"``
     bidsrecon's own (:func:`correct_spread`): ``m + (x - m) * spread0 / item_spread(x - m)``,
     ``m`` the per-unit training mean, ``spread0`` the training features' spread
-    (:mod:`bidsrecon.recon.spread`). Not one of the lab's.
+    (:mod:`bidsrecon.features.spread`). Not one of the lab's.
 ``"lab2019"``
     The 2019 scripts (KamitaniLab/DeepImageReconstruction ``1_reconstruct_natural_image.py`` and
     its siblings: ``feat = (feat / estimate_cnn_feat_std(feat)) * feat_std0[layer]``):
@@ -17,7 +17,7 @@ layer (``(C, H, W)`` or ``(U,)``):
     (KamitaniLab/icnn ``icnn/utils.py``): the SD of each channel over its positions, numpy's
     default ddof 0, averaged over channels (a vector layer: the SD over its units). ``s0`` is the
     same statistic of true features averaged over images
-    (:func:`bidsrecon.recon.spread.lab_feature_std` with ``ddof=0``).
+    (:func:`bidsrecon.features.spread.lab_feature_std` with ``ddof=0``).
 ``"cookbook"``
     The cookbook (KamitaniLab/brain-decoding-cookbook-public
     ``reconstruction/recon_icnn_image_vgg19_dgn_relu7gen_gd.py``; ``feature_scaling:
@@ -28,7 +28,7 @@ layer (``(C, H, W)`` or ``(U,)``):
     mean over all its units (one number), ``sd1(x)`` the SD of each channel over its positions
     with ddof 1 averaged over channels (a vector layer: the SD over its units, ddof 1), ``s1``
     the mean over channels of the true features' ``feat_std0`` (the ``..._chwise_dof1.mat``
-    file; :func:`bidsrecon.recon.spread.lab_feature_std`).
+    file; :func:`bidsrecon.features.spread.lab_feature_std`).
 ``"cookbook-trainmean"``
     The cookbook's ``..._centering_trainmean.py`` (``feature_std_train_mean_center`` of
     ``recon_using_modules.py``, whose training mean is the decoder's ``y_mean``): ``"cookbook"``
@@ -40,7 +40,7 @@ methods return it as it is (no division by zero), ``"spread"`` returns the train
 """
 import numpy as np
 
-from bidsrecon.recon.spread import channel_sd, item_spread, lab_feature_std
+from bidsrecon.features.spread import channel_sd, item_spread, lab_feature_std
 
 #: Methods of :func:`correct_features`.
 CORRECTION_METHODS = ("none", "spread", "lab2019", "cookbook", "cookbook-trainmean")
@@ -164,7 +164,7 @@ def correct_spread(decoded, train_mean, train_spread):
 
     Ridge regression and trial averaging shrink decoded features towards the training mean. Per
     item and layer: ``train_mean + (d - train_mean) * train_spread / item_spread(d - train_mean)``
-    (spread as :mod:`bidsrecon.recon.spread` defines it). An item equal to the training mean
+    (spread as :mod:`bidsrecon.features.spread` defines it). An item equal to the training mean
     has no spread to rescale and is returned as the mean.
 
     Parameters
@@ -175,7 +175,7 @@ def correct_spread(decoded, train_mean, train_spread):
         Mean of the training features by layer (one item's shape).
     train_spread : dict of str to float
         Spread of the true training features by layer
-        (:func:`bidsrecon.recon.spread.spread_from_moments`).
+        (:func:`bidsrecon.features.spread.spread_from_moments`).
 
     Returns
     -------

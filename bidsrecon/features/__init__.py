@@ -1,0 +1,5 @@
+"""What decoding, reconstruction and evaluation all know about a network's features: their spread
+(:mod:`bidsrecon.features.spread`) and how decoded and true features correlate
+(:mod:`bidsrecon.features.correlation`). It imports from none of them, so data flows forward:
+features -> decoding -> recon -> evaluation.
+"""
