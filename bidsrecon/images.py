@@ -20,7 +20,7 @@ from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconEr
 DISPLAY_PERCENTILES = (2, 98)
 
 #: What transparent parts of a stimulus are shown over: the mid-grey background of ds001506's shapes
-#: and letters (and of the simulated ones, ``bidsrecon.simulate.images.GREY``), i.e. the screen the
+#: and letters (and of the simulated ones, whose ``GREY`` is this), i.e. the screen the
 #: participant saw around an image.
 BACKGROUND = (128, 128, 128)
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from checks import one_line_error
+
 from bidsrecon import __version__
 from bidsrecon.cli import main, parse_args
 
@@ -39,15 +41,6 @@ def test_option_spellings(tmp_path):
     for flag in ("--mem", "--mem-gb", "--mem_gb"):
         assert parse_args([str(bids), str(out), "participant", flag, "7.5"]).mem_gb == 7.5
     assert parse_args([str(bids), str(out), "participant", "--optimizer", "gd"]).optimiser == "gd"
-
-
-def one_line_error(result, code, *fragments):
-    assert result.returncode == code, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("bidsrecon: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
 
 
 def test_unknown_analysis_level(tmp_path):

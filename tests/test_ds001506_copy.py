@@ -6,7 +6,6 @@ files and bold sidecars byte for byte, a run or two of each kind of session; the
 synthetic bold runs, ROI masks under ds001506's names and stimulus images in a folder of their own.
 The README's command for ds001506 must then run to the end, with the validator on.
 """
-import hashlib
 import os
 import re
 import shlex
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
+from checks import checksums
 
 from bidsrecon.simulate.stimuli import imagery_target
 from bidsrecon.spec import load_spec
@@ -41,21 +41,6 @@ def readme_command():
     section = text[text.index("### Running on OpenNeuro ds001506"):]
     match = re.search(r"^\s*(bidsrecon /data/ds001506 .*?)\n\s*```", section, flags=re.M | re.S)
     return shlex.split(match.group(1).replace("\\\n", " "))
-
-
-def checksums(*folders):
-    """sha256 of every file (links as their target's path) under ``folders``."""
-    sums = {}
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("*")):
-            key = str(path)
-            if path.is_symlink():
-                sums[key] = "link:" + os.readlink(path)
-            elif path.is_file():
-                sums[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                sums[key] = "folder"
-    return sums
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +108,7 @@ def test_readme_command_runs_the_published_tree(published, tmp_path):
               "/scratch/work": work}
     arguments = [str(places.get(argument, argument)) for argument in command[1:]]
     assert "--skip-bids-validation" not in arguments and str(work) in arguments
-    before = checksums(published.bids_dir, published.stimuli_dir)
+    before = (checksums(published.bids_dir), checksums(published.stimuli_dir))
 
     result = subprocess.run([str(Path(sys.executable).parent / "bidsrecon"), *arguments, *FAST],
                             capture_output=True, text=True, timeout=1200)
@@ -146,4 +131,4 @@ def test_readme_command_runs_the_published_tree(published, tmp_path):
     assert (out / "sub-01.html").is_file()
 
     # The input, dataset and stimuli, is unchanged to the byte.
-    assert checksums(published.bids_dir, published.stimuli_dir) == before
+    assert (checksums(published.bids_dir), checksums(published.stimuli_dir)) == before

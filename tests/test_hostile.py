@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from checks import checksums, one_line_error
 
 from bidsrecon.bids.derivatives import publish_participant, staging_dir
 from bidsrecon.folders import participant_locks, prepare_work_dir
@@ -28,14 +29,6 @@ from bidsrecon.folders import participant_locks, prepare_work_dir
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "10", "--skip-bids-validation"]
 IS_ROOT = os.geteuid() == 0
-
-
-def checksums(folder):
-    folder = Path(folder)
-    if not folder.exists():
-        return {}
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file() and not path.is_symlink()}
 
 
 def run_cli(*args):
@@ -49,15 +42,6 @@ def run_cli(*args):
     result = subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
     result.seconds = time.monotonic() - started
     return result
-
-
-def one_line_error(result, code, *fragments):
-    assert result.returncode == code, result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("bidsrecon: error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 NOBODY = 65534
@@ -288,7 +272,8 @@ def test_publish_replaces_a_participant_as_a_whole(tmp_path):
     staged.parent.mkdir(parents=True)
     staged.write_bytes(b"new")
     publish_participant(output, "01")
-    assert checksums(output) == {"sub-01/recon/sub-01_set-natural_stim-x_desc-recon_image.png":
+    assert checksums(output) == {"sub-01": "dir", "sub-01/recon": "dir",
+                                 "sub-01/recon/sub-01_set-natural_stim-x_desc-recon_image.png":
                                  hashlib.sha256(b"new").hexdigest()}
     assert not staging_dir(output).exists()
 

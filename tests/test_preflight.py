@@ -7,7 +7,6 @@ With PREFLIGHT_TIMINGS=<file> set, each case appends its row (case, exit code, s
 to failure, the message's first line) to that file: the table the issue asks for.
 """
 import gzip
-import hashlib
 import os
 import shutil
 import time
@@ -17,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from checks import checksums
 from PIL import Image
 from test_end_to_end import FAST
 from test_images import png_claiming_size
@@ -31,13 +31,6 @@ RUN1_EVENTS = f"{NATURAL}_run-01_events.tsv"
 # Stimuli of the natural test set (RUN1_EVENTS shows them at 48, 56 and 64 s).
 STIMULUS_48, STIMULUS_56, STIMULUS_64 = ("stimuli/n02416519_12793.png", "stimuli/n02128385_20264.png",
                                          "stimuli/n01443537_22563.png")
-
-
-def checksums(folder):
-    """Every file (and link) under ``folder``: its SHA-256 (a link: its target)."""
-    return {str(path.relative_to(folder)): os.readlink(path) if path.is_symlink() else
-            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-            for path in sorted(Path(folder).rglob("*"))}
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data as skdata
 from sklearn.datasets import load_sample_images
 
-GREY = (128, 128, 128)
+from bidsrecon.images import BACKGROUND
+
+# The screen around an image: the background every stimulus is shown over.
+GREY = BACKGROUND
 
 # Photographs that only natural *test* images are cut from, so that no training image
 # shares a photograph with a test image (ds001506's test images come from other
