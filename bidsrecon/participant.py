@@ -138,6 +138,23 @@ class ParticipantPlan:
     saved_decoder: SavedDecoder = None  # --decoders-dir: the decoder applied (then no training runs)
     normalise: str = "zscore"  # --normalise, resolved against the specification
     baseline_files: list = field(default_factory=list)  # normalise == "rest": per run, its rest events (TSV)
+    fmriprep: bool = False  # the runs are fMRIPrep's preprocessed bold (--derivatives)
+    simulated: bool = False  # the dataset was made by bidsrecon's simulator (it gets a noise ceiling)
+
+    @property
+    def input_mode(self):
+        """``fmriprep``, ``saved_reference`` (raw runs with a saved decoder) or ``raw``."""
+        if self.fmriprep:
+            return "fmriprep"
+        return "saved_reference" if self.saved_decoder else "raw"
+
+    @property
+    def reference_run(self):
+        """Index of the run the mask (and, for raw input, the motion reference) comes from: the first
+        training run, or the first run with a saved decoder (there are no training runs then)."""
+        if self.saved_decoder:
+            return 0
+        return next(index for index, inputs in enumerate(self.runs) if inputs.run.set_name == TRAINING)
 
 
 def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=(), *, encoder=None):
@@ -189,12 +206,15 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
     stimuli_file = work / "stimuli.tsv"
     _write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
                       .to_csv(sep="\t", index=False))
+    from bidsrecon.simulate.ceiling import simulation_record
+
     LOGGER.info("sub-%s: %d runs, %d training trials%s", subject, len(runs),
                 sum(len(r.trials) for r in runs if r.set_name == TRAINING),
                 f"; applying the saved decoder {saved.sidecar_file}" if saved else "")
     return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
                            roi_files(rois, config.bids_dir, subject) if rois else [], saved,
-                           normalise, baseline_files)
+                           normalise, baseline_files, fmriprep=bool(derivatives),
+                           simulated=simulation_record(config.bids_dir) is not None)
 
 
 def check_baseline(run, spec, discard_seconds):

@@ -107,14 +107,13 @@ def check_motion_reference(plan):
     That is the saved decoder's reference volume with ``--decoders-dir``, else the middle volume
     of the first training run (fMRIPrep input is not realigned here: nothing to check).
     """
-    if not plan.runs or plan.runs[0].mask is not None:
+    if not plan.runs or plan.input_mode == "fmriprep":
         return []
     try:
-        if plan.saved_decoder is not None:
+        if plan.input_mode == "saved_reference":
             check_reference_volume(plan.saved_decoder.reference_file, run=plan.runs[0].bold, mean=True)
         else:
-            first = next(inputs for inputs in plan.runs if inputs.run.set_name == TRAINING)
-            check_reference_volume(first.bold)
+            check_reference_volume(plan.runs[plan.reference_run].bold)
     except BidsReconError as problem:
         return [problem]
     return []

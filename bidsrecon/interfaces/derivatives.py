@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bidsrecon.bids.derivatives import atomic_write_bytes, atomic_write_text, item_stem, write_json
+from bidsrecon.bids.derivatives import DEVICES_FILE, atomic_write_bytes, atomic_write_text, item_stem, write_json
 from bidsrecon.preproc.motion import MOTION_COLUMNS
 
 OPTIMISERS = {
@@ -112,6 +112,11 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     confounds_files = InputMultiObject(File(exists=True), mandatory=True,
                                        desc="each run's motion parameters (our realignment's or fMRIPrep's)")
     tsnr_file = File(exists=True, mandatory=True, desc="tSNR map of the reference training run")
+    ceiling_file = File(exists=True, desc="NoiseCeiling.out_ceiling (simulated datasets only)")
+    # Where each step ran, as the node that ran it resolved --device (for the provenance).
+    decode_device = traits.Str(mandatory=True)
+    reconstruct_device = traits.Str(mandatory=True)
+    evaluate_device = traits.Str(mandatory=True)
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -185,6 +190,8 @@ class WriteDerivatives(SimpleInterface):
                 written.append(str(path))
 
         sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
+        ceiling = json.loads(Path(self.inputs.ceiling_file).read_text()) if isdefined(self.inputs.ceiling_file) else {}
+        sets["noise_ceiling_identification"] = [ceiling.get(name, np.nan) for name in sets["set"]]
         sets["encoder"] = decoder["Encoder"]
         accuracy = pd.read_csv(self.inputs.accuracy_file, sep="\t")
         set_columns = {**SET_COLUMNS, **json.loads(Path(self.inputs.set_columns_file).read_text())}
@@ -198,6 +205,9 @@ class WriteDerivatives(SimpleInterface):
             write_json(subject_dir / f"{stem}.json", {column: text if isinstance(text, dict) else {"Description": text}
                                                       for column, text in columns.items() if column in table})
             written.append(str(path))
+        # Read and removed by the provenance writer (bidsrecon.run_record.write_provenance).
+        write_json(subject_dir / "log" / DEVICES_FILE.format(subject=subject), {
+            step: getattr(self.inputs, f"{step}_device") for step in ("decode", "reconstruct", "evaluate")})
         written += self._write_decoder(subject_dir, subject, decoder)
         written += self._write_quality(subject_dir, subject)
         if self.inputs.save_decoded_features:

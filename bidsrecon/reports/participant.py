@@ -275,7 +275,7 @@ def about_section(provenance):
     content = "<h3>Command</h3>" + f"<pre>{html.esc(command)}</pre>"
     preprocessing = provenance.get("Preprocessing") or {}
     content += html.definition_list([
-        (key, html.esc(provenance[key]))
+        (key, html.esc(_plain(provenance[key])))
         for key in ("Started", "Finished", "WallSeconds", "Device") if key in provenance
     ] + ([("Preprocessing", html.esc(", ".join(f"{key}={value}" for key, value in preprocessing.items()
                                                if key != "NormalisationDescription")))] if preprocessing else []))
@@ -284,3 +284,8 @@ def about_section(provenance):
     content += html.table(pd.DataFrame(sorted(versions.items()), columns=["package", "version"])) if versions \
         else html.unavailable("Software versions")
     return content
+
+
+def _plain(value):
+    """A provenance value as text: a mapping (the device of each step) as ``key: value`` pairs."""
+    return ", ".join(f"{key}: {item}" for key, item in value.items()) if isinstance(value, dict) else value

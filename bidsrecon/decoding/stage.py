@@ -1,0 +1,305 @@
+"""The decoding stage: from one participant's samples to the decoded features of every test item.
+
+Two entry points return the same :class:`DecodedItems`:
+
+- :func:`fit_and_decode` fits a decoder on the training trials (kernel ridge over every unit,
+  streamed; or the lab's per-unit ridge), saves it, and decodes the test items;
+- :func:`apply_saved` applies a decoder saved by an earlier run (``--decoders-dir``). It was
+  checked against this run's data and settings when the participant was planned
+  (:func:`bidsrecon.decoding.saved.check_saved_decoder`); here it is only read.
+
+Both average the trials of each test item first (the paper's choice, :func:`average_test_items`).
+:func:`decoding_accuracy_table` scores the decoded features against the true ones.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bidsrecon import __version__
+from bidsrecon.decoding.artifact import (
+    decoder_paths,
+    load_decoder,
+    load_voxel_indices,
+    read_decoder_description,
+    save_decoder,
+    save_per_unit_decoder,
+)
+from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.decoding.pixels import (
+    PIXEL_LAYER,
+    PIXEL_PARTS,
+    decode_pixel_parts,
+    pixel_parts,
+    pixel_statistics,
+    pixel_targets,
+)
+from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
+from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
+from bidsrecon.encoders.base import file_sha256
+from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
+from bidsrecon.features.spread import channel_sd, spread_from_moments
+from bidsrecon.images import load_images
+from bidsrecon.spec import TRAINING
+
+
+@dataclass
+class DecodedItems:
+    """What the decoding stage hands on: decoded features of the test items and the decoder's files.
+
+    ``decoded``, ``train_mean`` and ``train_spread`` are dicts by layer (the encoder's layers,
+    then the ``pixels`` pseudo-layer when decoded); ``feature_std`` is the lab's per-channel SD
+    within an image for the encoder's layers, or None when it was not asked for.
+    """
+
+    layers: list  # the encoder's layers decoded (without the pixels pseudo-layer)
+    items: pd.DataFrame  # set, stimulus, n_trials: one row per test item, the order of ``decoded``
+    decoded: dict
+    train_mean: dict
+    train_spread: dict
+    feature_std: dict
+    decoder_arrays: str  # the decoder's safetensors
+    decoder_sidecar: str  # and its JSON sidecar
+
+
+def average_test_items(samples, trials):
+    """Average the trials of each test item.
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_trials, n_voxels)
+    trials : DataFrame
+        One row per sample, with ``set`` and ``stimulus`` columns.
+
+    Returns
+    -------
+    items : DataFrame
+        ``set``, ``stimulus``, ``n_trials``: each test item in order of first appearance.
+    item_samples : ndarray, shape (n_items, n_voxels)
+    """
+    test = (trials["set"] != TRAINING).to_numpy()
+    items = trials[test].groupby(["set", "stimulus"], sort=False).size().rename("n_trials").reset_index()
+    item_samples = np.stack([
+        samples[test & (trials["set"] == row.set).to_numpy() & (trials["stimulus"] == row.stimulus).to_numpy()]
+        .mean(axis=0)
+        for row in items.itertuples()
+    ])
+    return items, item_samples
+
+
+def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, stem, mask_file, method="kernel",
+                   cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False):
+    """Fit a decoder on the training trials, save it at ``stem``, and decode every test item.
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_trials, n_voxels)
+        Every run's samples, in the order of ``trials``.
+    trials : DataFrame
+        ``set`` and ``stimulus`` of each sample; the training set's rows train the decoder.
+    stimuli : Series
+        Stimulus name -> image file.
+    encoder : bidsrecon.encoders.base.Encoder
+    layers : sequence of str
+        Layers to decode (empty: the encoder's default).
+    image_size : int
+    stem : str
+        Path without extension of the decoder's files.
+    mask_file : str
+        The voxel mask the samples were taken in (recorded with the decoder).
+    method : {"kernel", "fastl2lir"}
+        Kernel ridge over every unit, streamed; or the lab's per-unit ridge.
+    cv_units : int
+        Units per layer sampled to choose the penalty.
+    n_voxels : int
+        Keep the voxels ranked best on the training trials (0: all).
+    seed : int
+    cache : bidsrecon.decoding.cache.FeatureCache, optional
+    memory_budget : bidsrecon.decoding.stream budget, optional
+    with_feature_std : bool
+        Also keep the lab's per-channel SD within an image, averaged over training images.
+
+    Returns
+    -------
+    DecodedItems
+    """
+    training = (trials["set"] == TRAINING).to_numpy()
+    train_names, image_index = np.unique(trials.loc[training, "stimulus"], return_inverse=True)
+    counts = np.bincount(image_index, minlength=len(train_names))
+    selection, kept = {"Method": "none", "Voxels": int(samples.shape[1])}, None
+    if n_voxels and n_voxels < samples.shape[1]:
+        # Ranked on training trials only, so no test data steers the choice.
+        kept = select_voxels(samples[training], image_index, n_voxels)
+        selection = {"Method": selection_method(image_index), "Voxels": len(kept), "Of": int(samples.shape[1])}
+        samples = samples[:, kept]
+    items, item_samples = average_test_items(samples, trials)
+    layers = list(layers) or list(encoder.default_layers)
+    # uint8: 1,200 stimuli at 224 px take 180 MB instead of 720 MB while the features stream.
+    images = load_images([stimuli[name] for name in train_names], image_size, dtype=np.uint8)
+    description = dict(
+        encoder_name=encoder.name, encoder_weights_sha256=encoder.weights_sha256, image_size=image_size,
+        training_stimuli=list(train_names), training_stimulus_hashes=[file_sha256(stimuli[name]) for name in train_names],
+        voxel_mask_file=mask_file, software_version=__version__, voxel_indices=kept)
+    extra = {"EncoderDescription": encoder.description, "TrainingImages": int(len(train_names)),
+             "VoxelSelection": selection}
+    if method == "fastl2lir":
+        decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
+            encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
+        paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
+    else:
+        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache)
+        # The pixels pseudo-layer's two parts are two more targets, every value of them
+        # (bidsrecon.decoding.pixels).
+        pixels = pixel_targets(images, image_size)
+        cv_targets.update({part: values.reshape(len(values), -1) for part, values in pixel_parts(pixels).items()})
+        # Alpha is chosen for each count of trials the test items average (REFERENCE.md §8).
+        test_trials = items["n_trials"].to_numpy()
+        decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
+                                                            test_trials=test_trials)
+        coefficients = decoder.coefficients(item_samples, test_trials)
+        decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
+            encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std)
+        extra.update({
+            "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
+            "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]]
+                                      for layer in [*layers, *PIXEL_PARTS]},
+        })
+        paths = save_decoder(stem, decoder, layers=[*layers, *PIXEL_PARTS], **description, extra_fields=extra)
+    arrays, sidecar = (str(path) for path in paths)
+    return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
+
+
+def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=None, memory_budget=None,
+                with_feature_std=False):
+    """Decode every test item with the decoder saved at ``stem``.
+
+    Each item is decoded as ``A_u F + (1 - sum_j A_u[:, j]) ybar`` with the penalty chosen for
+    its count of trials (the nearest the decoder has), ``F`` the features of the decoder's
+    training images.
+
+    Parameters
+    ----------
+    samples, trials, stimuli, encoder, image_size, cache, memory_budget, with_feature_std :
+        As for :func:`fit_and_decode`; ``trials`` need hold no training rows.
+    stem : str
+        Path without extension of the saved decoder's files, checked when the participant was
+        planned (:func:`bidsrecon.decoding.saved.check_saved_decoder`).
+
+    Returns
+    -------
+    DecodedItems
+        ``decoder_arrays`` and ``decoder_sidecar`` are the saved decoder's own files.
+    """
+    description = read_decoder_description(stem)
+    kept = load_voxel_indices(stem)
+    if kept is not None:
+        samples = samples[:, kept]
+    items, item_samples = average_test_items(samples, trials)
+    decoder = load_decoder(stem)
+    train_names = description["TrainingStimuli"]
+    images = load_images([stimuli[name] for name in train_names], image_size, dtype=np.uint8)
+    # The training mean is weighted by each image's training trials, as when the decoder was fitted.
+    counts = np.bincount(decoder.image_index_, minlength=len(train_names))
+    coefficients = decoder.coefficients(item_samples, items["n_trials"].to_numpy())
+    # A decoder saved with the pixels pseudo-layer decodes it too (bidsrecon.decoding.pixels).
+    pixels = pixel_targets(images, image_size) if PIXEL_PARTS[0] in coefficients else None
+    decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
+        encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std)
+    layers = [layer for layer in description["Layers"] if layer not in PIXEL_PARTS]
+    arrays, sidecar = (str(path) for path in decoder_paths(stem))
+    return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
+
+
+def decoding_accuracy_table(result, encoder, stimuli, image_size, n_units=10000, seed=0):
+    """Profile and pattern correlation of decoded and true features, per test set and layer.
+
+    Scored on a random sample of each layer's units (the same units for every set), so that the
+    true features of the test images never have to be held whole. Patterns are centred on the
+    training features' mean first (the lab also divides by each unit's training SD, which the
+    streamed decoder does not keep yet).
+
+    Parameters
+    ----------
+    result : DecodedItems
+    encoder : bidsrecon.encoders.base.Encoder
+    stimuli : Series
+        Stimulus name -> image file.
+    image_size : int
+    n_units : int
+        Units sampled per layer.
+    seed : int
+
+    Returns
+    -------
+    DataFrame
+        ``set`` then the columns of :func:`bidsrecon.evaluation.decoding_accuracy.decoding_accuracy`.
+    """
+    items, decoded, layers = result.items, result.decoded, list(result.layers)
+    images = load_images([stimuli[name] for name in items["stimulus"]], image_size)
+    true, units = sample_unit_features(encoder, images, layers, n_units=n_units, seed=seed)
+    if PIXEL_LAYER in decoded:  # every value of the pseudo-layer is scored
+        pixels = pixel_targets(images, image_size)
+        true[PIXEL_LAYER], units[PIXEL_LAYER] = pixels.reshape(len(pixels), -1), np.arange(pixels[0].size)
+        layers = [*layers, PIXEL_LAYER]
+    tables = []
+    for set_name, rows in items.groupby("set", sort=False):
+        index = rows.index.to_numpy()
+        sampled = {layer: decoded[layer].reshape(len(items), -1)[index][:, units[layer]] for layer in layers}
+        centre = {layer: result.train_mean[layer].reshape(-1)[units[layer]] for layer in layers}
+        table = decoding_accuracy(sampled, {layer: true[layer][index] for layer in layers}, train_mean=centre)
+        tables.append(table.assign(set=set_name))
+    table = pd.concat(tables, ignore_index=True)
+    return table[["set", *[c for c in table.columns if c != "set"]]]
+
+
+def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pixels, with_feature_std):
+    """:func:`decode_features` for the encoder's layers, plus the ``pixels`` pseudo-layer when its
+    coefficients are among ``coefficients`` (``pixels``: its training targets).
+
+    Returns decoded, train_mean, train_spread and, ``with_feature_std``, the lab's per-channel
+    SD within an image averaged over the training images for the encoder's layers (else None).
+    """
+    coefficients = dict(coefficients)
+    pixel_coefficients = {part: coefficients.pop(part) for part in PIXEL_PARTS if part in coefficients} or None
+    feature_std = {} if with_feature_std else None
+    decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
+                                                        memory_budget=budget, feature_std=feature_std)
+    if pixel_coefficients is not None:
+        decoded[PIXEL_LAYER], train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixel_parts(
+            pixel_coefficients, pixels, counts)
+    return decoded, train_mean, train_spread, feature_std
+
+
+def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache):
+    """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
+
+    All training features of the layers are held in memory (and each unit fitted on its own),
+    so this mode is meant for layer subsets; the kernel ridge decoder streams every unit.
+
+    Returns
+    -------
+    decoded, train_mean, train_spread : as :func:`bidsrecon.decoding.decode_features`
+    feature_std : dict of str to ndarray, each channel's SD within an image, averaged over images
+    decoders : dict of str to PerUnitDecoder
+    """
+    from bidsrecon.decoding.per_unit import PerUnitDecoder
+
+    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache)]
+    weights = counts / counts.sum()
+    decoded, train_mean, train_spread, feature_std, decoders = {}, {}, {}, {}, {}
+    for layer in layers:
+        features = np.concatenate([batch[layer] for batch in batches])
+        shape = features.shape[1:]
+        feature_std[layer] = weights @ channel_sd(features, ddof=1)
+        features = features.reshape(len(features), -1)
+        mean, mean_square = weights @ features, weights @ features.astype(np.float64) ** 2
+        train_mean[layer] = mean.reshape(shape).astype(np.float32)
+        train_spread[layer] = spread_from_moments(mean.reshape(shape), mean_square.reshape(shape))
+        decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
+        decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
+    # The pixels pseudo-layer, each value by its own ridge too (bidsrecon.decoding.pixels).
+    pixels = pixel_targets(images, images.shape[1])
+    decoders[PIXEL_LAYER] = PerUnitDecoder().fit(train_samples, pixels.reshape(len(pixels), -1)[image_index])
+    decoded[PIXEL_LAYER] = decoders[PIXEL_LAYER].predict(item_samples).reshape((-1,) + pixels.shape[1:])
+    train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = pixel_statistics(pixels, counts)
+    return decoded, train_mean, train_spread, feature_std, decoders

@@ -1,0 +1,178 @@
+"""The stage functions the workflow's nodes call, on small arrays (no Nipype, seconds each)."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bidsrecon.decoding.stage import apply_saved, average_test_items, decoding_accuracy_table, fit_and_decode
+from bidsrecon.encoders import get_encoder
+from bidsrecon.evaluation.scoring import score_sets
+from bidsrecon.images import load_images
+
+torch.set_num_threads(1)
+SIZE = 32
+
+
+def test_items_are_averaged_in_order_of_first_appearance():
+    trials = pd.DataFrame({"set": ["training", "letters", "natural", "letters", "training"],
+                           "stimulus": ["a", "B", "cat", "B", "a"]})
+    samples = np.arange(10, dtype=float).reshape(5, 2)
+    items, item_samples = average_test_items(samples, trials)
+    assert items.to_dict("list") == {"set": ["letters", "natural"], "stimulus": ["B", "cat"], "n_trials": [2, 1]}
+    np.testing.assert_array_equal(item_samples, [[4.0, 5.0], [4.0, 5.0]])
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    """20 training images; voxels a noisy linear map of their coarse pixels; 5 of them shown again
+    as test items, 2 trials each, in two sets."""
+    folder = tmp_path_factory.mktemp("stimuli")
+    rng = np.random.default_rng(0)
+    names = [f"image{index:02d}" for index in range(20)]
+    stimuli = {}
+    for name in names:
+        coarse = rng.random((4, 4, 3))
+        image = np.kron(coarse, np.ones((SIZE // 4, SIZE // 4, 1)))
+        stimuli[name] = str(folder / f"{name}.png")
+        Image.fromarray((image * 255).astype(np.uint8)).save(stimuli[name])
+    stimuli = pd.Series(stimuli)
+    images = load_images(list(stimuli), SIZE)
+    mapping = rng.standard_normal((images[:, ::8, ::8].reshape(20, -1).shape[1], 40))
+    response = {name: images[index, ::8, ::8].reshape(-1) @ mapping for index, name in enumerate(names)}
+    rows = [("training", name) for name in names for _ in range(2)]
+    rows += [("natural", name) for name in names[:3] for _ in range(2)]
+    rows += [("letters", name) for name in names[3:5] for _ in range(2)]
+    trials = pd.DataFrame(rows, columns=["set", "stimulus"])
+    samples = np.stack([response[name] + 0.1 * rng.standard_normal(40) for _, name in rows])
+    return samples, trials, stimuli, folder
+
+
+def test_fit_and_decode_then_apply_saved_decode_the_same_features(problem, tmp_path):
+    samples, trials, stimuli, folder = problem
+    encoder = get_encoder("efficientnet-lite0-random")
+    mask = tmp_path / "mask.nii.gz"  # 40 voxels, one per column of the samples
+    nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
+    options = dict(image_size=SIZE, with_feature_std=True)
+    fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
+                            mask_file=str(mask), cv_units=200, **options)
+    assert fitted.layers == ["stem"]
+    assert list(fitted.items["stimulus"]) == [f"image{index:02d}" for index in range(5)]
+    assert set(fitted.decoded) == {"stem", "pixels"} and fitted.decoded["stem"].shape[0] == 5
+    assert set(fitted.feature_std) == {"stem"}
+    # Each item's decoded features are nearest the true features of its own image.
+    true = encoder.features(torch.from_numpy(load_images(list(stimuli[:5]), SIZE)).permute(0, 3, 1, 2),
+                            layers=["stem"])["stem"].detach().numpy().reshape(5, -1)
+    decoded = fitted.decoded["stem"].reshape(5, -1) - fitted.train_mean["stem"].reshape(1, -1)
+    correlation = np.corrcoef(decoded, true - fitted.train_mean["stem"].reshape(1, -1))[:5, 5:]
+    assert (correlation.argmax(axis=1) == np.arange(5)).all(), correlation
+
+    # The saved decoder, applied to the test trials only, gives the same numbers.
+    test = trials["set"] != "training"
+    applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
+                          str(tmp_path / "sub-01_decoder"), **options)
+    assert applied.layers == fitted.layers and applied.decoder_sidecar == fitted.decoder_sidecar
+    pd.testing.assert_frame_equal(applied.items, fitted.items)
+    for layer in fitted.decoded:
+        np.testing.assert_array_equal(applied.decoded[layer], fitted.decoded[layer])
+        np.testing.assert_array_equal(applied.train_mean[layer], fitted.train_mean[layer])
+
+    table = decoding_accuracy_table(fitted, encoder, stimuli, SIZE, n_units=300)
+    assert list(table[["set", "layer"]].itertuples(index=False, name=None)) == [
+        ("natural", "stem"), ("natural", "pixels"), ("letters", "stem"), ("letters", "pixels")]
+    assert (table["pattern_correlation"] > 0.5).all(), table
+
+
+def test_score_sets_perfect_and_single_item_sets():
+    rng = np.random.default_rng(1)
+    truths = rng.random((9, 16, 16, 3)).astype(np.float32)
+    items = pd.DataFrame({"set": ["natural"] * 8 + ["imagery"], "stimulus": list("abcdefghi"), "n_trials": 2})
+    scored, sets, columns = score_sets(truths.copy(), truths, items, n_permutations=99, seed=0)
+    natural, imagery = sets.set_index("set").loc["natural"], sets.set_index("set").loc["imagery"]
+    assert natural["identification_pixel"] == 1.0 and natural["pixel_correlation"] == pytest.approx(1.0)
+    assert natural["identification_pixel_p"] == pytest.approx(1 / 100)
+    assert natural["n_trials"] == 16 and natural["n_items_dropped"] == 0
+    # One item: nothing to tell apart.
+    assert np.isnan(imagery["identification_pixel"]) and np.isnan(scored.loc[8, "identification_pixel"])
+    assert "identification_pixel" not in items  # the caller's table is left alone
+    assert all(column.startswith("identification_") and column in sets for column in columns)
+
+
+def _plan(folder, *, fmriprep=False, saved=False, simulated=False):
+    from bidsrecon.bids.collect import Run
+    from bidsrecon.decoding.saved import SavedDecoder
+    from bidsrecon.participant import ParticipantPlan, RunInputs
+
+    def touch(name):
+        (folder / name).write_bytes(b"x")
+        return str(folder / name)
+
+    sets = ["natural"] if saved else ["training", "training", "natural"]
+    runs = [RunInputs(Run(touch(f"bold{index}.nii.gz"), touch(f"events{index}.tsv"), 2.0, 100, "s", "t",
+                          str(index), set_name, pd.DataFrame()), str(folder / f"bold{index}.nii.gz"),
+                      mask=touch(f"mask{index}.nii.gz") if fmriprep else None,
+                      confounds=touch(f"confounds{index}.tsv") if fmriprep else None)
+              for index, set_name in enumerate(sets)]
+    touch("sub-01_decoder.json")
+    decoder = SavedDecoder(str(folder / "sub-01_decoder"), touch("saved_mask.nii.gz"),
+                           None if fmriprep else touch("reference.nii.gz"), {}) if saved else None
+    return ParticipantPlan("01", runs, [touch(f"trials{index}.tsv") for index in range(len(runs))],
+                           touch("stimuli.tsv"), [], decoder, fmriprep=fmriprep, simulated=simulated)
+
+
+@pytest.mark.parametrize(("fmriprep", "saved", "mode", "inputs_nodes"), [
+    (False, False, "raw", {"realign_reference", "mean_reference", "brain_mask", "build_mask", "realign"}),
+    (True, False, "fmriprep", {"build_mask"}),
+    (False, True, "saved_reference", {"realign"}),
+    (True, True, "fmriprep", set()),
+])
+def test_one_inputs_workflow_per_mode_feeds_the_same_stages(tmp_path, fmriprep, saved, mode, inputs_nodes):
+    from bidsrecon.config import Config
+    from bidsrecon.workflows.participant import init_participant_wf
+
+    plan = _plan(tmp_path, fmriprep=fmriprep, saved=saved)
+    assert plan.input_mode == mode
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", work_dir=tmp_path / "work", omp_nthreads=1)
+    workflow = init_participant_wf(plan, config)
+    names = set(workflow.list_node_names())
+    inputs_wf = f"{mode}_inputs_wf" if mode != "saved_reference" else "saved_reference_wf"
+    assert {name.split(".", 1)[1] for name in names if name.startswith(inputs_wf + ".")} == inputs_nodes | {
+        "outputnode"}
+    assert {"decode_wf.run_samples", "decode_wf.decode", "recon_wf.reconstruct", "recon_wf.evaluate",
+            "outputs_wf.tsnr", "outputs_wf.write_derivatives"} <= names
+    if saved:
+        assert workflow.get_node("decode_wf.decode").inputs.decoder_file == plan.saved_decoder.sidecar_file
+    assert workflow.get_node("noise_ceiling") is None
+
+
+def test_only_a_simulated_dataset_gets_the_noise_ceiling(tmp_path):
+    from bidsrecon.config import Config
+    from bidsrecon.workflows.participant import init_participant_wf
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", work_dir=tmp_path / "work", omp_nthreads=1)
+    workflow = init_participant_wf(_plan(tmp_path, simulated=True), config)
+    assert workflow.get_node("noise_ceiling") is not None
+
+
+def test_reconstruct_decoded_recovers_the_image_whose_features_it_was_given(problem):
+    from bidsrecon.recon.stage import reconstruct_decoded
+
+    _, _, stimuli, _ = problem
+    encoder = get_encoder("efficientnet-lite0-random")
+    images = load_images(list(stimuli[:2]), SIZE)
+    true = encoder.features(torch.from_numpy(images).permute(0, 3, 1, 2), layers=["stem", "block1"])
+    features = {"decoded": {layer: value.detach().numpy() for layer, value in true.items()}}
+    result = reconstruct_decoded(features, encoder, image_size=SIZE, iterations=40, correction="none",
+                                 snapshot_every=20)
+    assert result.images.shape == images.shape and result.images.dtype == np.float32
+    # Without decoded pixels the paper's flat start is used, and the description says so.
+    assert result.description["start"] == "flat" and result.description["pixel_weight"] == 0.0
+    assert result.description["device"] == "cpu" and result.description["n_iter"] == 40
+    assert sorted(result.snapshots) == ["iter-0020", "iter-0040"]
+    def correlation(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    own = [correlation(result.images[i], images[i]) for i in range(2)]
+    other = [correlation(result.images[i], images[1 - i]) for i in range(2)]
+    assert min(own) > max(other) and min(own) > 0.5, (own, other)
