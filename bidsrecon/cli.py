@@ -198,11 +198,11 @@ def main(argv=None):
             config = parse_args(argv)
             _configure_logging(config.verbose)
             if config.analysis_level == "participant":
-                from bidsrecon.participant import run_participant_level
+                from bidsrecon.participant_level import run_participant_level
 
                 run_participant_level(config)
             else:
-                from bidsrecon.group import run_group_level
+                from bidsrecon.group_level import run_group_level
 
                 run_group_level(config)
     except BidsReconError as error:

@@ -168,7 +168,7 @@ def test_group_level_with_no_participant_results(tmp_path, capsys):
 
 
 def test_summarise_skips_missing_values():
-    from bidsrecon.group import summarise
+    from bidsrecon.group_level import summarise
 
     wide = pd.DataFrame({
         "participant_id": ["sub-01", "sub-02", "sub-03", "sub-01", "sub-02", "sub-03"],

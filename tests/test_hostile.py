@@ -58,7 +58,7 @@ def run_main_as(uid, *args):
 
     import nipype  # noqa: F401  (imported while the interpreter's files are readable)
 
-    import bidsrecon.participant  # noqa: F401
+    import bidsrecon.participant_level  # noqa: F401
     from bidsrecon.cli import main
 
     for encoding in ("ascii", "latin-1", "utf-8", "idna"):
@@ -171,12 +171,12 @@ def test_output_path_that_is_a_file(tiny_dataset, tmp_path):
 
 
 def test_disk_full_is_one_line(tmp_path, monkeypatch, capsys):
-    from bidsrecon import cli, participant
+    from bidsrecon import cli, participant_level
 
     def full(config):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.png"))
 
-    monkeypatch.setattr(participant, "run_participant_level", full)
+    monkeypatch.setattr(participant_level, "run_participant_level", full)
     assert cli.main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]) == 73
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "No space left on device" in error and "x.png" in error and "resumes" in error

@@ -23,7 +23,7 @@ from test_group import participant_outputs
 
 from bidsrecon.cli import main
 from bidsrecon.reports import write_participant_report
-from bidsrecon.reports.participant import MOTION_TRACES
+from bidsrecon.reports.participant_report import MOTION_TRACES
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 # Elements that may not sit inside a <p> (the parser would close the <p> before them).

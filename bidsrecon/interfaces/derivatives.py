@@ -130,21 +130,35 @@ class WriteDerivatives(SimpleInterface):
     output_spec = _WriteOutputSpec
 
     def _run_interface(self, runtime):
-        from bidsrecon.images import save_png
-
         subject = self.inputs.subject
         subject_dir = Path(self.inputs.output_dir) / f"sub-{subject}"
         # A folder left by a run that failed while writing: this run's outputs replace it whole.
         shutil.rmtree(subject_dir, ignore_errors=True)
+        items = pd.read_csv(self.inputs.items_metrics, sep="\t")
+        decoder = json.loads(Path(self.inputs.decoder_file).read_text())
+        written = self._write_items(subject_dir, subject, items, decoder, runtime)
+        written += self._write_tables(subject_dir, subject, items, decoder)
+        # Read and removed by the provenance writer (bidsrecon.run_record.write_provenance).
+        write_json(subject_dir / "log" / DEVICES_FILE.format(subject=subject), {
+            step: getattr(self.inputs, f"{step}_device") for step in ("decode", "reconstruct", "evaluate")})
+        written += self._write_decoder(subject_dir, subject, decoder)
+        written += self._write_quality(subject_dir, subject)
+        if self.inputs.save_decoded_features:
+            written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
+        self._results["out_files"] = written
+        return runtime
+
+    def _write_items(self, subject_dir, subject, items, decoder, runtime):
+        """Per item: the reconstruction and the stimulus at its size (PNG), the sidecar, the snapshots."""
+        from bidsrecon.images import save_png
+
         images = np.load(self.inputs.images_file, allow_pickle=False)
         truths = np.load(self.inputs.truths_file, allow_pickle=False)
-        items = pd.read_csv(self.inputs.items_metrics, sep="\t")
         trials = pd.concat([pd.read_csv(f, sep="\t") for f in self.inputs.trials_files], ignore_index=True)
-        decoder = json.loads(Path(self.inputs.decoder_file).read_text())
         settings = json.loads(Path(self.inputs.recon_settings_file).read_text())
         snapshots = np.load(self.inputs.snapshots_file) if self.inputs.snapshots_file else {}
+        scratch = Path(runtime.cwd) / "image.png"
         written = []
-
         stems = [item_stem(subject, row.set, row.stimulus) for row in items.itertuples()]
         if len(set(stems)) != len(stems):
             raise ValueError("two stimuli map to the same output name; rename the stimuli")
@@ -152,49 +166,54 @@ class WriteDerivatives(SimpleInterface):
             sources = trials[(trials["set"] == row.set) & (trials["stimulus"] == row.stimulus)]
             for desc, image in (("recon", images[index]), ("stimulus", truths[index])):
                 path = subject_dir / "recon" / f"{stem}_desc-{desc}_image.png"
-                scratch = Path(runtime.cwd) / "image.png"
                 save_png(image, scratch)
                 atomic_write_bytes(path, scratch.read_bytes())
                 written.append(str(path))
-            sidecar = {
-                "Description": f"Image reconstructed from sub-{subject}'s brain activity for stimulus "
-                f"{row.stimulus} ({row.set}); the matching _desc-stimulus_image.png is the stimulus at this size.",
-                "Stimulus": row.stimulus,
-                "TestSet": row.set,
-                "Sources": sorted(set(sources["source"])),
-                "SourceTrials": [
-                    {"Source": t.source, "Onset": float(t.onset), "Duration": float(t.duration)}
-                    for t in sources.itertuples()
-                ],
-                "Encoder": decoder["Encoder"],
-                "EncoderDescription": decoder["EncoderDescription"],
-                "Layers": decoder["Layers"],
-                "Optimizer": OPTIMISERS[settings["optimiser"]],
-                "OptimizerSettings": settings,
-                "Loss": LOSS,
-                "Iterations": settings["n_iter"],
-                "Seed": self.inputs.seed,
-                "ImageSize": int(images.shape[1]),
-                # Which decoder made it: the arrays' hash identifies it across output datasets.
-                "Decoder": {"File": f"bids::sub-{subject}/decoder/{Path(self.inputs.decoder_file).name}",
-                            "ArraysSHA256": decoder["ArraysSHA256"],
-                            "FittedInThisRun": not self.inputs.copy_decoder},
-            }
             path = subject_dir / "recon" / f"{stem}_desc-recon_image.json"
-            write_json(path, sidecar)
+            write_json(path, self._recon_sidecar(subject, row, sources, decoder, settings, int(images.shape[1])))
             written.append(str(path))
             for iteration in sorted(snapshots):
                 path = subject_dir / "recon" / "snapshots" / f"{stem}_{iteration}_desc-recon_image.png"
                 save_png(snapshots[iteration][index] / np.float32(255), scratch)
                 atomic_write_bytes(path, scratch.read_bytes())
                 written.append(str(path))
+        return written
 
+    def _recon_sidecar(self, subject, row, sources, decoder, settings, image_size):
+        return {
+            "Description": f"Image reconstructed from sub-{subject}'s brain activity for stimulus "
+            f"{row.stimulus} ({row.set}); the matching _desc-stimulus_image.png is the stimulus at this size.",
+            "Stimulus": row.stimulus,
+            "TestSet": row.set,
+            "Sources": sorted(set(sources["source"])),
+            "SourceTrials": [
+                {"Source": t.source, "Onset": float(t.onset), "Duration": float(t.duration)}
+                for t in sources.itertuples()
+            ],
+            "Encoder": decoder["Encoder"],
+            "EncoderDescription": decoder["EncoderDescription"],
+            "Layers": decoder["Layers"],
+            "Optimizer": OPTIMISERS[settings["optimiser"]],
+            "OptimizerSettings": settings,
+            "Loss": LOSS,
+            "Iterations": settings["n_iter"],
+            "Seed": self.inputs.seed,
+            "ImageSize": image_size,
+            # Which decoder made it: the arrays' hash identifies it across output datasets.
+            "Decoder": {"File": f"bids::sub-{subject}/decoder/{Path(self.inputs.decoder_file).name}",
+                        "ArraysSHA256": decoder["ArraysSHA256"],
+                        "FittedInThisRun": not self.inputs.copy_decoder},
+        }
+
+    def _write_tables(self, subject_dir, subject, items, decoder):
+        """The set, item and decoding metrics (TSV and their column descriptions)."""
         sets = pd.read_csv(self.inputs.set_metrics, sep="\t")
         ceiling = json.loads(Path(self.inputs.ceiling_file).read_text()) if isdefined(self.inputs.ceiling_file) else {}
         sets["noise_ceiling_identification"] = [ceiling.get(name, np.nan) for name in sets["set"]]
         sets["encoder"] = decoder["Encoder"]
         accuracy = pd.read_csv(self.inputs.accuracy_file, sep="\t")
         set_columns = {**SET_COLUMNS, **json.loads(Path(self.inputs.set_columns_file).read_text())}
+        written = []
         for stem, table, columns in (
             (f"sub-{subject}_desc-metrics", sets, set_columns),
             (f"sub-{subject}_desc-items_metrics", items, ITEM_COLUMNS),
@@ -205,15 +224,7 @@ class WriteDerivatives(SimpleInterface):
             write_json(subject_dir / f"{stem}.json", {column: text if isinstance(text, dict) else {"Description": text}
                                                       for column, text in columns.items() if column in table})
             written.append(str(path))
-        # Read and removed by the provenance writer (bidsrecon.run_record.write_provenance).
-        write_json(subject_dir / "log" / DEVICES_FILE.format(subject=subject), {
-            step: getattr(self.inputs, f"{step}_device") for step in ("decode", "reconstruct", "evaluate")})
-        written += self._write_decoder(subject_dir, subject, decoder)
-        written += self._write_quality(subject_dir, subject)
-        if self.inputs.save_decoded_features:
-            written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
-        self._results["out_files"] = written
-        return runtime
+        return written
 
     def _write_decoder(self, subject_dir, subject, decoder):
         """The decoder folder: arrays, sidecar, voxel mask and (raw input) motion reference volume.

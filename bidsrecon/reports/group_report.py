@@ -22,7 +22,7 @@ def write_group_report(output_dir, labels, wide, tidy, descriptions):
     """Write ``output_dir/group/group.html``; returns its path.
 
     ``wide`` is the participants' metrics stacked (``participant_id`` first), ``tidy`` the group
-    table of `bidsrecon.group.summarise`, ``descriptions`` the metrics' column descriptions.
+    table of `bidsrecon.group_level.summarise`, ``descriptions`` the metrics' column descriptions.
     """
     output_dir = Path(output_dir)
     sets = list(dict.fromkeys(wide["set"]))

@@ -26,7 +26,7 @@ import pandas as pd
 
 from bidsrecon.bids.derivatives import atomic_write_text, write_json
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
-from bidsrecon.reports.group import write_group_report
+from bidsrecon.reports.group_report import write_group_report
 from bidsrecon.reports.montage import draw_participant_figure
 from bidsrecon.reports.outputs import metrics_path, missing_outputs, read_table, subject_label
 
