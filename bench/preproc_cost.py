@@ -83,12 +83,14 @@ def synthesise_run(folder, shape, seed=0):
 
 def _samples_stage(run_dir, method):
     from bidsrecon.interfaces.samples import EpiMask, RunSamples
+    from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 
     start = time.perf_counter()
     mask = EpiMask(bold_file=str(run_dir / "bold.nii.gz")).run().outputs.out_mask
     result = RunSamples(bold_file=str(run_dir / "bold.nii.gz"), mask_file=mask,
                         trials_file=str(run_dir / "trials.tsv"), tr=TR,
-                        confounds_file=str(run_dir / "confounds.tsv"), method=method).run()
+                        confounds_file=str(run_dir / "confounds.tsv"), method=method, normalise="zscore",
+                        discard_seconds=DISCARD_SECONDS, delay_seconds=DELAY_SECONDS, clip_sd=CLIP_SD).run()
     seconds = time.perf_counter() - start
     samples = np.load(result.outputs.out_samples)
     return seconds, {"samples_shape": list(samples.shape), "finite": bool(np.isfinite(samples).all())}

@@ -10,6 +10,7 @@ import pytest
 from bidsrecon.bids.collect import load_layout
 from bidsrecon.cli import main, parse_args
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 from bidsrecon.participant_level import plan_participant
 from bidsrecon.preproc import baseline_volumes, block_samples, clean_run, normalise_run, reduce_outliers
 from bidsrecon.spec import SPECS, default_normalisation, load_spec, resolve_normalisation, spec_from_dict
@@ -250,7 +251,8 @@ def _write_run(folder, series, onsets, durations, rest):
     pd.DataFrame({"onset": [r[0] for r in rest], "duration": [r[1] for r in rest]}).to_csv(
         folder / "baseline.tsv", sep="\t", index=False)
     return {"bold_file": str(folder / "bold.nii.gz"), "mask_file": str(folder / "mask.nii.gz"),
-            "trials_file": str(folder / "trials.tsv"), "tr": TR}
+            "trials_file": str(folder / "trials.tsv"), "tr": TR, "discard_seconds": DISCARD_SECONDS,
+            "delay_seconds": DELAY_SECONDS, "clip_sd": CLIP_SD, "method": "block"}
 
 
 def test_run_samples_normalises_to_the_rest_file(tmp_path, monkeypatch):
@@ -266,7 +268,7 @@ def test_run_samples_normalises_to_the_rest_file(tmp_path, monkeypatch):
     expected = block_samples(normalise_run(data, np.arange(4, 16), n_discard=4), TR, onsets, durations, 4.0)
     np.testing.assert_allclose(samples, expected, atol=1e-4)
     assert (samples[:, 7] == 0).all() and result.outputs.n_zeroed_voxels == 1
-    zscored = np.load(RunSamples(**files).run().outputs.out_samples)  # the default stays the z-score
+    zscored = np.load(RunSamples(**files, normalise="zscore").run().outputs.out_samples)
     assert not np.allclose(zscored, samples, atol=0.1)
     with pytest.raises(BidsReconError, match="needs baseline_file"):
         RunSamples(**files, normalise="rest").run()

@@ -6,6 +6,7 @@ import pytest
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.interfaces.samples import RunSamples
+from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 from bidsrecon.preproc import trial_regressors
 
 TR = 2.0
@@ -31,7 +32,10 @@ def _write_run(folder, series, onsets, durations, confounds=None, affine=None):
 
 def _run(tmp_path, monkeypatch, **inputs):
     monkeypatch.chdir(tmp_path)
-    result = RunSamples(**inputs).run()
+    # The node's settings come from the options (Config): the paper's, unless a test says otherwise.
+    paper = {"discard_seconds": DISCARD_SECONDS, "delay_seconds": DELAY_SECONDS, "clip_sd": CLIP_SD,
+             "method": "block", "normalise": "zscore"}
+    result = RunSamples(**{**paper, **inputs}).run()
     return np.load(result.outputs.out_samples), result.outputs
 
 

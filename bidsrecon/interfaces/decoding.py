@@ -22,24 +22,24 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     trials_files = InputMultiObject(File(exists=True), mandatory=True, desc="per run: trials TSV (same order)")
     stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
     encoder = traits.Str(mandatory=True)
-    encoder_weights = traits.Str("", usedefault=True, desc="weights file ('' = the encoder's own)")
+    encoder_weights = traits.Str(mandatory=True, desc="weights file ('' = the encoder's own)")
     layers = traits.List(traits.Str, desc="layers to decode (empty = the encoder's default)")
     image_size = traits.Int(mandatory=True)
-    cv_units = traits.Int(1000, usedefault=True, desc="units per layer sampled to choose alpha")
-    n_voxels = traits.Int(0, usedefault=True, desc="keep the K voxels ranked best on the training trials (0: all)")
+    cv_units = traits.Int(mandatory=True, desc="units per layer sampled to choose alpha")
+    n_voxels = traits.Int(mandatory=True, desc="keep the K voxels ranked best on the training trials (0: all)")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the samples were taken in (kept with the decoder)")
-    decoder_name = traits.Str("decoder", usedefault=True, desc="file stem of the saved decoder")
+    decoder_name = traits.Str(mandatory=True, desc="file stem of the saved decoder")
     accuracy_units = traits.Int(10000, usedefault=True, desc="units per layer sampled to score decoding accuracy")
-    seed = traits.Int(0, usedefault=True)
-    n_threads = traits.Int(1, usedefault=True, nohash=True,
+    seed = traits.Int(mandatory=True)
+    n_threads = traits.Int(mandatory=True, nohash=True,
                            desc="threads (the results do not depend on them: not part of the cache key)")
-    feature_cache = traits.Str("", usedefault=True, desc="folder of the feature cache ('' = no cache)")
-    feature_cache_dtype = traits.Enum("float32", "float16", usedefault=True)
-    memory_gb = traits.Float(0.0, usedefault=True, desc="peak memory of this node in GB (0: no limit)")
-    device = traits.Str("cpu", usedefault=True, desc="where the encoder runs: auto, cpu, cuda or mps")
-    method = traits.Enum("kernel", "fastl2lir", usedefault=True,
+    feature_cache = traits.Str(mandatory=True, desc="folder of the feature cache ('' = no cache)")
+    feature_cache_dtype = traits.Enum("float32", "float16", mandatory=True)
+    memory_gb = traits.Float(mandatory=True, desc="peak memory of this node in GB (0: no limit)")
+    device = traits.Str(mandatory=True, desc="where the encoder runs: auto, cpu, cuda or mps")
+    method = traits.Enum("kernel", "fastl2lir", mandatory=True,
                          desc="kernel ridge (every unit, streamed) or the lab's per-unit ridge on 500 voxels")
-    feature_std = traits.Bool(False, usedefault=True, desc="also keep each channel's SD within a training image, "
+    feature_std = traits.Bool(mandatory=True, desc="also keep each channel's SD within a training image, "
                               "averaged over the images (the lab's feat_std0; for --feature-correction lab2019 "
                               "and cookbook*)")
     decoder_file = File(exists=True, desc="JSON sidecar of a saved kernel ridge decoder (--decoders-dir): applied "

@@ -94,7 +94,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     decoder_file = File(exists=True, mandatory=True, desc="the decoder's JSON sidecar")
     decoder_arrays = File(exists=True, mandatory=True, desc="the decoder's safetensors")
     accuracy_file = File(exists=True, mandatory=True, desc="TSV of decoding accuracy per set and layer")
-    save_decoded_features = traits.Bool(False, usedefault=True, desc="also write the decoded features (HDF5)")
+    save_decoded_features = traits.Bool(mandatory=True, desc="also write the decoded features (HDF5)")
     features_file = File(exists=True, desc="decoded features (DecodeFeatures.out_features)")
     items_file = File(exists=True, desc="TSV of the decoded items")
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
@@ -103,7 +103,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the decoder was trained in")
     reference_file = File(exists=True, desc="raw input: the mean volume every run was realigned to, kept "
                           "with the decoder so that later sessions can be realigned to it")
-    copy_decoder = traits.Bool(False, usedefault=True,
+    copy_decoder = traits.Bool(mandatory=True,
                                desc="the decoder was applied (--decoders-dir), not fitted: copy its files, "
                                "sidecar included, byte for byte")
     snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")

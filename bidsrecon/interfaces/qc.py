@@ -3,7 +3,6 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
-from bidsrecon.paper import DISCARD_SECONDS
 from bidsrecon.preproc.inputs import load_bold, load_mask, masked_time_series
 from bidsrecon.preproc.qc import temporal_snr
 
@@ -12,7 +11,7 @@ class _TemporalSnrInputSpec(BaseInterfaceInputSpec):
     bold_file = File(exists=True, mandatory=True, desc="a 4-D BOLD run (realigned or fMRIPrep's)")
     mask_file = File(exists=True, mandatory=True, desc="brain mask on the run's grid")
     tr = traits.Float(mandatory=True, desc="repetition time (s)")
-    discard_seconds = traits.Float(DISCARD_SECONDS, usedefault=True, desc="seconds at the start left out")
+    discard_seconds = traits.Float(mandatory=True, desc="seconds at the start left out")
 
 
 class _TemporalSnrOutputSpec(TraitedSpec):

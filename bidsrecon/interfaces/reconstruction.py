@@ -13,31 +13,31 @@ from bidsrecon.interfaces.threads import limited_threads
 class _ReconstructInputSpec(BaseInterfaceInputSpec):
     features_file = File(exists=True, mandatory=True, desc="decoded features (DecodeFeatures.out_features)")
     encoder = traits.Str(mandatory=True)
-    encoder_weights = traits.Str("", usedefault=True)
+    encoder_weights = traits.Str(mandatory=True)
     image_size = traits.Int(mandatory=True)
-    iterations = traits.Int(200, usedefault=True)
-    seed = traits.Int(0, usedefault=True)
-    n_threads = traits.Int(1, usedefault=True, nohash=True,
+    iterations = traits.Int(mandatory=True)
+    seed = traits.Int(mandatory=True)
+    n_threads = traits.Int(mandatory=True, nohash=True,
                            desc="threads (the results do not depend on them: not part of the cache key)")
-    optimiser = traits.Enum("lbfgs", "gd", "generator", usedefault=True)
-    generator_weights = traits.Str("", usedefault=True)
-    generator_latent_max = traits.Str("", usedefault=True, desc="a number or a file; empty: unbounded")
-    jitter = traits.Int(0, usedefault=True)
-    device = traits.Str("auto", usedefault=True)
-    mixed_precision = traits.Bool(False, usedefault=True)
-    batch_size = traits.Int(8, usedefault=True)
-    snapshot_every = traits.Int(0, usedefault=True)
-    correction = traits.Enum("spread", "none", "lab2019", "cookbook", "cookbook-trainmean", usedefault=True,
+    optimiser = traits.Enum("lbfgs", "gd", "generator", mandatory=True)
+    generator_weights = traits.Str(mandatory=True)
+    generator_latent_max = traits.Str(mandatory=True, desc="a number or a file; empty: unbounded")
+    jitter = traits.Int(mandatory=True)
+    device = traits.Str(mandatory=True)
+    mixed_precision = traits.Bool(mandatory=True)
+    batch_size = traits.Int(mandatory=True)
+    snapshot_every = traits.Int(mandatory=True)
+    correction = traits.Enum("spread", "none", "lab2019", "cookbook", "cookbook-trainmean", mandatory=True,
                              desc="correction of the decoded features before inversion (bidsrecon.recon.correction)")
-    pixel_weight = traits.Float(100.0, usedefault=True, desc="weight of the decoded pixels' term in the loss "
+    pixel_weight = traits.Float(mandatory=True, desc="weight of the decoded pixels' term in the loss "
                                 "(0: none; needs features decoded with the pixels pseudo-layer)")
-    tv_weight = traits.Float(3.0, usedefault=True, desc="weight of a total-variation term, in the pixel term's "
+    tv_weight = traits.Float(mandatory=True, desc="weight of a total-variation term, in the pixel term's "
                              "units (needs the pixels pseudo-layer)")
-    coarse_factor = traits.Int(2, usedefault=True, desc="lbfgs: optimise an image this many times smaller, "
+    coarse_factor = traits.Int(mandatory=True, desc="lbfgs: optimise an image this many times smaller, "
                                "upsampled (bilinear) before the encoder")
-    start = traits.Enum("pixels", "flat", "noise", usedefault=True,
+    start = traits.Enum("pixels", "flat", "noise", mandatory=True,
                         desc="start image: the decoded pixels, the paper's flat mean colour, or uniform noise")
-    clamp = traits.Bool(True, usedefault=True, desc="gd: keep pixels in [0, 1] after each step")
+    clamp = traits.Bool(mandatory=True, desc="gd: keep pixels in [0, 1] after each step")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
@@ -96,11 +96,11 @@ class _EvaluateInputSpec(BaseInterfaceInputSpec):
     items_file = File(exists=True, mandatory=True, desc="TSV of the items: set, stimulus, n_trials")
     stimuli_file = File(exists=True, mandatory=True, desc="TSV: stimulus name -> image path")
     n_permutations = traits.Int(1000, usedefault=True, desc="permutations of the identification test")
-    seed = traits.Int(0, usedefault=True, desc="seed of the permutations")
-    n_threads = traits.Int(1, usedefault=True, nohash=True,
+    seed = traits.Int(mandatory=True, desc="seed of the permutations")
+    n_threads = traits.Int(mandatory=True, nohash=True,
                            desc="threads of the evaluation networks, one batch each (the results do not "
                            "depend on them: not part of the cache key)")
-    device = traits.Str("auto", usedefault=True, desc="where the evaluation networks run")
+    device = traits.Str(mandatory=True, desc="where the evaluation networks run")
 
 
 class _EvaluateOutputSpec(TraitedSpec):
@@ -145,7 +145,7 @@ class Evaluate(SimpleInterface):
 class _NoiseCeilingInputSpec(BaseInterfaceInputSpec):
     bids_dir = traits.Str(mandatory=True, desc="the input dataset, made by bidsrecon's simulator")
     subject = traits.Str(mandatory=True, desc="participant label, without sub-")
-    spec = traits.Str("ds001506", usedefault=True, desc="decoding specification (names the test sets)")
+    spec = traits.Str(mandatory=True, desc="decoding specification (names the test sets)")
 
 
 class _NoiseCeilingOutputSpec(TraitedSpec):

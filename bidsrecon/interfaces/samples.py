@@ -14,7 +14,6 @@ from nipype.interfaces.base import (
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.interfaces.threads import limited_threads
-from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 from bidsrecon.preproc import block_samples, clean_run
 from bidsrecon.preproc.inputs import (
     load_bold,
@@ -67,18 +66,18 @@ class _RunSamplesInputSpec(BaseInterfaceInputSpec):
     trials_file = File(exists=True, mandatory=True,
                        desc="TSV of the run's trials; its onset and duration columns (s) are used")
     tr = traits.Float(mandatory=True, desc="repetition time (s)")
-    discard_seconds = traits.Float(DISCARD_SECONDS, usedefault=True, desc="seconds at the start left out of every estimate")
-    delay_seconds = traits.Float(DELAY_SECONDS, usedefault=True, desc="haemodynamic delay (s) of the block method")
-    clip_sd = traits.Float(CLIP_SD, usedefault=True, desc="outliers clipped at this many SD")
+    discard_seconds = traits.Float(mandatory=True, desc="seconds at the start left out of every estimate")
+    delay_seconds = traits.Float(mandatory=True, desc="haemodynamic delay (s) of the block method")
+    clip_sd = traits.Float(mandatory=True, desc="outliers clipped at this many SD")
     confounds_file = File(exists=True, desc="TSV of confounds, one row per volume (fMRIPrep's "
                                             "desc-confounds_timeseries.tsv, or Realign's motion_file)")
     confound_columns = traits.List(traits.Str, value=list(MOTION_COLUMNS), usedefault=True,
                                    desc="columns of confounds_file regressed out with the trend "
                                         "(names, globs already resolved); n/a counts as 0")
-    method = traits.Enum("block", "lss", usedefault=True,
+    method = traits.Enum("block", "lss", mandatory=True,
                          desc="block: average of each block's delayed volumes (the paper's); "
                               "lss: a least-squares-separate GLM beta per trial")
-    normalise = traits.Enum("zscore", "rest", usedefault=True,
+    normalise = traits.Enum("zscore", "rest", mandatory=True,
                             desc="zscore: each voxel z-scored over the run; rest: percent signal change "
                                  "from the mean of the baseline_file volumes (the paper's)")
     baseline_file = File(exists=True, desc="normalise rest: TSV of the run's rest events (onset, duration, s); "
