@@ -53,7 +53,7 @@ import numpy as np
 
 from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
 from bidsrecon.decoding.cache import FeatureCache
-from bidsrecon.decoding.stream import budget_within, plan_decoding, resident_bytes
+from bidsrecon.decoding.memory import budget_within, plan_decoding, resident_bytes
 from bidsrecon.encoders import get_encoder
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}

@@ -56,21 +56,23 @@ class RunInputs:
 def run_participant_level(config):
     """Decode and reconstruct every selected participant of ``config.bids_dir``."""
     prepare_work_dir(config.work_dir)
+    # The options that name files or labels are read first: a typo costs seconds, not an indexing.
+    options = {"spec": load_spec(config.spec), "space": parse_space(config.space), "rois": parse_rois(config.rois),
+               "derivatives": parse_derivatives(config.derivatives) if config.derivatives else None}
+    if config.bids_filter_file:
+        load_bids_filters(config.bids_filter_file)
     layout = load_layout(config.bids_dir)
     if not config.skip_bids_validation:
         validate_input(config)
     subjects = collect_participants(layout, config.participant_labels)
     with participant_locks(config.work_dir, subjects):
-        _run_participants(config, layout, subjects)
+        _run_participants(config, layout, subjects, **options)
 
 
-def _run_participants(config, layout, subjects):
-    spec = load_spec(config.spec)
+def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
     # --normalise not given: the specification decides (rest when it names the rest events).
     config = dataclasses.replace(config, normalise=resolve_normalisation(config.normalise, spec))
-    derivatives = index_derivatives(parse_derivatives(config.derivatives)) if config.derivatives else None
-    space = parse_space(config.space)
-    rois = parse_rois(config.rois)
+    derivatives = index_derivatives(derivatives) if derivatives else None
     # Every participant's inputs are checked before any heavy work starts.
     encoder = check_networks(config)
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)

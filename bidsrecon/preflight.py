@@ -41,7 +41,7 @@ import pandas as pd
 from bidsrecon.bids.derivatives import item_stem
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.images import read_rgb
-from bidsrecon.preproc.motion import check_reference_volume
+from bidsrecon.preproc.motion_checks import check_reference_volume
 from bidsrecon.spec import TRAINING
 
 LOGGER = logging.getLogger("bidsrecon")

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 from bidsrecon.decoding import decode_features, iter_feature_batches, sample_unit_features
 from bidsrecon.decoding.cache import FeatureCache, image_sha256
-from bidsrecon.decoding.stream import decoding_memory, plan_layer_groups
+from bidsrecon.decoding.memory import decoding_memory, plan_layer_groups
 
 torch.set_num_threads(1)
 

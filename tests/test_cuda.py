@@ -11,7 +11,7 @@ from test_recon import _pixel_correlation, _true_features, _unseen_photograph
 from bidsrecon.encoders import get_encoder
 from bidsrecon.recon import reconstruct
 from bidsrecon.recon.generator import random_generator
-from bidsrecon.recon.invert import GeneratorDescentSettings
+from bidsrecon.recon.settings import GeneratorDescentSettings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

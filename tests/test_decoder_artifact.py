@@ -9,15 +9,9 @@ import pandas as pd
 import pytest
 
 from bidsrecon.decoding import KernelRidgeDecoder
-from bidsrecon.decoding.artifact import (
-    decoder_paths,
-    load_decoded_features,
-    load_decoder,
-    load_voxel_indices,
-    read_decoder_description,
-    save_decoded_features,
-    save_decoder,
-)
+from bidsrecon.decoding.artifact import load_decoder, load_voxel_indices, save_decoder
+from bidsrecon.decoding.decoded_features import load_decoded_features, save_decoded_features
+from bidsrecon.decoding.sidecar import decoder_paths, read_decoder_description
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 

@@ -8,7 +8,9 @@ import pytest
 from conftest import validate
 
 from bidsrecon.cli import main, parse_args
-from bidsrecon.decoding.artifact import load_decoded_features, load_decoder, read_decoder_description
+from bidsrecon.decoding.artifact import load_decoder
+from bidsrecon.decoding.decoded_features import load_decoded_features
+from bidsrecon.decoding.sidecar import read_decoder_description
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 

@@ -16,7 +16,7 @@ from bidsrecon.decoding import (
     iter_feature_batches,
     sample_unit_features,
 )
-from bidsrecon.decoding.kernel_ridge import out_of_fold_smoothers
+from bidsrecon.decoding.cross_validation import out_of_fold_smoothers
 from bidsrecon.errors import BidsReconError
 from bidsrecon.features.correlation import profile_correlation
 from bidsrecon.features.spread import spread_from_moments
@@ -368,7 +368,7 @@ def test_decoding_through_the_packaged_random_efficientnet():
 
 
 def test_plan_layer_groups_packs_layers_in_network_order_under_the_budget():
-    from bidsrecon.decoding.stream import decoding_memory, plan_layer_groups
+    from bidsrecon.decoding.memory import decoding_memory, plan_layer_groups
 
     layer_units = {"a": 1000, "b": 1000, "c": 100, "d": 10}
     layer_items = {"d": 2, "a": 2, "b": 2, "c": 2}
@@ -388,7 +388,8 @@ def test_plan_layer_groups_packs_layers_in_network_order_under_the_budget():
 
 
 def test_decode_features_under_a_memory_budget_matches_one_pass():
-    from bidsrecon.decoding.stream import _layer_units, decoding_memory, plan_layer_groups
+    from bidsrecon.decoding.memory import decoding_memory, plan_layer_groups
+    from bidsrecon.decoding.stream import _layer_units
 
     encoder = TinyEncoder()
     images = _images(6, seed=11)
@@ -415,7 +416,7 @@ def test_decode_features_under_a_memory_budget_matches_one_pass():
 
 
 def test_plan_decoding_prefers_a_smaller_batch_to_a_second_pass():
-    from bidsrecon.decoding.stream import decoding_memory, plan_decoding, plan_layer_groups
+    from bidsrecon.decoding.memory import decoding_memory, plan_decoding, plan_layer_groups
 
     layer_units = {"a": 1000, "b": 500, "c": 10}
     layer_items = dict.fromkeys(layer_units, 2)

@@ -144,7 +144,7 @@ def test_raw_input_with_slice_timing_and_lss(tiny_dataset, tmp_path):
     out = tmp_path / "bidsrecon"
     assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--slice-timing",
                  "--samples", "lss", "--save-decoded-features", *FAST]) == 0
-    from bidsrecon.decoding.artifact import load_decoded_features
+    from bidsrecon.decoding.decoded_features import load_decoded_features
 
     decoded, items, metadata = load_decoded_features(out / "sub-01" / "decoder" / "sub-01_desc-decoded_features.h5")
     assert metadata["Encoder"] == "efficientnet-lite0-random"

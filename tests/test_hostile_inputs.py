@@ -21,12 +21,8 @@ from bidsrecon.cli import main
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.interfaces.motion import MeanVolume, Realign
 from bidsrecon.interfaces.samples import EpiMask
-from bidsrecon.preproc.motion import (
-    check_reference_volume,
-    contaminated_voxels,
-    estimate_motion,
-    reference_volume_problem,
-)
+from bidsrecon.preproc.motion import estimate_motion, reference_volume_problem
+from bidsrecon.preproc.motion_checks import check_reference_volume, contaminated_voxels
 from bidsrecon.preproc.signal import unusable_voxels
 from bidsrecon.simulate import bold as simulated_bold
 from bidsrecon.simulate.brain import make_anatomy

@@ -7,8 +7,9 @@ from bidsrecon.decoding import KernelRidgeDecoder
 from bidsrecon.decoding.pixels import PIXEL_LAYER, decode_pixels, pixel_size, pixel_targets
 from bidsrecon.encoders import get_encoder
 from bidsrecon.recon import reconstruct
-from bidsrecon.recon.invert import _Problem, pixel_start
+from bidsrecon.recon.invert import pixel_start
 from bidsrecon.recon.loss import pixel_weights
+from bidsrecon.recon.problem import _Problem
 
 SIZE = 64
 
@@ -150,7 +151,7 @@ def test_total_variation_term_gradient_equals_autograd(random_lite0):
 
 
 def test_coarse_factor_optimises_a_smaller_image(random_lite0):
-    from bidsrecon.recon.invert import LbfgsSettings
+    from bidsrecon.recon.settings import LbfgsSettings
 
     images = _blocky(2, seed=10)
     with torch.no_grad():
@@ -170,7 +171,8 @@ def test_coarse_factor_optimises_a_smaller_image(random_lite0):
 
 
 def test_noise_start_and_unclamped_descent(random_lite0):
-    from bidsrecon.recon.invert import PixelDescentSettings, _start
+    from bidsrecon.recon.invert import _start
+    from bidsrecon.recon.settings import PixelDescentSettings
 
     noise = torch.sigmoid(_start("noise", random_lite0, None, 2, SIZE, seed=3))
     assert noise.shape == (2, 3, SIZE, SIZE) and 0.45 < float(noise.mean()) < 0.55 and float(noise.std()) > 0.25

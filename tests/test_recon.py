@@ -14,9 +14,10 @@ from bidsrecon.parallel import task_threads
 from bidsrecon.recon import correct_spread, feature_loss, layer_weights, reconstruct
 from bidsrecon.recon.descent import gaussian_blur, minimise_momentum
 from bidsrecon.recon.generator import random_generator
-from bidsrecon.recon.invert import GeneratorDescentSettings, PixelDescentSettings, _Problem
 from bidsrecon.recon.lbfgs import MAX_BACKTRACKS, minimise_lbfgs
 from bidsrecon.recon.loss import feature_loss_and_output_gradients, gradient_offsets
+from bidsrecon.recon.problem import _Problem
+from bidsrecon.recon.settings import GeneratorDescentSettings, PixelDescentSettings
 
 SMALL = 32
 FEW_LAYERS = ("stem", "block1", "block2")

@@ -4,14 +4,10 @@
 :func:`decode_features` turns them into decoded features of every unit by streaming the training
 images through the encoder (DESIGN.md, "The decoding core").
 """
-from bidsrecon.decoding.kernel_ridge import (
-    DEFAULT_RELATIVE_ALPHAS,
-    KernelRidgeDecoder,
-    collapse_onto_images,
-    grouped_folds,
-    profile_correlation,
-)
+from bidsrecon.decoding.cross_validation import grouped_folds
+from bidsrecon.decoding.kernel_ridge import DEFAULT_RELATIVE_ALPHAS, KernelRidgeDecoder, collapse_onto_images
 from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
+from bidsrecon.features.correlation import profile_correlation
 
 __all__ = [
     "DEFAULT_RELATIVE_ALPHAS",

@@ -16,51 +16,30 @@ images (module :mod:`bidsrecon.decoding.kernel_ridge`), so applying a saved deco
 same images and the same encoder: :func:`load_decoder` checks both, and the voxel mask, before
 returning the decoder. Loading reads safetensors and JSON only; nothing is unpickled.
 
-Decoded features, the product other reconstruction methods can take, are written to HDF5 by
-:func:`save_decoded_features` (one dataset per layer under ``/features``, the items' table under
-``/items``) and read back by :func:`load_decoded_features`.
+The per-unit decoders (the lab's mode) are written the same way by
+:func:`save_per_unit_decoder`. Where the two files lie, reading the sidecar and checking it
+against a run are :mod:`bidsrecon.decoding.sidecar`'s; decoded features in HDF5 are
+:mod:`bidsrecon.decoding.decoded_features`'.
 """
-import hashlib
 import json
-from pathlib import Path
 
-import h5py
-import nibabel as nib
 import numpy as np
-import pandas as pd
 
 from bidsrecon.arrays import load_arrays, save_arrays
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.decoding.sidecar import (
+    _FORMAT_NAME,
+    _PER_UNIT_FORMAT_NAME,
+    ARTIFACT_FORMAT,
+    _check_expected,
+    _check_mask,
+    _check_stimulus_files,
+    _mask_summary,
+    decoder_paths,
+    read_decoder_description,
+)
 from bidsrecon.encoders.base import file_sha256
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
-from bidsrecon.grid import same_affine
-from bidsrecon.names import check_file_name
-
-#: Version of the artifact's layout; a loader refuses layouts newer than its own.
-ARTIFACT_FORMAT = 1
-_FORMAT_NAME = "bidsrecon-kernel-ridge-decoder"
-_PER_UNIT_FORMAT_NAME = "bidsrecon-per-unit-decoder"
-_FEATURES_FORMAT_NAME = "bidsrecon-decoded-features"
-#: Names listed in an error message before "and N more".
-_NAMES_SHOWN = 5
-
-
-def decoder_paths(path_stem):
-    """The two files of the decoder saved under ``path_stem``.
-
-    Parameters
-    ----------
-    path_stem : str or Path
-        Path without extension, e.g. ``.../sub-01/decoder/sub-01_desc-kernelridge_decoder``.
-
-    Returns
-    -------
-    arrays_path, sidecar_path : Path
-        ``<stem>.safetensors`` and ``<stem>.json``.
-    """
-    path_stem = Path(path_stem)
-    return (path_stem.with_name(path_stem.name + ".safetensors"),
-            path_stem.with_name(path_stem.name + ".json"))
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 
 
 def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sha256,
@@ -206,80 +185,6 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
     return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 
 
-def read_decoder_description(path_stem):
-    """The JSON sidecar of a saved decoder, checked for format and version.
-
-    Parameters
-    ----------
-    path_stem : str or Path
-
-    Returns
-    -------
-    dict
-        Keys include ``Encoder``, ``EncoderWeightsSHA256``, ``ImageSize``, ``Layers``, ``Alpha``,
-        ``TrainingStimuli`` (coefficient-column order), ``TrainingStimulusSHA256``,
-        ``VoxelMask`` and ``SoftwareVersion``.
-
-    Raises
-    ------
-    BidsReconError
-        Missing file (exit 66), or not a decoder sidecar this version can read (exit 64).
-    """
-    arrays_path, sidecar_path = decoder_paths(path_stem)
-    for path in (arrays_path, sidecar_path):
-        if not path.is_file():
-            raise BidsReconError(
-                f"Saved decoder file {path} not found. A decoder is the pair <stem>.safetensors "
-                "and <stem>.json written by bidsrecon; check the decoders directory.",
-                EXIT_INPUT_MISSING)
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (ValueError, RecursionError) as error:
-        raise BidsReconError(f"{sidecar_path} is not valid JSON ({error}); it is not a "
-                             "decoder sidecar written by bidsrecon.", EXIT_BAD_ARGUMENTS) from None
-    if isinstance(sidecar, dict) and sidecar.get("Format") == _PER_UNIT_FORMAT_NAME:
-        raise BidsReconError(
-            f"{sidecar_path} is a per-unit decoder (--decoder fastl2lir); applying saved per-unit "
-            "decoders is not supported yet. Retrain with the kernel ridge decoder (--decoder kernel, "
-            "the default) to apply it later, or fit again on the training data.", EXIT_BAD_ARGUMENTS)
-    if not isinstance(sidecar, dict) or sidecar.get("Format") != _FORMAT_NAME:
-        raise BidsReconError(f"{sidecar_path} is not a decoder sidecar written by bidsrecon "
-                             f"(its \"Format\" is not {_FORMAT_NAME!r}).", EXIT_BAD_ARGUMENTS)
-    if sidecar.get("FormatVersion", 0) > ARTIFACT_FORMAT:
-        raise BidsReconError(
-            f"{sidecar_path} was written by bidsrecon {sidecar.get('SoftwareVersion')} in decoder "
-            f"format {sidecar.get('FormatVersion')}; this version reads format {ARTIFACT_FORMAT} "
-            "only. Use a newer bidsrecon, or retrain the decoder.", EXIT_BAD_ARGUMENTS)
-    _check_sidecar_fields(sidecar, sidecar_path)
-    return sidecar
-
-
-# The fields a kernel decoder's sidecar must hold, with their JSON types; checked when it is read
-# so that a damaged or hand-edited sidecar is one clear error, not a KeyError hours later.
-_REQUIRED_FIELDS = {
-    "Encoder": (str,), "EncoderWeightsSHA256": (str, type(None)), "ImageSize": (int,), "Layers": (list,),
-    "TrainingStimuli": (list,), "TrainingStimulusSHA256": (list,), "VoxelMask": (dict,), "Voxels": (int,),
-    "ArraysSHA256": (str,),
-}
-
-
-def _check_sidecar_fields(sidecar, sidecar_path):
-    """Every required field present with its type; the files it names are plain names in its folder."""
-    for key, types in _REQUIRED_FIELDS.items():
-        if not isinstance(sidecar.get(key), types) or isinstance(sidecar.get(key), bool):
-            problem = "lacks" if key not in sidecar else f"has a {type(sidecar[key]).__name__} in"
-            raise BidsReconError(f"{sidecar_path} {problem} the field \"{key}\" ({' or '.join(t.__name__ for t in types)} "
-                                 "expected): it is not a complete decoder sidecar written by bidsrecon. Restore "
-                                 "the file from the decoder's folder, or retrain.", EXIT_BAD_ARGUMENTS)
-    check_file_name(sidecar["VoxelMask"].get("File"), f"{sidecar_path}: VoxelMask.File")
-    reference = sidecar.get("MotionReference")
-    if reference is not None:
-        if not isinstance(reference, dict):
-            raise BidsReconError(f"{sidecar_path}: \"MotionReference\" must be an object with \"File\" and "
-                                 "\"SHA256\"; restore the file, or retrain.", EXIT_BAD_ARGUMENTS)
-        check_file_name(reference.get("File"), f"{sidecar_path}: MotionReference.File")
-
-
 def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,
                  expected_weights_sha256=None, expected_image_size=None, stimulus_files=None):
     """Read a decoder written by :func:`save_decoder`, after checking it fits the new data.
@@ -355,134 +260,6 @@ def load_voxel_indices(path_stem):
     return load_arrays(arrays_path)["fit"].get("voxel_indices")
 
 
-def mask_voxel_set_sha256(mask_data):
-    """sha256 of a mask's voxel set: its non-zero voxels as packed bits, C order.
-
-    Two files with the same voxels on the same grid share this hash whatever their data type or
-    compression, unlike the files' own hashes.
-
-    Parameters
-    ----------
-    mask_data : ndarray
-
-    Returns
-    -------
-    str
-    """
-    inside = np.ascontiguousarray(np.asarray(mask_data) != 0)
-    digest = hashlib.sha256(np.array(inside.shape, dtype=np.int64).tobytes())
-    digest.update(np.packbits(inside, axis=None).tobytes())
-    return digest.hexdigest()
-
-
-def save_decoded_features(path, decoded, items, *, metadata=None):
-    """Write decoded features to HDF5: one dataset per layer, plus the table of items.
-
-    Layout: ``/features/<layer>`` float32 ``(n_items, *layer_shape)``; ``/items/<column>`` one
-    1-D dataset per column of ``items`` (strings as UTF-8); root attributes ``format``,
-    ``layers`` (JSON list, the layers' order), ``item_columns`` (JSON list) and ``metadata``
-    (JSON object).
-
-    Parameters
-    ----------
-    path : str or Path
-        Output file (``.h5``); parent folders are created.
-    decoded : dict of str to ndarray, shape (n_items, ...)
-        Decoded features per layer, rows in the order of ``items``.
-    items : pandas.DataFrame
-        One row per decoded item, with at least the columns ``set`` and ``stimulus``.
-    metadata : dict, optional
-        JSON-serialisable description (encoder, layers, software version ...).
-
-    Returns
-    -------
-    Path
-    """
-    layers, columns = _check_decoded_features(decoded, items)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as store:
-        store.attrs["format"] = _FEATURES_FORMAT_NAME
-        store.attrs["layers"] = json.dumps(layers)
-        store.attrs["item_columns"] = json.dumps(columns)
-        store.attrs["metadata"] = json.dumps(metadata or {})
-        for layer in layers:
-            store.create_dataset(f"features/{layer}",
-                                 data=np.asarray(decoded[layer], dtype=np.float32))
-        for column in columns:
-            values = items[column]
-            if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-                store.create_dataset(f"items/{column}", data=values.to_numpy())
-            else:
-                store.create_dataset(f"items/{column}", data=values.astype(str).to_list(),
-                                     dtype=h5py.string_dtype("utf-8"))
-    return path
-
-
-def load_decoded_features(path, layers=None):
-    """Read a file written by :func:`save_decoded_features`.
-
-    Parameters
-    ----------
-    path : str or Path
-    layers : list of str, optional
-        Layers to read (all by default).
-
-    Returns
-    -------
-    decoded : dict of str to ndarray, shape (n_items, ...) float32
-        In the file's layer order (or the order of ``layers``).
-    items : pandas.DataFrame
-    metadata : dict
-
-    Raises
-    ------
-    BidsReconError
-        File missing (exit 66), not a decoded-features file, or without a requested layer
-        (exit 64).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BidsReconError(f"Decoded-features file {path} not found.", EXIT_INPUT_MISSING)
-    with h5py.File(path, "r") as store:
-        if store.attrs.get("format") != _FEATURES_FORMAT_NAME:
-            raise BidsReconError(f"{path} is not a decoded-features file written by bidsrecon.",
-                                 EXIT_BAD_ARGUMENTS)
-        stored_layers = json.loads(store.attrs["layers"])
-        layers = stored_layers if layers is None else list(layers)
-        absent = [layer for layer in layers if layer not in stored_layers]
-        if absent:
-            raise BidsReconError(f"{path} holds no layers {absent}; it has {stored_layers}.",
-                                 EXIT_BAD_ARGUMENTS)
-        decoded = {layer: store[f"features/{layer}"][()] for layer in layers}
-        columns = {}
-        for column in json.loads(store.attrs["item_columns"]):
-            dataset = store[f"items/{column}"]
-            is_text = h5py.check_string_dtype(dataset.dtype) is not None
-            columns[column] = dataset.asstr()[()] if is_text else dataset[()]
-        metadata = json.loads(store.attrs["metadata"])
-    return decoded, pd.DataFrame(columns), metadata
-
-
-def _check_decoded_features(decoded, items):
-    if not isinstance(decoded, dict) or not decoded:
-        raise ValueError("decoded must be a non-empty dict of layer name to an array "
-                         "(n_items, ...).")
-    if not isinstance(items, pd.DataFrame) or not {"set", "stimulus"} <= set(items.columns):
-        raise ValueError("items must be a DataFrame with the columns 'set' and 'stimulus'.")
-    layers = [str(layer) for layer in decoded]
-    columns = [str(column) for column in items.columns]
-    # A slash would make a nested HDF5 group rather than a dataset of that name.
-    slashed = [name for name in layers + columns if "/" in name]
-    if slashed:
-        raise ValueError(f"Layer and item column names may not contain '/'; got {slashed}.")
-    rows = {layer: np.shape(value)[0] if np.ndim(value) else None
-            for layer, value in decoded.items()}
-    if any(n_rows != len(items) for n_rows in rows.values()):
-        raise ValueError(f"Every layer of decoded needs one row per item ({len(items)} items); "
-                         f"got rows {rows}.")
-    return layers, columns
-
 def _write_pair(arrays_path, arrays, sidecar_path, sidecar):
     """Write the arrays, then the sidecar with the arrays' hash: a pair interrupted midway never
     loads."""
@@ -499,71 +276,6 @@ def _sidecar_head(format_name, method, encoder_name, encoder_weights_sha256, ima
     return {"Format": format_name, "FormatVersion": ARTIFACT_FORMAT, "Method": method,
             "Encoder": encoder_name, "EncoderWeightsSHA256": encoder_weights_sha256,
             "ImageSize": int(image_size), "Layers": layers}
-
-
-def _mask_summary(mask_file):
-    """What the sidecar records of a mask: file hash, grid, voxel count and voxel-set hash."""
-    mask_file = Path(mask_file)
-    if not mask_file.is_file():
-        raise BidsReconError(f"Voxel mask {mask_file} not found.", EXIT_INPUT_MISSING)
-    image = nib.load(mask_file)
-    data = np.asanyarray(image.dataobj)
-    return {
-        "File": mask_file.name,
-        "SHA256": file_sha256(mask_file),
-        "Shape": [int(n) for n in image.shape],
-        "Affine": np.asarray(image.affine, dtype=np.float64).tolist(),
-        "Voxels": int(np.count_nonzero(data)),
-        "VoxelSetSHA256": mask_voxel_set_sha256(data),
-    }
-
-
-def _check_mask(where, saved, given, given_file):
-    remedy = ("The new data must be sampled in the decoder's voxel mask: use that mask (or the "
-              "same ROIs on the same functional grid), or retrain the decoder.")
-    if saved["SHA256"] == given["SHA256"]:
-        return
-    if saved["Shape"] != given["Shape"]:
-        raise BidsReconError(
-            f"{where} was trained in a voxel mask of shape {saved['Shape']}; the mask "
-            f"{given_file} has shape {given['Shape']}. {remedy}", EXIT_BAD_ARGUMENTS)
-    if not same_affine(saved["Affine"], given["Affine"]):
-        raise BidsReconError(
-            f"{where} was trained in a voxel mask with affine {saved['Affine']}; the mask "
-            f"{given_file} has affine {given['Affine']}. {remedy}", EXIT_BAD_ARGUMENTS)
-    if saved["VoxelSetSHA256"] != given["VoxelSetSHA256"]:
-        raise BidsReconError(
-            f"{where} was trained in a voxel mask of {saved['Voxels']} voxels; the mask "
-            f"{given_file} is on the same grid but holds a different set of {given['Voxels']} "
-            f"voxels. {remedy}", EXIT_BAD_ARGUMENTS)
-
-
-def _check_expected(where, what, saved, given, remedy):
-    if given is not None and given != saved:
-        raise BidsReconError(
-            f"{where} was trained with {what} {saved!r}; this run uses {given!r}. {remedy}",
-            EXIT_BAD_ARGUMENTS)
-
-
-def _check_stimulus_files(where, names, saved_hashes, stimulus_files):
-    missing, changed = [], []
-    for name, saved_hash in zip(names, saved_hashes):
-        path = stimulus_files.get(name)
-        if path is None or not Path(path).is_file():
-            missing.append(name if path is None else f"{name} ({path})")
-        elif file_sha256(path) != saved_hash:
-            changed.append(f"{name} ({path})")
-    # Decoded features are built from the training images' features: every one is needed.
-    if missing:
-        raise BidsReconError(
-            f"{where} needs its {len(names)} training images; {len(missing)} are missing: "
-            f"{_some(missing)}. Give the stimulus files it was trained with.",
-            EXIT_INPUT_MISSING)
-    if changed:
-        raise BidsReconError(
-            f"{where}: {len(changed)} training image files differ from those it was trained "
-            f"with (sha256): {_some(changed)}. Give the original stimulus files, or retrain the "
-            "decoder.", EXIT_BAD_ARGUMENTS)
 
 
 def _decoder_from_arrays(arrays, sidecar, arrays_path):
@@ -655,9 +367,3 @@ def _check_voxel_indices(voxel_indices, n_voxels, n_mask_voxels):
                          f"[0, {n_mask_voxels}); got shape {voxel_indices.shape}, dtype "
                          f"{voxel_indices.dtype}.")
     return voxel_indices.astype(np.int64)
-
-
-def _some(names):
-    shown = ", ".join(names[:_NAMES_SHOWN])
-    rest = len(names) - _NAMES_SHOWN
-    return shown + (f" and {rest} more" if rest > 0 else "")

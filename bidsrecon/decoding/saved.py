@@ -20,7 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidsrecon.decoding.artifact import decoder_paths, load_decoder, mask_voxel_set_sha256, read_decoder_description
+from bidsrecon.decoding.artifact import load_decoder
+from bidsrecon.decoding.sidecar import decoder_paths, mask_voxel_set_sha256, read_decoder_description
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.grid import same_grid

@@ -17,14 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon import __version__
-from bidsrecon.decoding.artifact import (
-    decoder_paths,
-    load_decoder,
-    load_voxel_indices,
-    read_decoder_description,
-    save_decoder,
-    save_per_unit_decoder,
-)
+from bidsrecon.decoding.artifact import load_decoder, load_voxel_indices, save_decoder, save_per_unit_decoder
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
@@ -34,6 +27,7 @@ from bidsrecon.decoding.pixels import (
     pixel_statistics,
     pixel_targets,
 )
+from bidsrecon.decoding.sidecar import decoder_paths, read_decoder_description
 from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
 from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
 from bidsrecon.encoders.base import file_sha256
@@ -115,7 +109,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         Keep the voxels ranked best on the training trials (0: all).
     seed : int
     cache : bidsrecon.decoding.cache.FeatureCache, optional
-    memory_budget : bidsrecon.decoding.stream budget, optional
+    memory_budget : bidsrecon.decoding.memory budget (budget_within), optional
     with_feature_std : bool
         Also keep the lab's per-channel SD within an image, averaged over training images.
 

@@ -16,8 +16,10 @@ Each function takes an optional :class:`bidsrecon.decoding.cache.FeatureCache`: 
 holds are read instead of computed, and those it lacks are computed (running the encoder only on
 the images and layers missing) and written, so a second pass or a second subject shown the same
 stimuli reads from disk.
+
+One batch's forward pass is :mod:`bidsrecon.decoding.forward`'s; the memory that decoding takes,
+and the batch size and layer groups that fit a budget, :mod:`bidsrecon.decoding.memory`'s.
 """
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,18 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bidsrecon.decoding.cache import image_sha256
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.decoding.forward import _cached_forward, _forward, _image_batch, _store_entries
+from bidsrecon.decoding.memory import ACCUMULATED_BATCHES, plan_decoding
 from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks, task_threads
 
-#: Bytes per unit that decoding holds for each layer being accumulated besides its output: a
-#: float32 centre and two float64 moment sums, and a float32 copy of the mean at the end.
-_ACCUMULATOR_BYTES_PER_UNIT = 4 + 8 + 8 + 4
-#: Encoder batches whose features are gathered before each sweep over the outputs. Every sweep
-#: reads and writes all the decoded outputs (3 GB for 50 items of VGG19): on a CPU that sweep,
-#: not the arithmetic, is the accumulation's cost, so fewer, larger sweeps are faster.
-ACCUMULATED_BATCHES = 2
 #: Units of a layer accumulated by one task (:mod:`bidsrecon.parallel`): the sweeps over the
 #: outputs run in parallel by blocks of this many units, fixed so the sums do not depend on the
 #: number of threads.
@@ -104,77 +99,6 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
                 bar.update(len(next(iter(features.values()))))
             for write in writes:
                 write.result()  # a failed write is an error of this pass
-
-
-def _forward(encoder, batch, layers):
-    """The encoder's features of a batch (b, H, W, 3) at ``layers``, as float32 arrays.
-
-    On the CPU each image goes through the encoder alone, as one task of
-    :mod:`bidsrecon.parallel`: a batched convolution rounds an image's features differently
-    with other batch-mates (and the cache computes only the images it lacks), and a
-    multithreaded one with another thread count. An image's features are then the same bits
-    whatever its batch, the cache's state and the number of threads.
-    """
-    if encoder.device.type != "cpu":
-        return _forward_together(encoder, batch, layers)
-    if hasattr(encoder, "prepare"):  # trace in this thread, before the tasks share the encoder
-        encoder.prepare(layers)
-    parts = map_tasks(lambda position: _forward_together(encoder, batch[position:position + 1], layers),
-                      range(len(batch)))
-    return {layer: np.concatenate([part[layer] for part in parts]) for layer in layers}
-
-
-def _forward_together(encoder, batch, layers):
-    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(encoder.device)
-    # no_grad wraps only the forward pass: around a caller's yield it would leak to the caller.
-    with torch.no_grad():
-        features = encoder.features(tensor, layers=layers)
-    missing = [layer for layer in layers if layer not in features]
-    if missing:
-        raise ValueError(f"The encoder returned no features for layers {missing}.")
-    return {layer: features[layer].detach().to("cpu", torch.float32).numpy() for layer in layers}
-
-
-def _cached_forward(encoder, batch, layers, cache):
-    """:func:`_forward` that reads what ``cache`` holds and runs the encoder only for the rest.
-
-    The encoder runs on the images that miss any layer, for the layers some image misses (a
-    feature extractor asked for early layers only stops there).
-
-    Returns
-    -------
-    features : dict of str to ndarray, float32
-        As stored where the cache keeps the layer.
-    new_entries : list of tuple
-        ``(image_hash, image_shape, layer, stored features)`` to write.
-    """
-    hashes = [image_sha256(image) for image in batch]
-    image_shape = batch.shape[1:]
-    found = {layer: [cache.load(image_hash, image_shape, layer) if cache.holds(layer) else None
-                     for image_hash in hashes]
-             for layer in layers}
-    to_compute = [layer for layer in layers if any(entry is None for entry in found[layer])]
-    new_entries = []
-    if to_compute:
-        rows = [row for row in range(len(batch))
-                if any(found[layer][row] is None for layer in to_compute)]
-        computed = _forward(encoder, batch[rows], to_compute)
-        for layer in to_compute:
-            for position, row in enumerate(rows):
-                if found[layer][row] is not None:
-                    continue
-                features = computed[layer][position]
-                if cache.holds(layer):
-                    stored = cache.as_stored(features)
-                    new_entries.append((hashes[row], image_shape, layer, stored))
-                    features = stored.astype(np.float32)
-                found[layer][row] = features
-    return {layer: np.stack(found[layer]) for layer in layers}, new_entries
-
-
-def _store_entries(cache, entries):
-    for image_hash, image_shape, layer, stored in entries:
-        cache.store(image_hash, image_shape, layer, stored)
 
 
 @in_task_threads
@@ -296,148 +220,6 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
             {layer: train_spread[layer] for layer in order})
 
 
-def decoding_memory(layer_units, layer_items, batch_size, cached=False):
-    """Bytes :func:`decode_features` needs to accumulate a group of layers in one pass.
-
-    The model: the outputs (float32, n_items per unit); per unit of the group, a float32
-    centre, two float64 moment sums and a float32 mean (24 bytes); per image of a batch, the
-    float32 features of the group (four times that with a cache: the batch is held as entries
-    and as their stack, and the next batch is read ahead), plus the ``ACCUMULATED_BATCHES``
-    batches gathered for one sweep of the outputs, and one float32 temporary of the largest
-    layer of the group; and the encoder's forward, which holds about two activations of the
-    largest layer it runs through at once.
-
-    Parameters
-    ----------
-    layer_units : dict of str to int
-        Units per image of *every* layer of the encoder, in network order (the forward to a
-        layer runs through all the layers before it).
-    layer_items : dict of str to int
-        The group: items decoded per layer.
-    batch_size : int
-    cached : bool, default False
-
-    Returns
-    -------
-    int
-    """
-    group_units = [layer_units[layer] for layer in layer_items]
-    deepest = max(list(layer_units).index(layer) for layer in layer_items)
-    largest_in_forward = max(list(layer_units.values())[:deepest + 1])
-    outputs = sum(4 * n_items * layer_units[layer] for layer, n_items in layer_items.items())
-    accumulators = _ACCUMULATOR_BYTES_PER_UNIT * sum(group_units)
-    batch_features = 4 * batch_size * ((4 if cached else 1) * sum(group_units)
-                                       + ACCUMULATED_BATCHES * sum(group_units)
-                                       + max(group_units))
-    forward = 4 * batch_size * 2 * largest_in_forward
-    return int(outputs + accumulators + batch_features + forward)
-
-
-#: Left out of a memory limit for what :func:`decoding_memory` does not count (allocator slack).
-MEMORY_MARGIN = 300_000_000
-
-
-def resident_bytes():
-    """Resident memory of this process now, in bytes (Linux)."""
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def budget_within(limit_bytes):
-    """Bytes :func:`decode_features` may add to what this process holds now, within a limit.
-
-    Raises
-    ------
-    BidsReconError
-        When the process already holds the limit (less the margin).
-    """
-    held = resident_bytes()
-    budget = int(limit_bytes) - held - MEMORY_MARGIN
-    if budget <= 0:
-        raise BidsReconError(f"A memory limit of {limit_bytes / 1e9:g} GB is spent before decoding starts: "
-                             f"this process already holds {held / 1e9:.2f} GB (samples, images, encoder). "
-                             "Raise the limit (--mem).", EXIT_BAD_ARGUMENTS)
-    return budget
-
-
-def plan_decoding(layer_units, layer_items, batch_size, memory_budget, cached=False):
-    """Batch size and layer groups for :func:`decode_features` under a memory budget.
-
-    A smaller batch, down to a quarter of ``batch_size``, is preferred to a second pass over
-    the images: a pass costs a whole forward of the training set, a smaller batch only some of
-    the encoder's throughput (and, on a CPU, the accumulation's: each batch reads and writes
-    every output once).
-
-    Returns
-    -------
-    batch_size : int
-    groups : list of list of str
-        As :func:`plan_layer_groups`.
-    """
-    for smaller in range(batch_size, max(1, batch_size // 4) - 1, -1):
-        try:
-            groups = plan_layer_groups(layer_units, layer_items, smaller, memory_budget, cached)
-        except BidsReconError:
-            continue
-        if len(groups) == 1:
-            return smaller, groups
-    return batch_size, plan_layer_groups(layer_units, layer_items, batch_size, memory_budget,
-                                         cached)
-
-
-def plan_layer_groups(layer_units, layer_items, batch_size, memory_budget, cached=False):
-    """Split layers into groups, in network order, that each fit the memory budget.
-
-    The outputs of every layer are counted in every group (they are kept until the end); the
-    other terms of :func:`decoding_memory` only while the group is accumulated.
-
-    Parameters
-    ----------
-    layer_units : dict of str to int
-        Units per image of every layer of the encoder, in network order.
-    layer_items : dict of str to int
-        Layers to decode and their number of items.
-    batch_size : int
-    memory_budget : int
-        Bytes.
-    cached : bool, default False
-
-    Returns
-    -------
-    list of list of str
-
-    Raises
-    ------
-    BidsReconError
-        When the outputs alone, or one layer with them, exceed the budget.
-    """
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) \
-            or memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes; got "
-                         f"{memory_budget!r}.")
-    outputs = sum(4 * n_items * layer_units[layer] for layer, n_items in layer_items.items())
-
-    def extra(group):
-        return decoding_memory(layer_units, {layer: layer_items[layer] for layer in group},
-                               batch_size, cached) - sum(
-            4 * layer_items[layer] * layer_units[layer] for layer in group)
-
-    groups = []
-    for layer in [layer for layer in layer_units if layer in layer_items]:
-        if groups and outputs + extra(groups[-1] + [layer]) <= memory_budget:
-            groups[-1].append(layer)
-            continue
-        if outputs + extra([layer]) > memory_budget:
-            raise BidsReconError(
-                f"A memory budget of {memory_budget / 2**30:.2f} GiB is too small to decode "
-                f"layer {layer!r}: the decoded features alone take {outputs / 2**30:.2f} GiB "
-                f"and the layer needs {outputs + extra([layer]):,} bytes with a batch of "
-                f"{batch_size}. Raise the memory limit or decode fewer layers or items.",
-                EXIT_BAD_ARGUMENTS)
-        groups.append([layer])
-    return groups
-
-
 def _layer_units(encoder, images):
     """Units per image of every layer of the encoder, from one forward of the first image."""
     features = _forward(encoder, _image_batch(images, 0, 1), list(encoder.layers))
@@ -497,11 +279,8 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
             flat = batch[layer].reshape(n_batch, -1)
             if layer not in centre:
                 layer_shape[layer] = batch[layer].shape[1:]
-                centre[layer] = flat.mean(axis=0)
-                decoded[layer] = np.zeros((len(coefficients_f32[layer]), flat.shape[1]), np.float32)
-                mean_offset[layer] = np.zeros(flat.shape[1])
-                mean_square_offset[layer] = np.zeros(flat.shape[1])
-                gathered[layer] = np.empty((ACCUMULATED_BATCHES * batch_size, flat.shape[1]), np.float32)
+                (centre[layer], decoded[layer], mean_offset[layer], mean_square_offset[layer],
+                 gathered[layer]) = _layer_sums(flat, len(coefficients_f32[layer]), batch_size)
             gathered[layer][gathered_count:gathered_count + n_batch] = flat
             if with_feature_std:
                 # Weighted sum over the batch's images of each channel's SD within the image.
@@ -511,45 +290,31 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
     if gathered_count:
         accumulate()
 
-    results = {}
-    for layer, layer_coefficients in coefficients.items():
-        shape = layer_shape[layer]
-        # Moments about the centre give the same variance as raw moments, without cancellation.
-        spread = spread_from_moments(mean_offset[layer].reshape(shape),
-                                     mean_square_offset[layer].reshape(shape))
-        mean = (centre[layer] + mean_offset[layer]).astype(np.float32).reshape(shape)
-        # A_u F + (1 − s) ȳ = A_u (F − c) + c + (1 − s)(ȳ − c), with s the coefficients' row sums.
-        mean_share = (1.0 - layer_coefficients.sum(axis=1)).astype(np.float32)
-        decoded_layer = torch.from_numpy(decoded[layer])
-        decoded_layer += torch.from_numpy(centre[layer])
-        decoded_layer.addr_(torch.from_numpy(mean_share),
-                            torch.from_numpy(mean_offset[layer].astype(np.float32)))
-        results[layer] = (decoded[layer].reshape((len(layer_coefficients),) + shape), mean,
-                          spread, channel_sd_sum.get(layer) if with_feature_std else None)
-    return results
+    return {layer: (*_finish_layer(layer_coefficients, decoded[layer], centre[layer], mean_offset[layer],
+                                   mean_square_offset[layer], layer_shape[layer]),
+                    channel_sd_sum.get(layer) if with_feature_std else None)
+            for layer, layer_coefficients in coefficients.items()}
 
 
-def _image_batch(images, start, stop):
-    """Images ``start:stop`` as a contiguous float32 array (b, H, W, 3), range-checked.
+def _layer_sums(flat, n_items, batch_size):
+    """A layer's accumulators, from its first batch ``flat`` (b, units): the provisional centre
+    (the batch's mean), the decoded features about it (n_items, units) and the weighted moment
+    sums about it, all zero, and the buffer the batches are gathered in."""
+    return (flat.mean(axis=0), np.zeros((n_items, flat.shape[1]), np.float32), np.zeros(flat.shape[1]),
+            np.zeros(flat.shape[1]), np.empty((ACCUMULATED_BATCHES * batch_size, flat.shape[1]), np.float32))
 
-    uint8 images (0-255, four times smaller to hold) are divided by 255 here, exactly as
-    :func:`bidsrecon.images.load_image` does for float32 ones.
-    """
-    if isinstance(images, np.ndarray):
-        batch = images[start:stop]
-    else:
-        batch = np.stack([np.asarray(images[index]) for index in range(start, stop)])
-    if batch.dtype == np.uint8:
-        batch = batch.astype(np.float32) / 255.0
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError("images must be RGB arrays of shape (n, H, W, 3) (or a sequence of "
-                         f"(H, W, 3)); got a batch of shape {batch.shape}.")
-    low, high = batch.min(), batch.max()
-    if not (low >= 0 and high <= 1):  # also catches NaN
-        raise ValueError("images must hold finite values in [0, 1]; images "
-                         f"{start}-{stop - 1} range from {low:g} to {high:g}.")
-    return batch
+
+def _finish_layer(layer_coefficients, decoded, centre, mean_offset, mean_square_offset, shape):
+    """A layer's decoded features (completed in place), training mean and spread, from its sums."""
+    # Moments about the centre give the same variance as raw moments, without cancellation.
+    spread = spread_from_moments(mean_offset.reshape(shape), mean_square_offset.reshape(shape))
+    mean = (centre + mean_offset).astype(np.float32).reshape(shape)
+    # A_u F + (1 − s) ȳ = A_u (F − c) + c + (1 − s)(ȳ − c), with s the coefficients' row sums.
+    mean_share = (1.0 - layer_coefficients.sum(axis=1)).astype(np.float32)
+    decoded_layer = torch.from_numpy(decoded)
+    decoded_layer += torch.from_numpy(centre)
+    decoded_layer.addr_(torch.from_numpy(mean_share), torch.from_numpy(mean_offset.astype(np.float32)))
+    return decoded.reshape((len(layer_coefficients),) + shape), mean, spread
 
 
 def _check_layers(encoder, layers):

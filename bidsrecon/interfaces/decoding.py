@@ -76,8 +76,8 @@ class DecodeFeatures(SimpleInterface):
         from pathlib import Path
 
         from bidsrecon.decoding.cache import FeatureCache
+        from bidsrecon.decoding.memory import budget_within
         from bidsrecon.decoding.stage import apply_saved, decoding_accuracy_table, fit_and_decode
-        from bidsrecon.decoding.stream import budget_within
         from bidsrecon.encoders import get_encoder, resolve_device
 
         inputs = self.inputs

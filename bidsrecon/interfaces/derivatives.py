@@ -283,7 +283,7 @@ class WriteDerivatives(SimpleInterface):
     def _write_decoded_features(self, subject_dir, subject, decoder, runtime):
         """Decoded features of every test item, for other reconstruction methods to take."""
         from bidsrecon.arrays import load_arrays
-        from bidsrecon.decoding.artifact import save_decoded_features
+        from bidsrecon.decoding.decoded_features import save_decoded_features
 
         decoded = load_arrays(self.inputs.features_file)["decoded"]
         scratch = Path(runtime.cwd) / "decoded_features.h5"

@@ -16,14 +16,12 @@ from bidsrecon.interfaces.threads import limited_threads
 from bidsrecon.preproc.inputs import check_slice_timing, load_bold
 from bidsrecon.preproc.motion import (
     MOTION_COLUMNS,
-    contaminated_voxels,
     estimate_motion,
     framewise_displacement,
-    reference_error,
     reference_volume_problem,
     resample_volume,
-    zero_nonfinite_voxels,
 )
+from bidsrecon.preproc.motion_checks import contaminated_voxels, reference_error, zero_nonfinite_voxels
 from bidsrecon.preproc.slice_timing import slice_time_correct
 
 _AXES = {"i": 0, "j": 1, "k": 2}

@@ -31,8 +31,11 @@ item, so an item's result does not depend on its batch-mates. On the CPU each it
 the encoder alone, on one thread (:mod:`bidsrecon.parallel`), so the images are the same bits
 whatever the batch size and the number of threads; on a GPU the batch goes through together and
 its convolutions round an item differently with other batch-mates.
+
+The optimisers' settings are :mod:`bidsrecon.recon.settings`'s, the loss of a batch and its
+gradient :mod:`bidsrecon.recon.problem`'s, and what each optimiser varies and how it becomes an
+image :mod:`bidsrecon.recon.renderers`'.
 """
-import contextlib
 import dataclasses
 import sys
 
@@ -42,18 +45,11 @@ from tqdm.auto import tqdm
 
 from bidsrecon.decoding.pixels import PIXEL_LAYER
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
-from bidsrecon.parallel import map_tasks, task_threads, task_workers
+from bidsrecon.parallel import task_threads, task_workers
 from bidsrecon.recon.allocator import freed_memory_kept
-from bidsrecon.recon.descent import gaussian_blur, linear_schedule, minimise_momentum
-from bidsrecon.recon.generator import LATENT_SIZE
-from bidsrecon.recon.lbfgs import minimise_lbfgs
-from bidsrecon.recon.loss import (
-    feature_loss_and_output_gradients,
-    gradient_offsets,
-    layer_weights,
-    pixel_weights,
-    total_variation,
-)
+from bidsrecon.recon.problem import _cudnn_tuning, _Problem
+from bidsrecon.recon.renderers import _RENDERERS
+from bidsrecon.recon.settings import SETTINGS
 
 #: Items per batch when the caller does not say. Memory grows with it: a forward and backward
 #: pass through all 19 VGG19 layers at 224 px takes ~270 MB per item (measured on CPU), plus
@@ -63,8 +59,6 @@ DEFAULT_BATCH_SIZE = 8
 #: SD of the seeded jitter added to the flat start in logit units (about 1/400 in pixel
 #: values): it breaks the ties that max-pooling and clipped activations see in a flat image.
 START_JITTER = 0.01
-#: Image size at which the blur and jitter settings are given in pixels (the paper's 224).
-REFERENCE_SIZE = 224
 OPTIMISERS = ("lbfgs", "gd", "generator")
 #: Start images of the pixel optimisers: the paper's flat mean colour, the decoded pixels, or
 #: uniform noise over the pixel range (icnn's and bdpy's default initial image).
@@ -72,62 +66,6 @@ STARTS = ("flat", "pixels", "noise")
 #: Decoded pixels are clipped to this range before the logit of the start (the logit of 0 or 1
 #: is infinite, and a pixel pinned near them would barely move).
 START_RANGE = (0.02, 0.98)
-
-
-@dataclasses.dataclass(frozen=True)
-class LbfgsSettings:
-    """L-BFGS over pixels; the paper's defaults (see :mod:`bidsrecon.recon.lbfgs`)."""
-
-    n_iter: int = 200
-    #: The optimised image has image_size / scale pixels a side and is upsampled (bilinear) to
-    #: image_size before the encoder: 1 optimises every pixel (the paper's).
-    scale: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelDescentSettings:
-    """Momentum descent over pixels; the lab's icnn defaults. Rates in 0-255 pixel units."""
-
-    n_iter: int = 200
-    lr_start: float = 2.0
-    lr_end: float = 1e-10
-    momentum: float = 0.9
-    decay_start: float = 0.2
-    decay_end: float = 1e-10
-    blur_start: float = 2.0
-    blur_end: float = 0.5
-    jitter: int = 0
-    #: Keep pixels in [0, 1] after each step (the lab's icnn does not clamp; the image saved is
-    #: clipped either way).
-    clamp: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratorDescentSettings:
-    """Momentum descent over a DGN generator's latent; the paper's defaults (Fig 2).
-
-    ``latent_max`` is the upper bound of the latent: a number, a sequence of 4,096 (the lab
-    uses 3 SD of AlexNet's fc7 activations per unit), or None for no upper bound.
-    """
-
-    n_iter: int = 200
-    lr_start: float = 2.0
-    lr_end: float = 1e-10
-    momentum: float = 0.9
-    latent_decay: float = 0.01
-    latent_min: float = 0.0
-    latent_max: object = None
-
-
-SETTINGS = {"lbfgs": LbfgsSettings, "gd": PixelDescentSettings, "generator": GeneratorDescentSettings}
-
-
-def describe_settings(optimiser, settings):
-    """The optimiser and its settings as plain JSON-ready data, for sidecars."""
-    values = dataclasses.asdict(settings)
-    if values.get("latent_max") is not None and np.ndim(values["latent_max"]):
-        values["latent_max"] = f"{np.size(values['latent_max'])} per-unit values"
-    return {"optimiser": optimiser, **values}
 
 
 def reconstruct(encoder, targets, image_size, *, optimiser="lbfgs", settings=None,
@@ -276,195 +214,6 @@ def _reconstruct_batches(encoder, targets, image_size, optimiser, settings, gene
     return images
 
 
-class _Problem:
-    """The loss of one batch, and its gradient with respect to the images' parameters."""
-
-    def __init__(self, encoder, targets, mixed_precision, first_item=0, pixel_weight=0.0, tv_weight=0.0):
-        self.encoder = encoder
-        self.device = encoder.device
-        targets = {name: value.to(self.device) for name, value in targets.items()}
-        pixels = targets.pop(PIXEL_LAYER, None)
-        # Per item, so computing them batch by batch (on the device) changes nothing.
-        weights = layer_weights(targets, first_item)
-        self.pixel_size, self.tv_weights = None, None
-        if pixels is not None:
-            self.tv_weights = pixel_weights(pixels, tv_weight, targets).to(self.device) if tv_weight else None
-            weights[PIXEL_LAYER] = pixel_weights(pixels, pixel_weight, targets)
-            targets[PIXEL_LAYER] = pixels
-            self.pixel_size = pixels.shape[-1]
-        self.weights = {name: value.to(self.device) for name, value in weights.items()}
-        # Held instead of the targets (on a GPU in place of their copy; on the CPU, where the
-        # targets are views of the caller's, one batch of features more): the loss gradient
-        # is then one pass over the features.
-        self.offsets = gradient_offsets(targets, self.weights)
-        self.n_items = len(next(iter(targets.values())))
-        self.mixed_precision = mixed_precision
-
-    def objective(self, render):
-        """``objective(variable, items)`` → (loss per item, gradient), images = render(variable).
-
-        On the CPU each item is evaluated alone, as one task of :mod:`bidsrecon.parallel` (one
-        thread each, the items in parallel): its loss and gradient then depend neither on the
-        number of threads (oneDNN's backward pass splits its sums by it) nor on its batch-mates.
-        A GPU evaluates the items together.
-        """
-        layers = [name for name in self.offsets if name != PIXEL_LAYER]
-        outputs = list(self.offsets)
-        if hasattr(self.encoder, "prepare"):  # trace in this thread, before the tasks share it
-            self.encoder.prepare(layers)
-
-        def evaluate_together(variable, items):
-            offsets, weights = self.offsets, self.weights
-            whole_batch = len(items) == self.n_items
-            if len(items) == 1 and not whole_batch:  # views, not copies, of one item's offsets
-                item = int(items[0])
-                offsets = {name: value[item:item + 1] for name, value in offsets.items()}
-                weights = {name: value[item:item + 1] for name, value in weights.items()}
-            elif not whole_batch:  # a line search re-evaluating some items only
-                offsets = {name: value[items] for name, value in offsets.items()}
-                weights = {name: value[items] for name, value in weights.items()}
-            variable = variable.detach().requires_grad_(True)
-            # cuDNN times every algorithm on each new input shape (seconds for VGG19 in bfloat16),
-            # and a line search re-evaluates any number of items: only the batch's shape is tuned.
-            # (Not on the CPU, whose tasks would set that global flag from several threads.)
-            tuning = (contextlib.nullcontext() if self.device.type == "cpu"
-                      else _cudnn_tuning(torch.backends.cudnn.benchmark and whole_batch))
-            with tuning, torch.enable_grad():
-                image = render(variable)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
-                    features = self.encoder.features(image, layers)
-                features = {name: value.float() for name, value in features.items()}
-                if self.pixel_size:
-                    features[PIXEL_LAYER] = torch.nn.functional.adaptive_avg_pool2d(image.float(), self.pixel_size)
-                loss, output_gradients = feature_loss_and_output_gradients(features, offsets, weights)
-                extra_outputs, extra_gradients = [], []
-                if self.tv_weights is not None:
-                    tv_weights = self.tv_weights if whole_batch else self.tv_weights[items]
-                    variation = total_variation(image.float())
-                    loss = loss + tv_weights * variation.detach()
-                    extra_outputs, extra_gradients = [variation], [tv_weights]
-                (grad,) = torch.autograd.grad([features[name] for name in outputs] + extra_outputs, variable,
-                                              grad_outputs=[output_gradients[name] for name in outputs]
-                                              + extra_gradients)
-            return loss, grad
-
-        if self.device.type != "cpu":
-            return evaluate_together
-
-        def evaluate(variable, items):
-            results = map_tasks(lambda position: evaluate_together(variable[position:position + 1],
-                                                                   items[position:position + 1]),
-                                range(len(items)))
-            return torch.cat([loss for loss, _ in results]), torch.cat([grad for _, grad in results])
-
-        return evaluate
-
-
-class _PixelLbfgs:
-    """L-BFGS over the logits of the pixels."""
-
-    def __init__(self, problem, image_size, settings, generator):
-        self.problem, self.image_size, self.settings = problem, image_size, settings
-
-    def render(self, logits):
-        pixels = torch.sigmoid(logits)
-        if self.settings.scale == 1:
-            return pixels
-        return torch.nn.functional.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
-                                               align_corners=False)
-
-    def optimise(self, start_logits, seed, on_iteration):
-        start = start_logits.to(self.problem.device)
-        if self.settings.scale > 1:
-            start = torch.logit(torch.nn.functional.adaptive_avg_pool2d(
-                torch.sigmoid(start), self.image_size // self.settings.scale))
-        variable, _ = minimise_lbfgs(self.problem.objective(self.render), start, self.settings.n_iter,
-                                     on_iteration)
-        return variable
-
-    def images(self, variable):
-        with torch.no_grad():
-            return _to_numpy(self.render(variable))
-
-
-class _PixelDescent:
-    """Momentum descent over pixels in [0, 1], with decay towards the mean colour and blur."""
-
-    def __init__(self, problem, image_size, settings, generator):
-        self.problem, self.image_size, self.settings = problem, image_size, settings
-        self.mean = torch.tensor(problem.encoder.mean_rgb, device=problem.device).view(1, 3, 1, 1)
-        self.scale = image_size / REFERENCE_SIZE
-
-    def optimise(self, start_logits, seed, on_iteration):
-        s = self.settings
-        start = torch.sigmoid(start_logits).to(self.problem.device)
-
-        def shrink(pixels, iteration):
-            decay = linear_schedule(s.decay_start, s.decay_end, iteration, s.n_iter)
-            return self.mean + (1 - decay) * (pixels - self.mean)
-
-        def smooth(pixels, iteration):
-            return gaussian_blur(pixels, self.scale * linear_schedule(
-                s.blur_start, s.blur_end, iteration, s.n_iter))
-
-        variable, _ = minimise_momentum(
-            self.problem.objective(lambda pixels: pixels), start, s.n_iter,
-            lr=(s.lr_start, s.lr_end), momentum=s.momentum, step_unit=1 / 255,
-            jitter=round(s.jitter * self.scale), shrink=shrink, smooth=smooth, clamp=(0.0, 1.0) if s.clamp else None,
-            seed=seed, on_iteration=on_iteration)
-        return variable
-
-    def images(self, variable):
-        return _to_numpy(variable.clamp(0.0, 1.0))  # unclamped descent may leave the range
-
-
-class _GeneratorDescent:
-    """Momentum descent over a DGN generator's latent."""
-
-    def __init__(self, problem, image_size, settings, generator):
-        self.problem, self.image_size, self.settings = problem, image_size, settings
-        self.generator = generator
-
-    def render(self, latent):
-        return self.generator.render(latent, self.image_size)
-
-    def optimise(self, start_logits, seed, on_iteration):
-        """Start from a latent of zeros (the paper's); ``start_logits`` (pixels) is not used."""
-        s = self.settings
-        device = self.problem.device
-        # torch.clamp takes two numbers or two tensors: a per-unit bound makes both tensors.
-        lower, upper = s.latent_min, s.latent_max
-        if upper is not None and np.ndim(upper):
-            upper = torch.as_tensor(np.asarray(upper, dtype=np.float32), device=device)
-            lower = torch.full_like(upper, lower)
-        elif upper is not None:
-            upper = float(upper)
-        start = torch.zeros((self.problem.n_items, LATENT_SIZE), device=device)
-        variable, _ = minimise_momentum(
-            self.problem.objective(self.render), start, s.n_iter, lr=(s.lr_start, s.lr_end),
-            momentum=s.momentum, shrink=lambda latent, _: (1 - s.latent_decay) * latent,
-            clamp=(lower, upper), seed=seed, on_iteration=on_iteration)
-        return variable
-
-    def images(self, variable):
-        with torch.no_grad():
-            return _to_numpy(self.render(variable).clamp(0, 1))
-
-
-_RENDERERS = {"lbfgs": _PixelLbfgs, "gd": _PixelDescent, "generator": _GeneratorDescent}
-
-
-@contextlib.contextmanager
-def _cudnn_tuning(enabled):
-    """``torch.backends.cudnn.benchmark`` set to ``enabled`` for the block, then restored."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 def flat_start(mean_rgb, n_items, image_size, seed):
     """Logits of flat images of ``mean_rgb``, with a small seeded jitter.
 
@@ -513,10 +262,6 @@ def _check_pixel_target(pixels, n_items, image_size):
     if not np.isfinite(pixels).all():
         raise ValueError("The pixel target holds NaN or infinite values.")
     return pixels
-
-
-def _to_numpy(images):
-    return images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _check_positive_int(value, name):

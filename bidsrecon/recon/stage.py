@@ -11,7 +11,8 @@ import numpy as np
 from bidsrecon.decoding.pixels import PIXEL_LAYER
 from bidsrecon.images import to_uint8
 from bidsrecon.recon.correction import correct_features
-from bidsrecon.recon.invert import SETTINGS, describe_settings, reconstruct
+from bidsrecon.recon.invert import reconstruct
+from bidsrecon.recon.settings import SETTINGS, describe_settings
 
 
 @dataclass
