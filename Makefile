@@ -52,8 +52,10 @@ chromium:
 	$$sudo apt-get update && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
+# One test file per worker (module fixtures are built once), as many workers as cores, at most 4;
+# the slowest tests are listed at the end.
 test: $(STAMP) lint chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --durations=15
 
 # Needs Docker; the version label and tag come from the `version` file.
 image:
