@@ -7,7 +7,7 @@ network is ``vgg19-random`` (the same arithmetic as the ImageNet weights). The p
 app's:
 
 1. pass 1 through the encoder: sample 1,000 units per layer for choosing alpha (with ``--cache``,
-   writing every feature to a :class:`~bidsrecon.decoding.cache.FeatureCache` on the way);
+   writing every feature to a :class:`~bidsrecon.features.cache.FeatureCache` on the way);
 2. fit the kernel ridge decoder (z-scoring, kernel, grouped 5-fold cross-validation of alpha);
 3. coefficients of the 50 test items;
 4. pass 2: decode every unit of every layer, running the encoder again (the app's default,
@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from bidsrecon.decoding import KernelRidgeDecoder, decode_features, sample_unit_features
-from bidsrecon.decoding.cache import FeatureCache
 from bidsrecon.decoding.memory import budget_within, plan_decoding, resident_bytes
 from bidsrecon.encoders import get_encoder
+from bidsrecon.features.cache import FeatureCache
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
 QUICK = {"n_images": 120, "repeats": 5, "n_voxels": 1_170, "n_items": 5}

@@ -54,11 +54,11 @@ from threadpoolctl import threadpool_limits
 
 from bidsrecon.cli import main as bidsrecon_main
 from bidsrecon.decoding import KernelRidgeDecoder, sample_unit_features
-from bidsrecon.decoding.cache import FeatureCache
 from bidsrecon.decoding.per_unit import PerUnitDecoder
 from bidsrecon.decoding.voxel_selection import select_voxels
 from bidsrecon.encoders import get_encoder
 from bidsrecon.evaluation.decoding_accuracy import pattern_correlations, profile_correlations
+from bidsrecon.features.cache import FeatureCache
 from bidsrecon.images import load_images
 from bidsrecon.simulate import simulate_dataset
 

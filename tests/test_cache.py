@@ -6,8 +6,8 @@ import torch.nn.functional as functional
 from safetensors.numpy import load_file
 
 from bidsrecon.decoding import decode_features, iter_feature_batches, sample_unit_features
-from bidsrecon.decoding.cache import FeatureCache, image_sha256
 from bidsrecon.decoding.memory import decoding_memory, plan_layer_groups
+from bidsrecon.features.cache import FeatureCache, image_sha256
 
 torch.set_num_threads(1)
 
@@ -175,7 +175,7 @@ def test_corrupt_entries_are_recomputed_and_rewritten(tmp_path):
 
 
 def test_a_failed_write_leaves_no_partial_entry(tmp_path, monkeypatch):
-    import bidsrecon.decoding.cache as cache_module
+    import bidsrecon.features.cache as cache_module
 
     def failing_save(tensors, filename, metadata=None):
         with open(filename, "wb") as stream:

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from bidsrecon.decoding import KernelRidgeDecoder, iter_feature_batches
-from bidsrecon.decoding.cache import FeatureCache
 from bidsrecon.encoders import get_encoder
+from bidsrecon.features.cache import FeatureCache
 from bidsrecon.interfaces.threads import limited_threads
 from bidsrecon.parallel import map_tasks, task_threads
 from bidsrecon.recon import reconstruct

@@ -3,14 +3,14 @@
 :func:`_image_batch` reads and checks a batch of images; :func:`_forward` runs the encoder on
 it, each image alone as one task of :mod:`bidsrecon.parallel` on the CPU, so that an image's
 features are the same bits whatever its batch and the number of threads;
-:func:`_cached_forward` reads what a :class:`bidsrecon.decoding.cache.FeatureCache` holds and
+:func:`_cached_forward` reads what a :class:`bidsrecon.features.cache.FeatureCache` holds and
 runs the encoder only for the rest, returning the new entries for :func:`_store_entries` to
 write. The passes over all the images are :mod:`bidsrecon.decoding.stream`'s.
 """
 import numpy as np
 import torch
 
-from bidsrecon.decoding.cache import image_sha256
+from bidsrecon.features.cache import image_sha256
 from bidsrecon.parallel import map_tasks
 
 

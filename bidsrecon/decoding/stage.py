@@ -108,7 +108,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
     n_voxels : int
         Keep the voxels ranked best on the training trials (0: all).
     seed : int
-    cache : bidsrecon.decoding.cache.FeatureCache, optional
+    cache : bidsrecon.features.cache.FeatureCache, optional
     memory_budget : bidsrecon.decoding.memory budget (budget_within), optional
     with_feature_std : bool
         Also keep the lab's per-channel SD within an image, averaged over training images.

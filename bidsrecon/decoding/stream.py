@@ -12,7 +12,7 @@ The encoder follows the interface of :mod:`bidsrecon.encoders`:
 ``encoder.features(images (B, 3, H, W) float in [0, 1], layers=list) -> dict of tensors``,
 ``encoder.layers`` (valid names) and ``encoder.device``.
 
-Each function takes an optional :class:`bidsrecon.decoding.cache.FeatureCache`: features it
+Each function takes an optional :class:`bidsrecon.features.cache.FeatureCache`: features it
 holds are read instead of computed, and those it lacks are computed (running the encoder only on
 the images and layers missing) and written, so a second pass or a second subject shown the same
 stimuli reads from disk.
@@ -54,7 +54,7 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
         Show a progress bar.
     cache : FeatureCache, optional
         Read the features it holds and write those it lacks; features of the layers it keeps
-        are yielded rounded as stored (see :mod:`bidsrecon.decoding.cache`).
+        are yielded rounded as stored (see :mod:`bidsrecon.features.cache`).
 
     Yields
     ------

@@ -75,10 +75,10 @@ class DecodeFeatures(SimpleInterface):
     def _decode(self, runtime):
         from pathlib import Path
 
-        from bidsrecon.decoding.cache import FeatureCache
         from bidsrecon.decoding.memory import budget_within
         from bidsrecon.decoding.stage import apply_saved, decoding_accuracy_table, fit_and_decode
         from bidsrecon.encoders import get_encoder, resolve_device
+        from bidsrecon.features.cache import FeatureCache
 
         inputs = self.inputs
         samples = np.concatenate([np.load(f, allow_pickle=False) for f in inputs.samples_files])
