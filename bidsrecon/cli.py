@@ -65,6 +65,9 @@ def _check_folders(args, work_dir):
               *(("--stimuli-dir", folder) for folder in args.stimuli_dirs),
               *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ())]
     check_disjoint([("the output_dir", args.output_dir), ("the work directory (-w)", work_dir)], inputs)
+    if args.bids_database_dir:  # may lie in the work dir, as fMRIPrep's does, but not in an input or the output
+        check_disjoint([("--bids-database-dir", args.bids_database_dir)],
+                       [*inputs, ("the output_dir", args.output_dir)])
     check_writable(args.output_dir, "the output_dir")
     check_writable(work_dir, "the work directory (-w)")
 

@@ -22,6 +22,7 @@ PREPROCESSING = "preprocessing"
 DECODING = "decoding and reconstruction"
 RECONSTRUCTION = "reconstruction"
 RESOURCES = "resources"
+WORKFLOW = "workflow control"
 
 
 def positive_int(value):
@@ -292,6 +293,26 @@ class Config:
     verbose: int = option(0, '--verbose', '-v', group=RESOURCES,
                 action="count",
                 help="more log output (repeat for more)")
+    # --- workflow control (fMRIPrep's spellings) ---
+    bids_database_dir: Path = option(None, '--bids-database-dir', '--bids_database_dir', group=WORKFLOW,
+                type=Path, metavar='DIR',
+                help="keep pybids' index of bids_dir in DIR and reuse it on later runs (indexing a large dataset "
+                "takes minutes); give a new DIR after the dataset changes")
+    clean_workdir: bool = option(False, '--clean-workdir', '--clean_workdir', group=WORKFLOW,
+                action="store_true",
+                help="first remove the selected participants' intermediate results from the work directory (the "
+                "feature cache and other participants' results stay)")
+    reports_only: bool = option(False, '--reports-only', '--reports_only', group=WORKFLOW,
+                action="store_true",
+                help="only write the reports again, from the outputs of an earlier run (participant level)")
+    dry_run: bool = option(False, '--dry-run', '--dry_run', group=WORKFLOW,
+                action="store_true",
+                help="check every input and print what would be done (runs per set, trials, items, outputs), then "
+                "stop without writing any output")
+    write_graph: bool = option(False, '--write-graph', '--write_graph', group=WORKFLOW,
+                action="store_true",
+                help="write each participant's workflow graph (Graphviz .dot, and .svg when Graphviz is installed) "
+                "into the work directory")
     # --- set by the CLI from the options above ---
     plugin: tuple = ("Linear", ())  # Nipype plugin name and its arguments as (key, value) pairs
     command: tuple = ()  # the command line, for the provenance record
