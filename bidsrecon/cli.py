@@ -65,6 +65,9 @@ def _check_folders(args, work_dir):
               *(("--stimuli-dir", folder) for folder in args.stimuli_dirs),
               *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ())]
     check_disjoint([("the output_dir", args.output_dir), ("the work directory (-w)", work_dir)], inputs)
+    if args.bids_database_dir:  # may lie in the work dir, as fMRIPrep's does, but not in an input or the output
+        check_disjoint([("--bids-database-dir", args.bids_database_dir)],
+                       [*inputs, ("the output_dir", args.output_dir)])
     check_writable(args.output_dir, "the output_dir")
     check_writable(work_dir, "the work directory (-w)")
 
@@ -104,8 +107,7 @@ def parse_args(argv=None):
     if (args.optimiser == "generator") != (args.generator_weights is not None):
         raise BidsReconError("--optimiser generator needs --generator-weights FILE, and only it takes "
                              "one", EXIT_BAD_ARGUMENTS)
-    if args.mem_gb is not None and args.mem_gb <= 0:
-        raise BidsReconError(f"--mem must be a positive number of GB, got {args.mem_gb:g}", EXIT_BAD_ARGUMENTS)
+    mem_gb = _memory_limit(args)
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
@@ -126,7 +128,9 @@ def parse_args(argv=None):
         "work_dir": work_dir.resolve(),
         "nprocs": nprocs,
         "omp_nthreads": min(args.omp_nthreads or nprocs, nprocs),
-        "plugin": read_plugin_settings(args.plugin_file, nprocs, args.mem_gb),
+        "mem_gb": mem_gb,
+        "mem_gb_option": None,
+        "plugin": read_plugin_settings(args.plugin_file, nprocs, mem_gb),
         "command": tuple(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:])),
         # The workflow runs inside the work directory: a relative file name must not change meaning.
         "spec": _resolved_if_file(args.spec),
@@ -134,6 +138,31 @@ def parse_args(argv=None):
         "decoder": args.decoder or Config.decoder,
         "snapshot_every": args.snapshot_every or 0,
     })
+
+
+#: Less memory than this cannot hold the encoder: ``--mem 16`` (16 MB in fMRIPrep's units) was
+#: surely meant as 16 GB.
+MIN_MEMORY_GB = 0.1
+
+
+def _memory_limit(args):
+    """``--mem`` (fMRIPrep's units) or ``--mem-gb``, in GB; checked against the machine's memory."""
+    if args.mem_gb is not None and args.mem_gb_option is not None:
+        raise BidsReconError("give the memory limit once: --mem (16000 or 16G) or --mem-gb (16), not both",
+                             EXIT_BAD_ARGUMENTS)
+    limit = args.mem_gb if args.mem_gb is not None else args.mem_gb_option
+    if limit is None:
+        return None
+    if limit < MIN_MEMORY_GB:
+        raise BidsReconError(f"a memory limit of {limit * 1000:g} MB is too little to run; --mem reads a number "
+                             "without a unit as MB, as fMRIPrep does: write --mem 16G (or --mem-gb 16) for 16 GB",
+                             EXIT_BAD_ARGUMENTS)
+    machine_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    if limit > machine_gb:
+        print(f"bidsrecon: warning: the memory limit ({limit:g} GB) is more than this machine has "
+              f"({machine_gb:.1f} GB); the operating system may stop the run before the limit is reached",
+              file=sys.stderr)
+    return limit
 
 
 PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph", "LSF", "Condor",
@@ -185,6 +214,9 @@ def _configure_logging(verbose):
     # Nipype has its own handler; without this every message is printed twice.
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).propagate = False
+    # Other libraries' debug lines (fonts, PNG chunks, HTTP) would drown ours and Nipype's at -vv.
+    for name in ("matplotlib", "PIL", "urllib3", "fsspec", "h5py", "numexpr", "bids"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 def main(argv=None):

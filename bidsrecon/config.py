@@ -22,6 +22,7 @@ PREPROCESSING = "preprocessing"
 DECODING = "decoding and reconstruction"
 RECONSTRUCTION = "reconstruction"
 RESOURCES = "resources"
+WORKFLOW = "workflow control"
 
 
 def positive_int(value):
@@ -36,6 +37,32 @@ def non_negative_float(value):
     if not (math.isfinite(number) and number >= 0):
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return number
+
+
+def positive_float(value):
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return number
+
+
+#: fMRIPrep's memory units (its ``--mem``), in GB; a number without a unit is in MB.
+MEMORY_UNITS = {"K": 1e-6, "M": 1e-3, "G": 1.0, "T": 1e3}
+
+
+def memory_size(value):
+    """A memory size the way fMRIPrep's ``--mem`` reads it, in GB: ``16000`` and ``16000M`` are
+    16 GB, as are ``16G`` and ``16GB``; ``K``, ``M``, ``G``, ``T``, case-insensitive."""
+    text = str(value).strip().upper().removesuffix("B")
+    unit = text[-1:] if text[-1:] in MEMORY_UNITS else "M"
+    number = text[:-1] if text[-1:] in MEMORY_UNITS else text
+    try:
+        size = float(number) * MEMORY_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 16000 (MB), 16000M or 16G, got {value}") from None
+    if not (math.isfinite(size) and size > 0):
+        raise argparse.ArgumentTypeError(f"expected a size > 0, got {value}")
+    return size
 
 
 def option(default, *flags, group, help, parser_default=..., **argparse_settings):
@@ -100,7 +127,7 @@ class Config:
                 action="store_true",
                 help="do not validate bids_dir first")
     # --- preprocessing ---
-    derivatives: tuple = option((), '--derivatives', group=PREPROCESSING,
+    derivatives: tuple = option((), '-d', '--derivatives', group=PREPROCESSING,
                 nargs='+', metavar='[NAME=]PATH',
                 help="fMRIPrep derivatives to take the preprocessed bold, brain mask and confounds from (default: "
                 "preprocess the raw data: motion correction, mask from the data)")
@@ -231,16 +258,20 @@ class Config:
                 help="working directory for intermediate results; reused to resume (default: bidsrecon-work-<uid> in "
                 "the system temporary folder, made private to you; any work dir must be yours and not writable by "
                 "others, since Nipype runs the results it caches there)")
-    nprocs: int = option(None, '--nprocs', '--n_cpus', '--n-cpus', group=RESOURCES,
+    nprocs: int = option(None, '--nprocs', '--nthreads', '--n_cpus', '--n-cpus', group=RESOURCES,
                 type=positive_int,
                 help="CPUs to use in all (default: all available)")
     omp_nthreads: int = option(None, '--omp-nthreads', '--omp_nthreads', group=RESOURCES,
                 type=positive_int,
                 help="threads of one step (encoder, linear algebra) (default: --nprocs)")
-    mem_gb: float = option(None, '--mem', '--mem-gb', '--mem_gb', group=RESOURCES,
-                type=float, metavar='GB',
-                help="memory limit in GB (10^9 bytes): the decoding splits its work to stay under it and Nipype "
-                "schedules steps within it (default: no limit)")
+    mem_gb: float = option(None, '--mem', '--mem-mb', '--mem_mb', group=RESOURCES,
+                type=memory_size, metavar='SIZE',
+                help="memory limit, in fMRIPrep's units: a number of MB (16000), or with a unit (16000M, 16G, 1T); "
+                "the decoding splits its work to stay under it and Nipype schedules steps within it (default: no "
+                "limit)")
+    mem_gb_option: float = option(None, '--mem-gb', '--mem_gb', group=RESOURCES,
+                type=positive_float, metavar='GB',
+                help="the same limit in GB (10^9 bytes); give --mem or --mem-gb, not both")
     plugin_file: Path = option(None, '--use-plugin', '--use_plugin', group=RESOURCES,
                 type=Path, metavar='FILE',
                 help="YAML or JSON Nipype plugin settings, as fMRIPrep's: 'plugin: SLURM' (or SGE, PBS, MultiProc, "
@@ -256,9 +287,32 @@ class Config:
                 help="keep the encoder's features of the stimuli in <work dir>/feature_cache, keyed by encoder, "
                 "weights, image content, size and layer, so later runs and other subjects with the same stimuli "
                 "reuse them (float16 halves the disk; default: off)")
+    notrack: bool = option(False, '--notrack', group=RESOURCES,
+                action="store_true",
+                help="accepted for fMRIPrep's wrapper scripts; bidsrecon sends nothing anywhere, with or without it")
     verbose: int = option(0, '--verbose', '-v', group=RESOURCES,
                 action="count",
                 help="more log output (repeat for more)")
+    # --- workflow control (fMRIPrep's spellings) ---
+    bids_database_dir: Path = option(None, '--bids-database-dir', '--bids_database_dir', group=WORKFLOW,
+                type=Path, metavar='DIR',
+                help="keep pybids' index of bids_dir in DIR and reuse it on later runs (indexing a large dataset "
+                "takes minutes); give a new DIR after the dataset changes")
+    clean_workdir: bool = option(False, '--clean-workdir', '--clean_workdir', group=WORKFLOW,
+                action="store_true",
+                help="first remove the selected participants' intermediate results from the work directory (the "
+                "feature cache and other participants' results stay)")
+    reports_only: bool = option(False, '--reports-only', '--reports_only', group=WORKFLOW,
+                action="store_true",
+                help="only write the reports again, from the outputs of an earlier run (participant level)")
+    dry_run: bool = option(False, '--dry-run', '--dry_run', group=WORKFLOW,
+                action="store_true",
+                help="check every input and print what would be done (runs per set, trials, items, outputs), then "
+                "stop without writing any output")
+    write_graph: bool = option(False, '--write-graph', '--write_graph', group=WORKFLOW,
+                action="store_true",
+                help="write each participant's workflow graph (Graphviz .dot, and .svg when Graphviz is installed) "
+                "into the work directory")
     # --- set by the CLI from the options above ---
     plugin: tuple = ("Linear", ())  # Nipype plugin name and its arguments as (key, value) pairs
     command: tuple = ()  # the command line, for the provenance record

@@ -4,6 +4,7 @@ import dataclasses
 import gc
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,18 +56,51 @@ class RunInputs:
 
 def run_participant_level(config):
     """Decode and reconstruct every selected participant of ``config.bids_dir``."""
+    if config.reports_only:
+        return write_reports_only(config.output_dir, config.participant_labels)
     prepare_work_dir(config.work_dir)
     # The options that name files or labels are read first: a typo costs seconds, not an indexing.
     options = {"spec": load_spec(config.spec), "space": parse_space(config.space), "rois": parse_rois(config.rois),
                "derivatives": parse_derivatives(config.derivatives) if config.derivatives else None}
     if config.bids_filter_file:
         load_bids_filters(config.bids_filter_file)
-    layout = load_layout(config.bids_dir)
+    layout = load_layout(config.bids_dir, config.bids_database_dir)
     if not config.skip_bids_validation:
         validate_input(config)
     subjects = collect_participants(layout, config.participant_labels)
     with participant_locks(config.work_dir, subjects):
+        if config.clean_workdir:
+            clean_work_dir(config.work_dir, subjects)
         _run_participants(config, layout, subjects, **options)
+
+
+def write_reports_only(output_dir, labels):
+    """``--reports-only``: every selected participant's report again, from its outputs in ``output_dir``."""
+    output_dir = Path(output_dir)
+    labels = [label.removeprefix("sub-") for label in labels] or sorted(
+        path.name.removeprefix("sub-") for path in output_dir.glob("sub-*") if path.is_dir())
+    missing = [label for label in labels if not (output_dir / f"sub-{label}").is_dir()]
+    if not labels or missing:
+        raise BidsReconError(
+            f"--reports-only: {output_dir} holds no outputs of "
+            f"{', '.join(f'sub-{label}' for label in missing) if missing else 'any participant'}; run the "
+            "participant level without --reports-only first", EXIT_INPUT_MISSING)
+    for label in labels:
+        path = write_participant_report(output_dir, label)
+        print(f"sub-{label}: report written to {path}")
+
+
+def clean_work_dir(work_dir, subjects):
+    """``--clean-workdir``: the participants' cached results, removed before their run starts.
+
+    Only theirs (their workflow folder and input tables): the feature cache and other
+    participants' results, which a parallel job may be using, stay.
+    """
+    for subject in subjects:
+        for folder in (Path(work_dir) / f"sub_{subject}_wf", Path(work_dir) / f"sub-{subject}"):
+            if folder.is_dir():
+                LOGGER.warning("--clean-workdir: removing %s", folder)
+                shutil.rmtree(folder)
 
 
 def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
@@ -78,6 +112,9 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)
              for subject in subjects]
     preflight(plans)  # every stimulus, bold, trial and output name: all problems at once, nothing written
+    if config.dry_run:
+        print(describe_plans(plans, config))
+        return
     init_output_dir(config.output_dir, config.bids_dir)
     for plan in plans:
         started = datetime.now(timezone.utc)
@@ -87,6 +124,30 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
+
+
+def describe_plans(plans, config):
+    """``--dry-run``: what the run would do, per participant and set, as text."""
+    lines = []
+    for plan in plans:
+        trials = pd.concat([pd.read_csv(path, sep="\t") for path in plan.trials_files], ignore_index=True)
+        mode = {"raw": "raw runs, realigned here", "fmriprep": "fMRIPrep's preprocessed runs",
+                "saved_reference": "raw runs, realigned to the saved decoder's reference"}[plan.input_mode]
+        decoder = f"apply {plan.saved_decoder.sidecar_file}" if plan.saved_decoder else f"fit ({config.decoder})"
+        lines.append(f"sub-{plan.subject}: {len(plan.runs)} runs ({mode}); decoder: {decoder}; "
+                     f"encoder {config.encoder} at {config.image_size} px, {config.optimiser} "
+                     f"{config.iterations} iterations")
+        n_items = 0
+        for set_name, rows in trials.groupby("set", sort=False):
+            runs = sum(inputs.run.set_name == set_name for inputs in plan.runs)
+            items = rows["stimulus"].nunique()
+            what = "training images" if set_name == TRAINING else "items to reconstruct"
+            n_items += 0 if set_name == TRAINING else items
+            lines.append(f"  {set_name}: {runs} runs, {len(rows)} trials, {items} {what}")
+        lines.append(f"  outputs: {n_items} reconstructions (PNG and JSON each, with the stimulus at their size), "
+                     f"metrics, the decoder and the report in {config.output_dir / f'sub-{plan.subject}'}")
+    lines.append("dry run: every input was checked; nothing was written to the output")
+    return "\n".join(lines)
 
 
 def check_networks(config):
@@ -281,6 +342,8 @@ def _run_workflow(plan, config):
     subject = plan.subject
     workflow = init_participant_wf(plan, config)
     workflow.base_dir = str(config.work_dir)
+    if config.write_graph:
+        _write_graph(workflow, Path(config.work_dir) / workflow.name)
     crash_dir = Path(config.work_dir) / "crash"
     workflow.config["execution"] = {
         "crashdump_dir": str(crash_dir),
@@ -331,3 +394,13 @@ def _report(subject, output_dir):
     print(f"sub-{subject}: reconstructions in {metrics.parent / 'recon'}; metrics in {metrics}")
     for row in table.itertuples():
         print(f"  {row.set:<10} {row.n_items:3d} items  pairwise identification (pixels) {row.identification_pixel:.1%}")
+
+
+def _write_graph(workflow, folder):
+    """The workflow's graph as Graphviz .dot (and .svg when Graphviz's ``dot`` is installed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dot_file = folder / "graph.dot"
+    workflow.write_graph(dotfilename=str(dot_file), graph2use="colored", format="svg", simple_form=True)
+    rendered = folder / "graph.svg"
+    LOGGER.warning("--write-graph: %s", rendered if rendered.is_file() else f"{dot_file} (install Graphviz to "
+                   "render it: dot -Tsvg graph.dot)")

@@ -83,7 +83,7 @@ app_options=(--nprocs "${NPROCS}")
 if [ -n "${MEM_MB}" ]; then
     MEM_GB=$(( MEM_MB * 9 / 10 / 1024 ))
     if [ "${MEM_GB}" -lt 1 ]; then MEM_GB=1; fi
-    app_options+=(--mem "${MEM_GB}")
+    app_options+=(--mem "${MEM_GB}G")
 fi
 
 # A work directory per participant (intermediate results, reused by a rerun), and a scratch

@@ -392,7 +392,7 @@ def test_slurm_example_runs_one_participant_per_task(tmp_path, dataset):
     assert app[:5] == ["/data", "/out", "participant", "--participant-label", "02"]
     assert app[app.index("--nprocs") + 1] == "4"
     # 90% of 16,000 MB, in whole GB.
-    assert app[app.index("--mem") + 1] == "14"
+    assert app[app.index("--mem") + 1] == "14G"
     assert app[app.index("-w") + 1] == "/work"
     assert app[-2:] == ["--roi", "VC"]
     assert "--nv" not in options
@@ -409,7 +409,7 @@ def test_slurm_example_reads_memory_per_cpu_and_gpu(tmp_path, dataset):
     (call,) = calls
     assert "--nv" in call
     assert call[call.index("--participant-label") + 1] == "03"
-    assert call[call.index("--mem") + 1] == str(2048 * 4 * 9 // 10 // 1024)
+    assert call[call.index("--mem") + 1] == f"{2048 * 4 * 9 // 10 // 1024}G"
     assert call[call.index("--device") + 1] == "cuda"
 
 

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from checks import one_line_error
 
 from bidsrecon import __version__
@@ -38,9 +39,29 @@ def test_option_spellings(tmp_path):
                          "--task-label", "perception", "--verbose"])
     assert (config.work_dir, config.nprocs, config.seed, config.task_labels, config.verbose) == (
         tmp_path / "w", 2, 7, ("perception",), 1)
-    for flag in ("--mem", "--mem-gb", "--mem_gb"):
-        assert parse_args([str(bids), str(out), "participant", flag, "7.5"]).mem_gb == 7.5
+    # fMRIPrep's memory units: a number alone is MB.
+    for flag, value in (("--mem", "7500"), ("--mem", "7500M"), ("--mem_mb", "7.5G"), ("--mem-mb", "7.5gb"),
+                        ("--mem-gb", "7.5"), ("--mem_gb", "7.5")):
+        assert parse_args([str(bids), str(out), "participant", flag, value]).mem_gb == pytest.approx(7.5), flag
+    assert parse_args([str(bids), str(out), "participant", "--mem", "1T"]).mem_gb == 1000
+    # fMRIPrep's spellings of other options; --notrack is accepted (nothing is tracked anyway).
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "dataset_description.json").write_text('{"Name": "x", "DatasetType": "derivative"}')
+    config = parse_args([str(bids), str(out), "participant", "--nthreads", "3", "-d", f"fmriprep={tmp_path / 'prep'}",
+                         "--notrack"])
+    assert (config.nprocs, config.derivatives, config.notrack) == (3, (f"fmriprep={tmp_path / 'prep'}",), True)
     assert parse_args([str(bids), str(out), "participant", "--optimizer", "gd"]).optimiser == "gd"
+
+
+def test_memory_limit_in_fmripreps_units_is_checked(tmp_path, capsys):
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    # fMRIPrep reads "--mem 16" as 16 MB: too little to run, and surely meant as 16 GB.
+    one_line_error(run_cli(bids, out, "participant", "--mem", "16"), 64, "write --mem 16G")
+    one_line_error(run_cli(bids, out, "participant", "--mem", "16G", "--mem-gb", "16"), 64, "not both")
+    one_line_error(run_cli(bids, out, "participant", "--mem", "lots"), 64, "expected a size such as 16000")
+    # More than the machine has: a warning, and the run goes on.
+    assert parse_args([str(bids), str(out), "participant", "--mem", "1000000T"]).mem_gb == 1e9
+    assert "more than this machine has" in capsys.readouterr().err
 
 
 def test_unknown_analysis_level(tmp_path):
@@ -143,7 +164,7 @@ def test_execution_options(tmp_path):
     assert not config.stop_on_first_crash and not config.resource_monitor
     config = parse_args([str(bids), str(out), "participant", "--nprocs", "1", "--omp-nthreads", "3"])
     assert config.omp_nthreads == 1 and config.plugin == ("Linear", ())  # never more threads than CPUs
-    config = parse_args([str(bids), str(out), "participant", "--nprocs", "2", "--mem", "6", "--stop-on-first-crash",
+    config = parse_args([str(bids), str(out), "participant", "--nprocs", "2", "--mem", "6G", "--stop-on-first-crash",
                          "--resource-monitor"])
     assert config.plugin == ("MultiProc", (("n_procs", 2), ("memory_gb", 6.0)))
     assert config.stop_on_first_crash and config.resource_monitor
@@ -153,7 +174,7 @@ def test_execution_options(tmp_path):
     assert parse_args([str(bids), str(out), "participant", "--use-plugin", str(plugin)]).plugin == (
         "SLURM", (("sbatch_args", "--time=2:00:00"),))
     plugin.write_text('{"plugin": "MultiProc", "plugin_args": {"n_procs": 3}}')
-    assert parse_args([str(bids), str(out), "participant", "--use-plugin", str(plugin), "--mem", "5"]).plugin == (
+    assert parse_args([str(bids), str(out), "participant", "--use-plugin", str(plugin), "--mem", "5G"]).plugin == (
         "MultiProc", (("memory_gb", 5.0), ("n_procs", 3)))
 
 

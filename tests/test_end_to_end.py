@@ -189,7 +189,7 @@ def test_feature_cache_is_reused_and_memory_limit_respected(tiny_dataset, tmp_pa
     out, work = tmp_path / "bidsrecon", tmp_path / "work"
     # The packaged weights: a random encoder's weights would follow --seed, and so its cache keys.
     common = [str(tiny_dataset), str(out), "participant", "-w", str(work), "--skip-bids-validation",
-              "--image-size", "32", "--iterations", "3", "--nprocs", "1", "--feature-cache", "float16", "--mem", "6"]
+              "--image-size", "32", "--iterations", "3", "--nprocs", "1", "--feature-cache", "float16", "--mem", "6G"]
     assert main(common) == 0
     entries = {path: path.stat().st_mtime_ns for path in (work / "feature_cache").rglob("*") if path.is_file()}
     assert entries, "the first run wrote no feature cache"
@@ -200,7 +200,7 @@ def test_feature_cache_is_reused_and_memory_limit_respected(tiny_dataset, tmp_pa
     second = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
     assert list(second["layer"]) == list(first["layer"])
     # A limit already spent before decoding is a clear error, not an out-of-memory crash.
-    result = main([*common, "--mem", "0.01", "--seed", "2"])
+    result = main([*common, "--mem", "200M", "--seed", "2"])
     assert result == 1
 
 

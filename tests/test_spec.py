@@ -44,6 +44,9 @@ def test_ds001506_sets():
     assert not spec.training.matches({"session": "perceptionNaturalImageTraining01", "task": "imagery"})
     # Whole-label match: a prefix is not enough.
     assert not spec.tests[3].matches({"session": "imagery01b", "task": "imagery"})
+    # ds001506 up to 1.2.1 spelled the shapes' sessions without the second i.
+    for session in ("perceptionArtificialImage01", "perceptionArtificalImage01"):
+        assert spec.tests[1].matches({"session": session, "task": "perception"}), session
 
 
 def test_ds001506_imagery_mapping_is_the_labs():

@@ -55,8 +55,12 @@ class Run:
         return "_".join(p for p in parts if p)
 
 
-def load_layout(bids_dir):
-    """Index a BIDS dataset with pybids; a clear error when it is not one."""
+def load_layout(bids_dir, database_dir=None):
+    """Index a BIDS dataset with pybids; a clear error when it is not one.
+
+    With ``database_dir`` the index is kept there (pybids' SQLite database) and reused by later
+    runs instead of indexing again.
+    """
     from bids import BIDSLayout
 
     bids_dir = Path(bids_dir)
@@ -67,7 +71,8 @@ def load_layout(bids_dir):
             EXIT_INPUT_MISSING,
         )
     try:
-        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False,
+                          database_path=str(database_dir) if database_dir else None)
     except (ValueError, RecursionError, OSError) as error:  # pybids reports some JSON errors as OSError
         # pybids does not say which sidecar it could not read: find it.
         bad = next((path for path in sorted(bids_dir.rglob("*.json")) if _json_problem(path)), None)

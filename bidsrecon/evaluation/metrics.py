@@ -11,7 +11,6 @@ Process 13(4): 600-612, computed on grayscale images.
 Images are arrays of shape (n, H, W, 3) with values in [0, 1], as everywhere in bidsrecon.
 """
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from bidsrecon.evaluation.identification import pixel_correlation
 
@@ -65,13 +64,11 @@ def luma(images):
 def ssim(recons, truths):
     """Structural similarity of each grayscale reconstruction with its grayscale image.
 
-    The mean SSIM of Wang et al. (2004) with an 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01,
-    K2 = 0.03 and a data range of 1, on the BT.601 luma of each image. Local means, variances
-    and covariance are Gaussian-weighted averages (population, not sample, covariance); the
-    SSIM map is averaged over the pixels whose window lies inside the image (a 5-pixel border
-    is left out). The same as ``skimage.metrics.structural_similarity(gray_recon, gray_truth,
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)`` on float64
-    grayscale images (checked in ``tests/test_metrics.py``).
+    The mean SSIM of Wang et al. (2004) with a Gaussian window (sigma 1.5, 11 x 11), K1 = 0.01,
+    K2 = 0.03 and a data range of 1, on the BT.601 luma of each image, as scikit-image computes it:
+    ``skimage.metrics.structural_similarity(gray_recon, gray_truth, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=1.0)`` (population covariance; the map
+    averaged over the pixels whose window lies inside the image).
 
     Parameters
     ----------
@@ -83,29 +80,17 @@ def ssim(recons, truths):
     ndarray, shape (n,)
         1 for identical images.
     """
+    from skimage.metrics import structural_similarity
+
     recons, truths = _check_pair(recons, truths)
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     if min(recons.shape[1:3]) < 2 * radius + 1:
         raise ValueError(f"SSIM needs images of at least {2 * radius + 1}x{2 * radius + 1} "
                          f"pixels, got {recons.shape[1]}x{recons.shape[2]}.")
-    return np.array([_ssim_gray(x, y, radius) for x, y in zip(luma(recons), luma(truths))])
-
-
-def _ssim_gray(x, y, radius, data_range=1.0):
-    """Mean SSIM of two 2-D float64 images (Wang et al. 2004, eq. 13, averaged as in eq. 17)."""
-    def local_mean(image):
-        # Reflecting borders, as scikit-image does; the border is cropped below anyway.
-        return gaussian_filter(image, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
-
-    c1 = (SSIM_K1 * data_range) ** 2
-    c2 = (SSIM_K2 * data_range) ** 2
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = local_mean(x * x) - mu_x * mu_x
-    var_y = local_mean(y * y) - mu_y * mu_y
-    cov_xy = local_mean(x * y) - mu_x * mu_y
-    ssim_map = (((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2))
-                / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
-    return float(ssim_map[radius:-radius, radius:-radius].mean())
+    return np.array([
+        structural_similarity(x, y, gaussian_weights=True, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE,
+                              use_sample_covariance=False, data_range=1.0, K1=SSIM_K1, K2=SSIM_K2)
+        for x, y in zip(luma(recons), luma(truths))])
 
 
 def _check_pair(recons, truths):

@@ -1,0 +1,77 @@
+"""fMRIPrep's workflow-control options: --dry-run, --reports-only, --clean-workdir, --write-graph,
+--bids-database-dir."""
+import pytest
+from checks import checksums, one_line_error
+from test_cli import run_cli
+
+from bidsrecon.bids.collect import load_layout
+from bidsrecon.cli import main
+
+FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "3", "--nprocs", "1"]
+
+
+def test_dry_run_checks_and_describes_without_writing(tiny_dataset, tmp_path, capsys):
+    before = checksums(tiny_dataset)
+    out = tmp_path / "out"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(tmp_path / "work"), "--dry-run", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "sub-01:" in printed and "training:" in printed and "training images" in printed
+    assert "items to reconstruct" in printed and "nothing was written" in printed
+    assert not out.exists() and checksums(tiny_dataset) == before
+    # It checks the inputs as a real run does: a bad option is still an error.
+    one_line_error(run_cli(tiny_dataset, out, "participant", "--dry-run", "--roi", "nowhere", *FAST), 66, "nowhere")
+
+
+def test_reports_only_rewrites_the_reports_from_the_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "sub-01").mkdir(parents=True)
+    # Whatever the outputs hold, the report says what is there and what is missing.
+    assert main([str(tmp_path / "bids"), str(out), "participant", "--reports-only"]) == 0
+    assert (out / "sub-01.html").is_file() and "sub-01: report written" in capsys.readouterr().out
+    result = run_cli(tmp_path / "bids", out, "participant", "--reports-only", "--participant-label", "02")
+    one_line_error(result, 66, "no outputs of sub-02")
+    assert not (tmp_path / "bids").exists()  # the input was never needed
+
+
+def test_clean_workdir_removes_only_the_selected_participants_results(tmp_path):
+    from bidsrecon.participant_level import clean_work_dir
+
+    work = tmp_path / "work"
+    for folder in ("sub_01_wf/decode_wf", "sub-01/trials", "sub_02_wf/recon_wf", "feature_cache/ab"):
+        (work / folder).mkdir(parents=True)
+        (work / folder / "file").write_text("x")
+    clean_work_dir(work, ["01"])
+    assert sorted(path.name for path in work.iterdir()) == ["feature_cache", "sub_02_wf"]
+
+
+def test_write_graph(tmp_path):
+    from test_stages import _plan
+
+    from bidsrecon.config import Config
+    from bidsrecon.participant_level import _write_graph
+    from bidsrecon.workflows.participant import init_participant_wf
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", work_dir=tmp_path / "work", omp_nthreads=1)
+    workflow = init_participant_wf(_plan(tmp_path), config)
+    _write_graph(workflow, tmp_path / "graph")
+    dot = (tmp_path / "graph" / "graph.dot").read_text()
+    assert "decode" in dot and "reconstruct" in dot and "write_derivatives" in dot
+
+
+def test_bids_database_dir_is_kept_and_reused(tiny_dataset, tmp_path):
+    database = tmp_path / "db"
+    first = load_layout(tiny_dataset, database)
+    assert any(database.iterdir())
+    second = load_layout(tiny_dataset, database)
+    assert sorted(second.get(return_type="file")) == sorted(first.get(return_type="file"))
+    # Not inside an input or the output: bidsrecon never writes there.
+    one_line_error(run_cli(tiny_dataset, tmp_path / "out", "participant", "--bids-database-dir", tiny_dataset / "db"),
+                   64, "--bids-database-dir")
+
+
+@pytest.mark.parametrize("flag", ["--clean-workdir", "--clean_workdir", "--write-graph", "--reports-only",
+                                  "--dry_run", "--bids_database_dir"])
+def test_fmriprep_spellings_are_known(tmp_path, flag):
+    from bidsrecon.cli import build_parser
+
+    assert flag in build_parser().format_help()
