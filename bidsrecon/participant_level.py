@@ -79,7 +79,8 @@ def write_reports_only(output_dir, labels):
     output_dir = Path(output_dir)
     labels = [label.removeprefix("sub-") for label in labels] or sorted(
         path.name.removeprefix("sub-") for path in output_dir.glob("sub-*") if path.is_dir())
-    missing = [label for label in labels if not (output_dir / f"sub-{label}").is_dir()]
+    missing = [label for label in labels
+               if not (output_dir / f"sub-{label}" / f"sub-{label}_desc-metrics.tsv").is_file()]
     if not labels or missing:
         raise BidsReconError(
             f"--reports-only: {output_dir} holds no outputs of "
@@ -398,9 +399,12 @@ def _report(subject, output_dir):
 
 def _write_graph(workflow, folder):
     """The workflow's graph as Graphviz .dot (and .svg when Graphviz's ``dot`` is installed)."""
+    from nipype.pipeline.engine.utils import format_dot
+
     folder.mkdir(parents=True, exist_ok=True)
     dot_file = folder / "graph.dot"
-    workflow.write_graph(dotfilename=str(dot_file), graph2use="colored", format="svg", simple_form=True)
-    rendered = folder / "graph.svg"
-    LOGGER.warning("--write-graph: %s", rendered if rendered.is_file() else f"{dot_file} (install Graphviz to "
-                   "render it: dot -Tsvg graph.dot)")
+    workflow.write_hierarchical_dotfile(dotfilename=str(dot_file), colored=True, simple_form=True)
+    if shutil.which("dot"):
+        LOGGER.warning("--write-graph: %s", format_dot(str(dot_file), format="svg"))
+    else:
+        LOGGER.warning("--write-graph: %s (install Graphviz to draw it: dot -Tsvg graph.dot)", dot_file)

@@ -205,3 +205,12 @@ def test_no_matplotlib_cache_outside_tmp(outputs, out, tmp_path):
     subprocess.run([sys.executable, "-c", code], env=environment, check=True, timeout=120)
     assert (out / "sub-01.html").is_file()
     assert list(home.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_reports_only_writes_the_report_again(out, capsys):
+    from bidsrecon.cli import main
+
+    (out / "sub-01.html").unlink(missing_ok=True)
+    assert main([str(out.parent / "no-input"), str(out), "participant", "--reports-only"]) == 0
+    assert (out / "sub-01.html").is_file() and "sub-01: report written" in capsys.readouterr().out
