@@ -4,7 +4,6 @@ import dataclasses
 import gc
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +36,7 @@ from bidsrecon.preproc.signal import baseline_volumes
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
+from bidsrecon.workflow_control import clean_work_dir, describe_plans, write_graph, write_reports_only
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -74,36 +74,6 @@ def run_participant_level(config):
         _run_participants(config, layout, subjects, **options)
 
 
-def write_reports_only(output_dir, labels):
-    """``--reports-only``: every selected participant's report again, from its outputs in ``output_dir``."""
-    output_dir = Path(output_dir)
-    labels = [label.removeprefix("sub-") for label in labels] or sorted(
-        path.name.removeprefix("sub-") for path in output_dir.glob("sub-*") if path.is_dir())
-    missing = [label for label in labels
-               if not (output_dir / f"sub-{label}" / f"sub-{label}_desc-metrics.tsv").is_file()]
-    if not labels or missing:
-        raise BidsReconError(
-            f"--reports-only: {output_dir} holds no outputs of "
-            f"{', '.join(f'sub-{label}' for label in missing) if missing else 'any participant'}; run the "
-            "participant level without --reports-only first", EXIT_INPUT_MISSING)
-    for label in labels:
-        path = write_participant_report(output_dir, label)
-        print(f"sub-{label}: report written to {path}")
-
-
-def clean_work_dir(work_dir, subjects):
-    """``--clean-workdir``: the participants' cached results, removed before their run starts.
-
-    Only theirs (their workflow folder and input tables): the feature cache and other
-    participants' results, which a parallel job may be using, stay.
-    """
-    for subject in subjects:
-        for folder in (Path(work_dir) / f"sub_{subject}_wf", Path(work_dir) / f"sub-{subject}"):
-            if folder.is_dir():
-                LOGGER.warning("--clean-workdir: removing %s", folder)
-                shutil.rmtree(folder)
-
-
 def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
     # --normalise not given: the specification decides (rest when it names the rest events).
     config = dataclasses.replace(config, normalise=resolve_normalisation(config.normalise, spec))
@@ -125,30 +95,6 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
-
-
-def describe_plans(plans, config):
-    """``--dry-run``: what the run would do, per participant and set, as text."""
-    lines = []
-    for plan in plans:
-        trials = pd.concat([pd.read_csv(path, sep="\t") for path in plan.trials_files], ignore_index=True)
-        mode = {"raw": "raw runs, realigned here", "fmriprep": "fMRIPrep's preprocessed runs",
-                "saved_reference": "raw runs, realigned to the saved decoder's reference"}[plan.input_mode]
-        decoder = f"apply {plan.saved_decoder.sidecar_file}" if plan.saved_decoder else f"fit ({config.decoder})"
-        lines.append(f"sub-{plan.subject}: {len(plan.runs)} runs ({mode}); decoder: {decoder}; "
-                     f"encoder {config.encoder} at {config.image_size} px, {config.optimiser} "
-                     f"{config.iterations} iterations")
-        n_items = 0
-        for set_name, rows in trials.groupby("set", sort=False):
-            runs = sum(inputs.run.set_name == set_name for inputs in plan.runs)
-            items = rows["stimulus"].nunique()
-            what = "training images" if set_name == TRAINING else "items to reconstruct"
-            n_items += 0 if set_name == TRAINING else items
-            lines.append(f"  {set_name}: {runs} runs, {len(rows)} trials, {items} {what}")
-        lines.append(f"  outputs: {n_items} reconstructions (PNG and JSON each, with the stimulus at their size), "
-                     f"metrics, the decoder and the report in {config.output_dir / f'sub-{plan.subject}'}")
-    lines.append("dry run: every input was checked; nothing was written to the output")
-    return "\n".join(lines)
 
 
 def check_networks(config):
@@ -344,7 +290,7 @@ def _run_workflow(plan, config):
     workflow = init_participant_wf(plan, config)
     workflow.base_dir = str(config.work_dir)
     if config.write_graph:
-        _write_graph(workflow, Path(config.work_dir) / workflow.name)
+        write_graph(workflow, Path(config.work_dir) / workflow.name)
     crash_dir = Path(config.work_dir) / "crash"
     workflow.config["execution"] = {
         "crashdump_dir": str(crash_dir),
@@ -395,16 +341,3 @@ def _report(subject, output_dir):
     print(f"sub-{subject}: reconstructions in {metrics.parent / 'recon'}; metrics in {metrics}")
     for row in table.itertuples():
         print(f"  {row.set:<10} {row.n_items:3d} items  pairwise identification (pixels) {row.identification_pixel:.1%}")
-
-
-def _write_graph(workflow, folder):
-    """The workflow's graph as Graphviz .dot (and .svg when Graphviz's ``dot`` is installed)."""
-    from nipype.pipeline.engine.utils import format_dot
-
-    folder.mkdir(parents=True, exist_ok=True)
-    dot_file = folder / "graph.dot"
-    workflow.write_hierarchical_dotfile(dotfilename=str(dot_file), colored=True, simple_form=True)
-    if shutil.which("dot"):
-        LOGGER.warning("--write-graph: %s", format_dot(str(dot_file), format="svg"))
-    else:
-        LOGGER.warning("--write-graph: %s (install Graphviz to draw it: dot -Tsvg graph.dot)", dot_file)

@@ -33,7 +33,7 @@ def test_reports_only_needs_a_participants_outputs(tmp_path):
 
 
 def test_clean_workdir_removes_only_the_selected_participants_results(tmp_path):
-    from bidsrecon.participant_level import clean_work_dir
+    from bidsrecon.workflow_control import clean_work_dir
 
     work = tmp_path / "work"
     for folder in ("sub_01_wf/decode_wf", "sub-01/trials", "sub_02_wf/recon_wf", "feature_cache/ab"):
@@ -47,12 +47,12 @@ def test_write_graph(tmp_path):
     from test_stages import _plan
 
     from bidsrecon.config import Config
-    from bidsrecon.participant_level import _write_graph
+    from bidsrecon.workflow_control import write_graph
     from bidsrecon.workflows.participant import init_participant_wf
 
     config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", work_dir=tmp_path / "work", omp_nthreads=1)
     workflow = init_participant_wf(_plan(tmp_path), config)
-    _write_graph(workflow, tmp_path / "graph")  # Graphviz is not installed here: the .dot file only
+    write_graph(workflow, tmp_path / "graph")  # Graphviz is not installed here: the .dot file only
     dot = (tmp_path / "graph" / "graph.dot").read_text()
     assert "decode" in dot and "reconstruct" in dot and "write_derivatives" in dot
 
