@@ -98,7 +98,10 @@ def _check_decoders_dir(args):
 
 def parse_args(argv=None):
     """Parse and check the command line; returns a `Config`."""
-    args = build_parser().parse_args(argv)
+    from bidsrecon.settings_file import merge_config_file
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = merge_config_file(build_parser(), argv, build_parser().parse_args(argv))
     if args.analysis_level not in ANALYSIS_LEVELS:
         raise BidsReconError(
             f"unknown analysis level '{args.analysis_level}'; choose one of: {', '.join(ANALYSIS_LEVELS)}",

@@ -294,6 +294,10 @@ class Config:
                 action="count",
                 help="more log output (repeat for more)")
     # --- workflow control (fMRIPrep's spellings) ---
+    config_file: Path = option(None, '--config-file', '--config_file', group=WORKFLOW,
+                type=Path, metavar='FILE',
+                help="read options from a TOML file (keys are the long options without dashes, e.g. image-size = "
+                "64); the command line wins; every run writes its own as sub-XX/log/sub-XX_desc-settings.toml")
     bids_database_dir: Path = option(None, '--bids-database-dir', '--bids_database_dir', group=WORKFLOW,
                 type=Path, metavar='DIR',
                 help="keep pybids' index of bids_dir in DIR and reuse it on later runs (indexing a large dataset "

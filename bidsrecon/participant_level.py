@@ -13,6 +13,7 @@ import pandas as pd
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
 from bidsrecon.bids.derivatives import (
     atomic_write_bytes,
+    atomic_write_text,
     init_output_dir,
     publish_participant,
     raw_uri,
@@ -35,6 +36,7 @@ from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
+from bidsrecon.settings_file import settings_toml
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
 from bidsrecon.workflow_control import clean_work_dir, describe_plans, write_graph, write_reports_only
 
@@ -92,6 +94,8 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         _run_workflow(plan, config)
         write_provenance(config, plan.subject, started, datetime.now(timezone.utc),
                          staging_dir(config.output_dir))
+        log = staging_dir(config.output_dir) / f"sub-{plan.subject}" / "log"
+        atomic_write_text(log / f"sub-{plan.subject}_desc-settings.toml", settings_toml(config))
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)

@@ -45,6 +45,12 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     sidecar = json.loads(recons[0].with_suffix(".json").read_text())
     assert sidecar["Iterations"] == 20 and sidecar["Seed"] == 0 and sidecar["Layers"]
     assert all(trial["Source"].startswith("bids:raw:sub-01/") for trial in sidecar["SourceTrials"])
+    # The run's settings, as a --config-file that repeats it.
+    import tomllib
+
+    settings = tomllib.loads((out / "sub-01" / "log" / "sub-01_desc-settings.toml").read_text())
+    assert settings["iterations"] == 20 and settings["encoder"] == "efficientnet-lite0-random"
+    assert settings["participant-label"] == ["01"] and settings["normalise"] == "rest"
 
     # A random-weight encoder is named as such in every output.
     assert "random weights" in sidecar["EncoderDescription"]
