@@ -309,6 +309,10 @@ class Config:
     reports_only: bool = option(False, '--reports-only', '--reports_only', group=WORKFLOW,
                 action="store_true",
                 help="only write the reports again, from the outputs of an earlier run (participant level)")
+    boilerplate_only: bool = option(False, '--boilerplate-only', '--boilerplate_only', group=WORKFLOW,
+                action="store_true",
+                help="only write the methods boilerplate (logs/CITATION.md in the output, also in every report) and "
+                "stop")
     dry_run: bool = option(False, '--dry-run', '--dry_run', group=WORKFLOW,
                 action="store_true",
                 help="check every input and print what would be done (runs per set, trials, items, outputs), then "

@@ -29,6 +29,7 @@ from bidsrecon.bids.fmriprep import (
 from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import ReadSelection, check_dataset
+from bidsrecon.boilerplate import CITATION_FILE, methods_text
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
@@ -60,6 +61,9 @@ def run_participant_level(config):
     """Decode and reconstruct every selected participant of ``config.bids_dir``."""
     if config.reports_only:
         return write_reports_only(config.output_dir, config.participant_labels)
+    if config.boilerplate_only:
+        print(f"methods boilerplate written to {write_boilerplate(config)}")
+        return None
     prepare_work_dir(config.work_dir)
     # The options that name files or labels are read first: a typo costs seconds, not an indexing.
     options = {"spec": load_spec(config.spec), "space": parse_space(config.space), "rois": parse_rois(config.rois),
@@ -89,6 +93,7 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         print(describe_plans(plans, config))
         return
     init_output_dir(config.output_dir, config.bids_dir)
+    write_boilerplate(config)
     for plan in plans:
         started = datetime.now(timezone.utc)
         _run_workflow(plan, config)
@@ -99,6 +104,13 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
+
+
+def write_boilerplate(config):
+    """The run's methods boilerplate as ``logs/CITATION.md`` in the output; returns its path."""
+    path = Path(config.output_dir) / CITATION_FILE
+    atomic_write_text(path, methods_text(config))
+    return path
 
 
 def check_networks(config):

@@ -8,9 +8,8 @@ repeats it.
 """
 import argparse
 import dataclasses
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from bidsrecon.config import Config
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError

@@ -74,3 +74,23 @@ def test_fmriprep_spellings_are_known(tmp_path, flag):
     from bidsrecon.cli import build_parser
 
     assert flag in build_parser().format_help()
+
+
+def test_boilerplate_only_writes_the_methods_and_nothing_else(tmp_path, capsys):
+    out, prep = tmp_path / "out", tmp_path / "prep"
+    prep.mkdir()
+    (prep / "dataset_description.json").write_text('{"Name": "x", "DatasetType": "derivative"}')
+    assert main([str(tmp_path / "bids"), str(out), "participant", "--boilerplate-only", "--iterations", "123",
+                 "--derivatives", str(prep)]) == 0
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "123 iterations" in text and "fMRIPrep [fmriprep]" in text and "Shen G, Horikawa T" in text
+    assert "[nipy]" not in text  # fMRIPrep input: nipy's realignment is not used, nor cited
+    assert sorted(path.name for path in out.iterdir()) == ["logs"]
+    assert "methods boilerplate written" in capsys.readouterr().out
+
+
+def test_boilerplate_as_html():
+    from bidsrecon.reports.html import markdown
+
+    assert markdown("# Methods\n\n**Decoding.** a < b\nc\n\n- [x] one\n- [y] two\n") == (
+        "<h3>Methods</h3>\n<p><strong>Decoding.</strong> a &lt; b c</p>\n<ul><li>[x] one</li><li>[y] two</li></ul>")

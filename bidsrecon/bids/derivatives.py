@@ -13,6 +13,7 @@ CODE_URL = "https://github.com/bidsrecon/bidsrecon"
 # BIDS defines no files for reconstructions, decoders or metrics: the validator is told to skip them.
 # bids-validator-deno 3 needs folder patterns without a trailing slash (REFERENCE.md §6).
 BIDSIGNORE = """\
+logs
 recon
 decoder
 qc

@@ -13,6 +13,7 @@ from bidsrecon import __version__
 from bidsrecon.bids.derivatives import atomic_write_text
 from bidsrecon.reports import html, plots
 from bidsrecon.reports.outputs import read_items
+from bidsrecon.reports.participant_report import methods_section
 
 THUMBNAIL_PX = 128  # shown at 80 px; many participants x items must keep the file small
 REPORT = Path("group") / "group.html"
@@ -39,6 +40,7 @@ def write_group_report(output_dir, labels, wide, tidy, descriptions):
     for set_name in sets:
         sections.append((f"Test set: {set_name}", comparison_table(set_name, items)))
     sections.append(("Participants", html.table(wide, descriptions)))
+    sections.append(("Methods", methods_section(output_dir)))
     path = output_dir / REPORT
     atomic_write_text(path, html.page("bidsrecon: group", sections,
                                       f"Report written by bidsrecon {html.esc(__version__)} from the outputs in "

@@ -62,6 +62,26 @@ def esc(value):
     return html.escape(str(value), quote=True)
 
 
+def markdown(text):
+    """The little Markdown of the methods boilerplate as HTML: ``#`` headings, paragraphs, ``- `` lists
+    and ``**bold**``."""
+    blocks = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if all(line.startswith("- ") for line in lines):
+            blocks.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in lines) + "</ul>")
+        elif block.startswith("#"):
+            level = min(len(block) - len(block.lstrip("#")) + 2, 6)
+            blocks.append(f"<h{level}>{_inline(block.lstrip('#').strip())}</h{level}>")
+        else:
+            blocks.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return "\n".join(blocks)
+
+
+def _inline(text):
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", esc(text))
+
+
 def anchor(text):
     """An id for a section: ``"Test set: natural"`` -> ``"test-set-natural"``."""
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "section"

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bidsrecon import __version__
 from bidsrecon.bids.derivatives import atomic_write_text
+from bidsrecon.boilerplate import CITATION_FILE
 from bidsrecon.reports import html, plots
 from bidsrecon.reports.outputs import (
     metrics_path,
@@ -48,6 +49,7 @@ def write_participant_report(output_dir, subject):
     sections += [
         ("Decoding accuracy", decoding_section(output_dir, label, decoder)),
         ("Preprocessing quality", quality_section(output_dir, label)),
+        ("Methods", methods_section(output_dir)),
         ("About", about_section(provenance)),
     ]
     footer = f"Report written by bidsrecon {html.esc(__version__)} from the outputs in this folder."
@@ -261,6 +263,18 @@ def quality_section(output_dir, label):
         content += html.unavailable("Motion traces (qc/ folder)")
     content += "<h3>Temporal SNR</h3>" + tsnr_content(output_dir, label)
     return content
+
+
+# --- Methods ---------------------------------------------------------------------------------------
+
+
+def methods_section(output_dir):
+    """The run's methods boilerplate (``logs/CITATION.md``), to paste into a paper."""
+    path = Path(output_dir) / CITATION_FILE
+    if not path.is_file():
+        return html.unavailable(f"Methods boilerplate ({CITATION_FILE})")
+    return (f"<p>Also in <code>{html.esc(CITATION_FILE)}</code>, to paste into a methods section.</p>"
+            + html.markdown(path.read_text()))
 
 
 # --- About ------------------------------------------------------------------------------------------
