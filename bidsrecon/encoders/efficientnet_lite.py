@@ -242,7 +242,7 @@ def make_efficientnet_lite0(weights_file=None, device="cpu"):
     state_dict = map_checkpoint_keys(load_state_dict_file(path, what))
     model = build_with_weights(EfficientNetLite0, state_dict, path, what)
     return _encoder("efficientnet-lite0", model,
-                    f"EfficientNet-Lite0, ImageNet weights from {path}",
+                    f"EfficientNet-Lite0, ImageNet weights {Path(path).name}",
                     file_sha256(path), device)
 
 

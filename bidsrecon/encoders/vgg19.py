@@ -98,7 +98,7 @@ def make_vgg19(weights_file=None, device="cpu"):
     model = build_with_weights(build_vgg19, load_state_dict_file(path, what), path, what)
     return Encoder("vgg19", model, layer_nodes(model), input_mean=IMAGENET_MEAN_RGB,
                    input_std=IMAGENET_STD_RGB,
-                   description=f"VGG19 (torchvision architecture), ImageNet weights from {path}",
+                   description=f"VGG19 (torchvision architecture), ImageNet weights {Path(path).name}",
                    weights_sha256=file_sha256(path), device=device)
 
 
@@ -130,7 +130,7 @@ def make_vgg19_caffe(weights_file=None, device="cpu", imagery=False):
                    input_mean=tuple(value / 255 for value in CAFFE_MEAN_BGR[::-1]),
                    input_std=(1 / 255,) * 3, bgr_input=True,
                    description=f"VGG19 (Caffe conversion: BGR, 0-255, mean pixel subtracted{variant}), "
-                               f"weights from {path}",
+                               f"weights {Path(path).name}",
                    weights_sha256=file_sha256(path), device=device)
 
 

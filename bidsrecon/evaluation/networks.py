@@ -269,7 +269,7 @@ def _torchvision_rows(network, recons, truths, weights_dir, device):
     recon_features, truth_features = features(recons), features(truths)
     return {name: _row(name, layer,
                        _identification(recon_features[node], truth_features[node]),
-                       f"weights from {path}")
+                       f"weights {Path(path).name}")
             for name, (node, layer) in network["rows"].items()}
 
 

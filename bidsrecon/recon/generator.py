@@ -130,7 +130,7 @@ def load_generator(path, device="cpu"):
         container, _, parameter = key.rpartition(".")
         renamed.setdefault(f"{_SEQUENTIAL_ALIASES.get(container, container)}.{parameter}", value)
     module = build_with_weights(DGNGenerator, renamed, path, what)
-    return Generator(module, f"DGN generator, weights from {path}", file_sha256(path), device)
+    return Generator(module, f"DGN generator, weights {Path(path).name}", file_sha256(path), device)
 
 
 #: SD, in 0-255 units, of a random generator's output for a half-normal latent: about a natural
