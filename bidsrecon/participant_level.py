@@ -30,6 +30,7 @@ from bidsrecon.bids.roi import parse_rois, roi_files
 from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import ReadSelection, check_dataset
 from bidsrecon.boilerplate import CITATION_FILE, methods_text
+from bidsrecon.console import Callbacks, StageConsole, say
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
@@ -70,8 +71,10 @@ def run_participant_level(config):
                "derivatives": parse_derivatives(config.derivatives) if config.derivatives else None}
     if config.bids_filter_file:
         load_bids_filters(config.bids_filter_file)
+    say(f"indexing {config.bids_dir}")
     layout = load_layout(config.bids_dir, config.bids_database_dir)
     if not config.skip_bids_validation:
+        say("validating it (bids-validator-deno)")
         validate_input(config)
     subjects = collect_participants(layout, config.participant_labels)
     with participant_locks(config.work_dir, subjects):
@@ -89,6 +92,7 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
     plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)
              for subject in subjects]
     preflight(plans)  # every stimulus, bold, trial and output name: all problems at once, nothing written
+    say(f"every input checked: {sum(len(plan.runs) for plan in plans)} runs of {len(plans)} participant(s)")
     if config.dry_run:
         print(describe_plans(plans, config))
         return
@@ -234,9 +238,8 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                       .to_csv(sep="\t", index=False))
     from bidsrecon.simulate.ceiling import simulation_record
 
-    LOGGER.info("sub-%s: %d runs, %d training trials%s", subject, len(runs),
-                sum(len(r.trials) for r in runs if r.set_name == TRAINING),
-                f"; applying the saved decoder {saved.sidecar_file}" if saved else "")
+    say(f"sub-{subject}: {len(runs)} runs, {sum(len(r.trials) for r in runs if r.set_name == TRAINING)} training "
+        f"trials{f'; applying the saved decoder {saved.sidecar_file}' if saved else ''}")
     return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
                            roi_files(rois, config.bids_dir, subject) if rois else [], saved,
                            normalise, baseline_files, fmriprep=bool(derivatives),
@@ -320,9 +323,11 @@ def _run_workflow(plan, config):
         # Local processes are cheap to poll; a cluster's queue (SLURM, SGE) keeps the default.
         workflow.config["execution"]["poll_sleep_duration"] = 0.01
     resources = Path(config.work_dir) / f"sub-{subject}" / "resources_log.jsonl"
+    callbacks = [StageConsole(subject, len(plan.runs))]
     if config.resource_monitor:
         nipype_config.enable_resource_monitor()
-        plugin_args["status_callback"] = ResourceLog(resources)
+        callbacks.append(ResourceLog(resources))
+    plugin_args["status_callback"] = Callbacks(*callbacks)
     # Inside the work directory: whatever Nipype drops in the current directory (its resource
     # monitor's samples, say) stays out of the user's folder and of a read-only container's.
     # Nipype's MultiProc runs a full garbage collection before it submits each step; with torch
