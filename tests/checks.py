@@ -22,3 +22,10 @@ def one_line_error(result, code, *fragments):
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def without_console(stderr):
+    """``stderr`` without the console's progress lines (``12:03:07 ...``, bidsrecon.console)."""
+    import re
+
+    return "\n".join(line for line in stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line))

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from checks import without_console
 
 from bidsrecon.bids.collect import load_layout
 from bidsrecon.cli import main, parse_args
@@ -223,7 +224,7 @@ def test_a_run_without_the_named_rest_is_refused_naming_its_file(tiny_dataset, t
     spec.write_text(json.dumps({**SPEC_DS001506, "baseline": {"events": "event_type == -3"}}))
     code = main([str(tiny_dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation",
                  "--spec", str(spec), "-w", str(tmp_path / "work"), "--encoder", "efficientnet-lite0-random"])
-    stderr = capsys.readouterr().err
+    stderr = without_console(capsys.readouterr().err)
     assert code == EXIT_INPUT_MISSING, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bidsrecon: error: ")
