@@ -176,3 +176,22 @@ def test_reconstruct_decoded_recovers_the_image_whose_features_it_was_given(prob
     own = [correlation(result.images[i], images[i]) for i in range(2)]
     other = [correlation(result.images[i], images[1 - i]) for i in range(2)]
     assert min(own) > max(other) and min(own) > 0.5, (own, other)
+
+
+def test_run_quality_measures_and_carpet(tmp_path):
+    """Global signal and DVARS per volume (a spike shows), and the carpet plot as a PNG."""
+    from bidsrecon.preproc.qc import volume_quality
+    from bidsrecon.reports.plots import carpet
+
+    rng = np.random.default_rng(0)
+    data = 1000 + 10 * rng.standard_normal((6, 6, 4, 30)).astype(np.float32)
+    data[..., 15] += 200  # one volume jumps: a stripe, and a DVARS peak
+    bold, mask = tmp_path / "bold.nii.gz", tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), bold)
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.uint8), np.eye(4)), mask)
+    quality = volume_quality(bold, mask)
+    assert list(quality.columns) == ["global_signal", "dvars", "std_dvars"] and len(quality) == 30
+    assert np.isnan(quality["dvars"][0]) and quality["std_dvars"].idxmax() in (15, 16)
+    assert quality["global_signal"][15] == pytest.approx(1200, abs=5)
+    png = carpet(bold, mask, 2.0, quality)
+    assert png.startswith(b"\x89PNG") and Image.open(__import__("io").BytesIO(png)).size[0] >= 800

@@ -65,6 +65,14 @@ MOTION_SIDECAR = {
     "framewise_displacement": {"Description": "Framewise displacement (Power et al. 2012, 50-mm head; "
                                "0 for the first volume).", "Units": "mm"},
 }
+# Sidecar of the reference run's per-volume quality in qc/ (the run whose tSNR map is there too).
+QUALITY_SIDECAR = {
+    "global_signal": {"Description": "Mean of the run inside the brain mask, per volume."},
+    "dvars": {"Description": "DVARS (Power et al. 2012) after scaling the run to a mode of 1000, as Nipype's "
+              "compute_dvars gives it; n/a for the first volume."},
+    "std_dvars": {"Description": "Standardised DVARS (Nichols 2017): about 1 without artefacts; n/a for the first "
+                  "volume."},
+}
 SET_COLUMNS = {
     "set": "Test set.",
     "n_items": "Items reconstructed.",
@@ -112,6 +120,8 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     confounds_files = InputMultiObject(File(exists=True), mandatory=True,
                                        desc="each run's motion parameters (our realignment's or fMRIPrep's)")
     tsnr_file = File(exists=True, mandatory=True, desc="tSNR map of the reference training run")
+    quality_file = File(exists=True, mandatory=True, desc="global signal and DVARS of that run (TSV)")
+    carpet_file = File(exists=True, mandatory=True, desc="its carpet plot (PNG)")
     ceiling_file = File(exists=True, desc="NoiseCeiling.out_ceiling (simulated datasets only)")
     # Where each step ran, as the node that ran it resolved --device (for the provenance).
     decode_device = traits.Str(mandatory=True)
@@ -278,6 +288,12 @@ class WriteDerivatives(SimpleInterface):
         write_json(subject_dir / "qc" / f"sub-{subject}_desc-motion_timeseries.json", MOTION_SIDECAR)
         path = subject_dir / "qc" / f"sub-{subject}_desc-tsnr_boldmap.nii.gz"
         atomic_write_bytes(path, Path(self.inputs.tsnr_file).read_bytes())
+        quality = subject_dir / "qc" / f"sub-{subject}_desc-quality_timeseries.tsv"
+        atomic_write_bytes(quality, Path(self.inputs.quality_file).read_bytes())
+        write_json(quality.with_suffix(".json"), QUALITY_SIDECAR)
+        carpet = subject_dir / "qc" / f"sub-{subject}_desc-carpet_bold.png"
+        atomic_write_bytes(carpet, Path(self.inputs.carpet_file).read_bytes())
+        written += [str(quality), str(carpet)]
         return [*written, str(path)]
 
     def _write_decoded_features(self, subject_dir, subject, decoder, runtime):

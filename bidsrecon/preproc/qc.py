@@ -1,4 +1,5 @@
-"""Quality measures of the preprocessing that the participant report shows: head motion and tSNR."""
+"""Quality measures of the preprocessing that the participant report shows: head motion, tSNR, and the
+global signal and DVARS of the reference run."""
 import numpy as np
 import pandas as pd
 
@@ -60,3 +61,27 @@ def temporal_snr(series, n_discard=0):
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(residual_sd > 0, mean / residual_sd, 0.0)
     return snr.astype(np.float32)
+
+
+def volume_quality(bold_file, mask_file):
+    """Global signal and DVARS of each volume of one run, inside ``mask_file``.
+
+    DVARS is Nipype's (``nipype.algorithms.confounds.compute_dvars``, Power et al. 2012; Nichols
+    2017's standardisation), as fMRIPrep reports it; the first volume, with no previous one, has
+    none (NaN).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``global_signal`` (mean inside the mask), ``dvars`` (in the intensity-normalised units,
+        mode 1000) and ``std_dvars`` (standardised: about 1 without artefacts).
+    """
+    import nibabel as nib
+    from nipype.algorithms.confounds import compute_dvars
+
+    data = np.asanyarray(nib.load(bold_file).dataobj, dtype=np.float32)
+    mask = np.asanyarray(nib.load(mask_file).dataobj) > 0
+    std_dvars, dvars, _ = compute_dvars(str(bold_file), str(mask_file))
+    return pd.DataFrame({"global_signal": data[mask].mean(axis=0),
+                         "dvars": np.concatenate([[np.nan], dvars]),
+                         "std_dvars": np.concatenate([[np.nan], std_dvars])})

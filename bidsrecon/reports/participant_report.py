@@ -262,7 +262,30 @@ def quality_section(output_dir, label):
     else:
         content += html.unavailable("Motion traces (qc/ folder)")
     content += "<h3>Temporal SNR</h3>" + tsnr_content(output_dir, label)
+    content += "<h3>Carpet plot, global signal and DVARS</h3>" + carpet_content(output_dir, label)
     return content
+
+
+def carpet_content(output_dir, label):
+    """The reference run's carpet plot (drawn by nilearn during the run), and its DVARS in numbers."""
+    qc = subject_dir(output_dir, label) / "qc"
+    path, table = qc / f"sub-{label}_desc-carpet_bold.png", qc / f"sub-{label}_desc-quality_timeseries.tsv"
+    if not path.is_file():
+        return html.unavailable("Carpet plot (qc/ folder)")
+    note = ""
+    if table.is_file():
+        quality = pd.read_csv(table, sep="\t", na_values=["n/a"])
+        spikes = int((quality["std_dvars"] > DVARS_SPIKE).sum())
+        note = (f" Standardised DVARS: median {quality['std_dvars'].median():.2f}, maximum "
+                f"{quality['std_dvars'].max():.2f}; {spikes} of {len(quality)} volumes above {DVARS_SPIKE}.")
+    return (f'<p class="note">The run the tSNR map is of, every voxel of the brain mask over time (detrended, '
+            f"z-scored; nilearn's carpet plot): motion and other artefacts show as vertical stripes where "
+            f"the standardised DVARS peaks.{note}</p>"
+            + html.figure(path.read_bytes(), "carpet plot, global signal and DVARS"))
+
+
+#: Standardised DVARS above this marks a volume worth a look (fMRIPrep's reports use 1.5).
+DVARS_SPIKE = 1.5
 
 
 # --- Methods ---------------------------------------------------------------------------------------

@@ -177,3 +177,26 @@ def identification_bars(table, metrics, set_order):
     axis.set_xlabel("test set")
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_png(fig)
+
+
+def carpet(bold_file, mask_file, tr, quality):
+    """Global signal and standardised DVARS above nilearn's carpet plot of the run, as PNG bytes.
+
+    The carpet (nilearn.plotting.plot_carpet) shows every voxel of the mask over time, each
+    detrended and z-scored: motion and other artefacts are vertical stripes, where DVARS peaks.
+    """
+    from nilearn.plotting import plot_carpet
+
+    fig = _new_figure(9.0, 5.5, layout=None)
+    grid = fig.add_gridspec(3, 1, height_ratios=(1, 1, 4), hspace=0.35, left=0.08, right=0.98, top=0.95,
+                            bottom=0.11)
+    seconds = np.arange(len(quality)) * tr
+    for row, (column, label) in enumerate((("global_signal", "global signal"), ("std_dvars", "std. DVARS"))):
+        axis = fig.add_subplot(grid[row])
+        axis.plot(seconds, quality[column], color=SET_COLOURS[row], linewidth=0.9)
+        axis.set_ylabel(label, fontsize=8)
+        axis.set_xlim(0, seconds[-1] if len(seconds) > 1 else 1)
+        axis.tick_params(labelsize=7, labelbottom=False)
+    plot_carpet(str(bold_file), mask_img=str(mask_file), t_r=tr, figure=fig, axes=fig.add_subplot(grid[2]),
+                title=None)
+    return to_png(fig)

@@ -162,7 +162,8 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
     )
     workflow.connect([
         (inputnode, tsnr, [("qc_bold", "bold_file"), ("qc_mask", "mask_file")]),
-        (tsnr, write_derivatives, [("out_tsnr", "tsnr_file")]),
+        (tsnr, write_derivatives, [("out_tsnr", "tsnr_file"), ("out_quality", "quality_file"),
+                                   ("out_carpet", "carpet_file")]),
         (inputnode, write_derivatives, [
             ("confounds_files", "confounds_files"), ("mask_file", "mask_file"), ("reference_file", "reference_file"),
             ("features_file", "features_file"), ("items_file", "items_file"), ("decoder_file", "decoder_file"),
