@@ -72,8 +72,8 @@ def test_participant_report_in_the_browser(browser, out, tmp_path):
     items = (out / "sub-01" / "sub-01_desc-items_metrics.tsv").read_text().splitlines()[1:]
     motion_runs = list((out / "sub-01" / "qc").glob("*_desc-motion_timeseries.tsv"))
     # Stimulus and reconstruction per item, the decoding plot, the FD overview, one motion plot per run
-    # (folded in <details>, loaded all the same), the tSNR mosaic.
-    assert result.images == 2 * len(items) + 1 + 1 + min(len(motion_runs), MOTION_TRACES) + 1
+    # (folded in <details>, loaded all the same), the tSNR mosaic, the reference run's carpet plot.
+    assert result.images == 2 * len(items) + 1 + 1 + min(len(motion_runs), MOTION_TRACES) + 1 + 1
     for section in ("summary", "test-set-natural", "test-set-shapes", "test-set-letters", "test-set-imagery",
                     "decoding-accuracy", "preprocessing-quality", "about"):
         assert f'id="{section}"' in text and f'href="#{section}"' in text
@@ -96,10 +96,10 @@ def test_participant_report_without_optional_files(browser, out):
     path = write_participant_report(out, "02")
     check_in_browser(browser, path)
     text = path.read_text()
-    for what in ("Motion traces (qc/ folder)", "tSNR map (qc/ folder)", "Command and software versions",
-                 "Run time"):
+    for what in ("Motion traces (qc/ folder)", "tSNR map (qc/ folder)", "Carpet plot (qc/ folder)",
+                 "Command and software versions", "Run time"):
         assert f"{what}" in text
-    assert text.count("not available in these outputs") == 4
+    assert text.count("not available in these outputs") == 5
 
 
 @pytest.mark.slow
