@@ -27,7 +27,7 @@ def run(bids_dir, output_dir, work_dir, *extra):
                            "--skip-bids-validation", *extra])
     if code:
         sys.exit(f"participant level failed with exit code {code}")
-    metrics = pd.read_csv(Path(output_dir) / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    metrics = pd.read_csv(Path(output_dir) / "sub-01" / "sub-01_desc-sets_metrics.tsv", sep="\t")
     return metrics.set_index("set")["identification_pixel"], time.perf_counter() - started
 
 

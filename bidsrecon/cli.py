@@ -214,12 +214,13 @@ def _configure_logging(verbose):
     for name in ("workflow", "interface", "utils"):
         nipype_config.set("logging", f"{name}_level", logging.getLevelName(level))
     nipype_logging.update_logging(nipype_config)
-    # Nipype has its own handler; without this every message is printed twice.
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).propagate = False
-    # Other libraries' debug lines (fonts, PNG chunks, HTTP) would drown ours and Nipype's at -vv.
-    for name in ("matplotlib", "PIL", "urllib3", "fsspec", "h5py", "numexpr", "bids"):
-        logging.getLogger(name).setLevel(max(level, logging.INFO))
+    # Nipype prints through its own handler, to stdout and over two lines per message: its steps go
+    # through ours instead (stderr, one line, with the time), at -v.
+    for handler in list(logging.getLogger("nipype").handlers):
+        logging.getLogger("nipype").removeHandler(handler)
+    # Other libraries' debug lines (fonts, PNG chunks, graphs, HTTP) would drown ours and Nipype's at -vv.
+    for name in ("matplotlib", "PIL", "pydot", "urllib3", "fsspec", "h5py", "numexpr", "bids", "bidsschematools"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO if name != "bidsschematools" else logging.WARNING))
 
 
 def main(argv=None):

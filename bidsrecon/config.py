@@ -297,7 +297,7 @@ class Config:
     config_file: Path = option(None, '--config-file', '--config_file', group=WORKFLOW,
                 type=Path, metavar='FILE',
                 help="read options from a TOML file (keys are the long options without dashes, e.g. image-size = "
-                "64); the command line wins; every run writes its own as sub-XX/log/sub-XX_desc-settings.toml")
+                "64); the command line wins; every run writes its own as sub-XX/log/sub-XX_desc-settings_log.toml")
     bids_database_dir: Path = option(None, '--bids-database-dir', '--bids_database_dir', group=WORKFLOW,
                 type=Path, metavar='DIR',
                 help="keep pybids' index of bids_dir in DIR and reuse it on later runs (indexing a large dataset "

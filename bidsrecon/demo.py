@@ -28,11 +28,11 @@ def main(argv=None):
     print(
         f"\ndemo finished in {minutes:.1f} min\n"
         f"  reconstructions: {output_dir}/sub-01/recon/\n"
-        f"  metrics:         {output_dir}/sub-01/sub-01_desc-metrics.tsv\n"
+        f"  metrics:         {output_dir}/sub-01/sub-01_desc-sets_metrics.tsv\n"
         f"  report:          {output_dir}/sub-01.html\n"
-        f"  group table:     {output_dir}/group/group_desc-metrics.tsv\n"
+        f"  group table:     {output_dir}/group/group_desc-sets_metrics.tsv\n"
         f"  group report:    {output_dir}/group/group.html\n"
-        f"  figure:          {output_dir}/figures/sub-01_desc-reconstructions.png"
+        f"  figure:          {output_dir}/figures/sub-01_desc-reconstructions_figure.png"
     )
     return 0
 

@@ -2,11 +2,11 @@
 
 Outputs (under ``output_dir``)::
 
-    group/group_desc-metrics.tsv (+ .json)     each participant's score per test set and metric, and
+    group/group_desc-sets_metrics.tsv (+ .json)  each participant's score per test set and metric, and
                                                the mean and s.e.m. over participants (tidy: one value a row)
     group/group.html                           the group report: every participant's reconstructions
                                                side by side, identification per set (mean ± s.e.m.)
-    figures/sub-<label>_desc-reconstructions.png   one figure per participant
+    figures/sub-<label>_desc-reconstructions_figure.png   one figure per participant
 
 The expected participants are those of ``--participant-label``, or else every ``sub-*`` folder of
 ``output_dir``; if any of them lacks results, nothing is written and the error lists what is missing.
@@ -31,16 +31,16 @@ from bidsrecon.reports.montage import draw_participant_figure
 from bidsrecon.reports.outputs import metrics_path, missing_outputs, read_table, subject_label
 
 LOGGER = logging.getLogger("bidsrecon")
-GROUP_TSV = Path("group") / "group_desc-metrics.tsv"
-# The set-level metrics every participant's desc-metrics.tsv has (bidsrecon.interfaces.reconstruction.Evaluate).
+GROUP_TSV = Path("group") / "group_desc-sets_metrics.tsv"
+# The set-level metrics every participant's desc-sets_metrics.tsv has (bidsrecon.interfaces.reconstruction.Evaluate).
 EXPECTED_METRICS = ("identification_pixel", "pixel_correlation", "ssim")
 # Columns without which a table cannot be read back (bidsrecon.reports.outputs.read_items).
-REQUIRED_COLUMNS = {"metrics": ("set",), "items_metrics": ("set", "stimulus")}
+REQUIRED_COLUMNS = {"sets_metrics": ("set",), "items_metrics": ("set", "stimulus")}
 
 GROUP_COLUMNS = {
     "participant_id": "Participant of the row's value; n/a on the mean and s.e.m. rows (over participants).",
     "set": "Test set.",
-    "metric": "Column of the participants' sub-<label>_desc-metrics.tsv (see Levels).",
+    "metric": "Column of the participants' sub-<label>_desc-sets_metrics.tsv (see Levels).",
     "statistic": "What the value is (see Levels).",
     "value": "The participant's value, or the mean or s.e.m. over participants.",
     "n_participants": "Participants with a value (not n/a) for this set and metric; the mean and s.e.m. are over "
@@ -104,7 +104,7 @@ def check_complete(output_dir, labels):
 def check_tables(output_dir, labels):
     """Refuse (exit 66, one line naming every file) participants' tables that cannot be read back.
 
-    Checked: each participant's ``desc-metrics.tsv`` and ``desc-items_metrics.tsv`` (and their
+    Checked: each participant's ``desc-sets_metrics.tsv`` and ``desc-items_metrics.tsv`` (and their
     JSON sidecars, when there) are UTF-8 text, parse as tab-separated tables with the columns the
     group level reads, and the metrics table has at least one of `EXPECTED_METRICS`. Missing files
     are `check_complete`'s; this runs on the files that are there, before anything reads them.
@@ -114,7 +114,7 @@ def check_tables(output_dir, labels):
         for desc, required in REQUIRED_COLUMNS.items():
             path = metrics_path(output_dir, label, desc)
             if path.is_file():
-                problem = table_problem(path, required, EXPECTED_METRICS if desc == "metrics" else ())
+                problem = table_problem(path, required, EXPECTED_METRICS if desc == "sets_metrics" else ())
                 if problem:
                     problems.append(problem)
     if problems:
@@ -188,7 +188,7 @@ def check_metric_columns(output_dir, labels, tables):
 
 
 def read_participant_metrics(output_dir, labels):
-    """Every participant's ``desc-metrics.tsv`` stacked, ``participant_id`` first, and the column descriptions."""
+    """Every participant's ``desc-sets_metrics.tsv`` stacked, ``participant_id`` first, and the column descriptions."""
     tables, descriptions = [], {}
     for label in labels:
         table, described = read_table(metrics_path(output_dir, label))

@@ -12,11 +12,14 @@ import pandas as pd
 
 from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
 from bidsrecon.bids.derivatives import (
+    SETTINGS_FILE,
     atomic_write_bytes,
     atomic_write_text,
+    dataset_uri,
     init_output_dir,
     publish_participant,
     raw_uri,
+    set_metrics_file,
     staging_dir,
 )
 from bidsrecon.bids.fmriprep import (
@@ -96,7 +99,7 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
     if config.dry_run:
         print(describe_plans(plans, config))
         return
-    init_output_dir(config.output_dir, config.bids_dir)
+    init_output_dir(config.output_dir, config.bids_dir, [(dataset.name, dataset.root) for dataset, _ in derivatives or ()])
     write_boilerplate(config)
     for plan in plans:
         started = datetime.now(timezone.utc)
@@ -104,7 +107,7 @@ def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
         write_provenance(config, plan.subject, started, datetime.now(timezone.utc),
                          staging_dir(config.output_dir))
         log = staging_dir(config.output_dir) / f"sub-{plan.subject}" / "log"
-        atomic_write_text(log / f"sub-{plan.subject}_desc-settings.toml", settings_toml(config))
+        atomic_write_text(log / SETTINGS_FILE.format(subject=plan.subject), settings_toml(config))
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
@@ -170,6 +173,7 @@ class ParticipantPlan:
     baseline_files: list = field(default_factory=list)  # normalise == "rest": per run, its rest events (TSV)
     fmriprep: bool = False  # the runs are fMRIPrep's preprocessed bold (--derivatives)
     simulated: bool = False  # the dataset was made by bidsrecon's simulator (it gets a noise ceiling)
+    sources: list = field(default_factory=list)  # per run, the BIDS URI of the bold file read
 
     @property
     def input_mode(self):
@@ -212,8 +216,9 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
 
     work = Path(config.work_dir) / f"sub-{subject}"
     trials_files, baseline_files = [], []
-    for run in runs:
-        table = run.trials.assign(set=run.set_name, source=raw_uri(config.bids_dir, run.bold))
+    sources = [_source_uri(config.bids_dir, derivatives, run_inputs.bold) for run_inputs in inputs]
+    for run, source in zip(runs, sources):
+        table = run.trials.assign(set=run.set_name, source=source)
         path = work / "trials" / f"sub-{subject}_{run.label}_set-{run.set_name}_trials.tsv"
         _write_if_changed(path, table.to_csv(sep="\t", index=False))
         trials_files.append(str(path))
@@ -243,7 +248,15 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
     return ParticipantPlan(subject, inputs, trials_files, str(stimuli_file),
                            roi_files(rois, config.bids_dir, subject) if rois else [], saved,
                            normalise, baseline_files, fmriprep=bool(derivatives),
-                           simulated=simulation_record(config.bids_dir) is not None)
+                           simulated=simulation_record(config.bids_dir) is not None, sources=sources)
+
+
+def _source_uri(bids_dir, derivatives, path):
+    """``bids:raw:...`` for a raw file, ``bids:<name>:...`` for a file of a ``--derivatives`` dataset."""
+    for dataset, _ in derivatives or ():
+        if Path(path).resolve().is_relative_to(dataset.root.resolve()):
+            return dataset_uri(dataset.name, dataset.root, path)
+    return raw_uri(bids_dir, path)
 
 
 def check_baseline(run, spec, discard_seconds):
@@ -357,7 +370,7 @@ def _crash_summary(crash_dir):
 
 
 def _report(subject, output_dir):
-    metrics = Path(output_dir) / f"sub-{subject}" / f"sub-{subject}_desc-metrics.tsv"
+    metrics = set_metrics_file(output_dir, subject)
     table = pd.read_csv(metrics, sep="\t")
     print(f"sub-{subject}: reconstructions in {metrics.parent / 'recon'}; metrics in {metrics}")
     for row in table.itertuples():

@@ -221,7 +221,7 @@ def check_output_names(subject, sets):
         names = " and ".join(f"stimulus {stimulus!r} of set {set_name!r}" for set_name, stimulus in sorted(items))
         problems.append(BidsReconError(
             f"sub-{subject}: {names} would {'both' if len(items) == 2 else 'all'} be written as "
-            f"{stem}_desc-recon_image.png (output names keep letters and digits only); rename the stimuli "
+            f"{stem}_recon.png (output names keep letters and digits only); rename the stimuli "
             "(or the sets) so that their names differ in a letter or digit", EXIT_BAD_ARGUMENTS))
     return problems
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from bidsrecon.bids.derivatives import DEVICES_FILE, write_json
+from bidsrecon.bids.derivatives import DEVICES_FILE, PROVENANCE_FILE, write_json
 
 
 class ResourceLog:
@@ -60,7 +60,7 @@ def preprocessing_settings(config):
 
 
 def write_provenance(config, subject, started, finished, output_dir=None):
-    """``sub-XX/log/sub-XX_desc-provenance.json``: the command, its times, the device and the versions.
+    """``sub-XX/log/sub-XX_desc-provenance_log.json``: the command, its times, the device and the versions.
 
     Written into ``output_dir`` (default: ``config.output_dir``), the staging folder during a run.
     """
@@ -80,7 +80,7 @@ def write_provenance(config, subject, started, finished, output_dir=None):
     devices_file = log / DEVICES_FILE.format(subject=subject)
     devices = json.loads(devices_file.read_text())
     devices_file.unlink()
-    write_json(log / f"sub-{subject}_desc-provenance.json", {
+    write_json(log / PROVENANCE_FILE.format(subject=subject), {
         "Command": list(config.command),
         "Started": started.isoformat(timespec="seconds"),
         "Finished": finished.isoformat(timespec="seconds"),

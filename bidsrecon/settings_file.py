@@ -2,7 +2,7 @@
 
 A key is an option's long name, with ``-`` or ``_`` (``image-size = 64``, ``participant_label =
 ["01"]``, ``mem = "16G"``); a flag is ``true``; a repeated one (``verbose``) a count. The
-command line wins over the file. Each participant's ``log/sub-XX_desc-settings.toml`` holds every
+command line wins over the file. Each participant's ``log/sub-XX_desc-settings_log.toml`` holds every
 option of the run, so ``bidsrecon bids_dir output_dir participant --config-file that.toml``
 repeats it.
 """

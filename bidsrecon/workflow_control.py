@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bidsrecon.bids.derivatives import set_metrics_file
 from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.reports import write_participant_report
 from bidsrecon.spec import TRAINING
@@ -19,7 +20,7 @@ def write_reports_only(output_dir, labels):
     labels = [label.removeprefix("sub-") for label in labels] or sorted(
         path.name.removeprefix("sub-") for path in output_dir.glob("sub-*") if path.is_dir())
     missing = [label for label in labels
-               if not (output_dir / f"sub-{label}" / f"sub-{label}_desc-metrics.tsv").is_file()]
+               if not set_metrics_file(output_dir, label).is_file()]
     if not labels or missing:
         raise BidsReconError(
             f"--reports-only: {output_dir} holds no outputs of "

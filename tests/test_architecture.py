@@ -41,7 +41,7 @@ def test_compare_outputs(tmp_path):
         (out / "sub-01" / "log").mkdir(parents=True)
         (out / "dataset_description.json").write_text(f'{{"URL": "file://{tmp_path / side}/bids"}}')
         (out / "sub-01" / "x.png").write_bytes(b"\x89PNG same")
-        (out / "sub-01" / "log" / "sub-01_desc-provenance.json").write_text(f'{{"Started": "{side}"}}')
+        (out / "sub-01" / "log" / "sub-01_desc-provenance_log.json").write_text(f'{{"Started": "{side}"}}')
         (out / "sub-01.html").write_text(f"<p>{side}</p>")
     old, new = tmp_path / "old" / "bidsrecon", tmp_path / "new" / "bidsrecon"
     assert compare_outputs.main([str(old), str(new)]) == 0
@@ -49,5 +49,5 @@ def test_compare_outputs(tmp_path):
     (new / "sub-01" / "y.tsv").write_text("a\n")
     same, differing, only_old, only_new, excepted = compare_outputs.compare(old, new)
     assert (differing, only_old, only_new) == (["sub-01/x.png"], [], ["sub-01/y.tsv"])
-    assert excepted == ["sub-01.html", "sub-01/log/sub-01_desc-provenance.json"]
+    assert excepted == ["sub-01.html", "sub-01/log/sub-01_desc-provenance_log.json"]
     assert compare_outputs.main([str(old), str(new)]) == 1

@@ -15,7 +15,7 @@ from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 
 FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "10", "--nprocs", "1"]
-DECODER_FILES = ("sub-01_decoder.json", "sub-01_decoder.safetensors", "sub-01_desc-decoder_mask.nii.gz",
+DECODER_FILES = ("sub-01_decoder.json", "sub-01_decoder.safetensors", "sub-01_desc-voxelmask_decoder.nii.gz",
                  "sub-01_desc-reference_boldref.nii.gz")
 
 
@@ -82,7 +82,7 @@ def test_saved_decoder_applied_to_later_sessions(trained, later_sessions, tmp_pa
         assert (out / "sub-01" / "decoder" / name).read_bytes() == (trained / "sub-01" / "decoder" / name).read_bytes()
     applied = load_decoder(out / "sub-01" / "decoder" / "sub-01_decoder")
     assert applied.alpha_ == load_decoder(trained / "sub-01" / "decoder" / "sub-01_decoder").alpha_
-    recon_sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_desc-recon_image.json")).read_text())
+    recon_sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_recon.json")).read_text())
     assert recon_sidecar["Decoder"]["FittedInThisRun"] is False
     assert recon_sidecar["Decoder"]["ArraysSHA256"] == file_sha256(out / "sub-01" / "decoder" /
                                                                    "sub-01_decoder.safetensors")
@@ -106,7 +106,7 @@ def test_saved_decoder_applied_to_later_sessions(trained, later_sessions, tmp_pa
 @pytest.mark.slow
 def test_changed_mask_is_refused(trained, tiny_dataset, tmp_path, capsys):
     decoders = saved_copy(trained, tmp_path / "decoders")
-    mask_file = decoders / "sub-01" / "decoder" / "sub-01_desc-decoder_mask.nii.gz"
+    mask_file = decoders / "sub-01" / "decoder" / "sub-01_desc-voxelmask_decoder.nii.gz"
     mask = nib.load(mask_file)
     data = np.asanyarray(mask.dataobj).copy()
     data[tuple(np.argwhere(data)[:5].T)] = 0  # five voxels dropped

@@ -151,11 +151,11 @@ def _run(bids, out, work, extra):
 def _comparable(path, extra):
     """The file's bytes, less what records the run itself: its times and its command line."""
     data = path.read_bytes()
-    if path.name.endswith("_desc-provenance.json"):
+    if path.name.endswith("_desc-provenance_log.json"):
         record = json.loads(data)
         assert record["Command"][-len(extra):] == list(extra)
         return json.dumps({key: value for key, value in record.items() if key not in _RUN_RECORD}).encode()
-    if path.name.endswith("_desc-settings.toml"):  # the options that differ between the runs, left out
+    if path.name.endswith("_desc-settings_log.toml"):  # the options that differ between the runs, left out
         return b"\n".join(line for line in data.splitlines()
                           if line.split(b" = ")[0] not in (b"nprocs", b"omp-nthreads", b"use-plugin"))
     if path.suffix == ".html":

@@ -122,11 +122,11 @@ def test_readme_command_runs_the_published_tree(published, tmp_path):
 
     # All four test sets are reconstructed, every item of each.
     assert {test.name for test in load_spec("ds001506").tests} == SETS
-    metrics = pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    metrics = pd.read_csv(out / "sub-01" / "sub-01_desc-sets_metrics.tsv", sep="\t")
     assert set(metrics["set"]) == SETS
     items = expected_items(published)
     for row in metrics.itertuples():
-        recons = list((out / "sub-01" / "recon").glob(f"sub-01_set-{row.set}_stim-*_desc-recon_image.png"))
+        recons = list((out / "sub-01" / "recon").glob(f"sub-01_acq-{row.set}_desc-*_recon.png"))
         assert row.n_items == len(items[row.set]) == len(recons), row.set
     assert (out / "sub-01.html").is_file()
 

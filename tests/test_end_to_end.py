@@ -1,12 +1,14 @@
 """participant then group on the tiny simulated dataset, and the outputs checked from outside."""
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import validate
 from PIL import Image
 
+from bidsrecon.bids.derivatives import entity_label
 from bidsrecon.cli import main
 
 
@@ -35,11 +37,11 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     assert code == 0, report
 
     # One reconstruction (PNG + sidecar) and one stimulus image per test item, for every test set.
-    metrics = pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    metrics = pd.read_csv(out / "sub-01" / "sub-01_desc-sets_metrics.tsv", sep="\t")
     items = pd.read_csv(out / "sub-01" / "sub-01_desc-items_metrics.tsv", sep="\t")
     assert set(metrics["set"]) == {"natural", "shapes", "letters", "imagery"}
     assert metrics["identification_pixel"].between(0, 1).all()
-    recons = sorted((out / "sub-01" / "recon").glob("*_desc-recon_image.png"))
+    recons = sorted((out / "sub-01" / "recon").glob("*_recon.png"))
     assert len(recons) == len(items) == metrics["n_items"].sum()
     assert Image.open(recons[0]).size == (32, 32)
     sidecar = json.loads(recons[0].with_suffix(".json").read_text())
@@ -48,7 +50,7 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     # The run's settings, as a --config-file that repeats it.
     import tomllib
 
-    settings = tomllib.loads((out / "sub-01" / "log" / "sub-01_desc-settings.toml").read_text())
+    settings = tomllib.loads((out / "sub-01" / "log" / "sub-01_desc-settings_log.toml").read_text())
     assert settings["iterations"] == 20 and settings["encoder"] == "efficientnet-lite0-random"
     assert settings["participant-label"] == ["01"] and settings["normalise"] == "rest"
 
@@ -64,7 +66,7 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     assert (out / "sub-01" / "decoder" / decoder["ArraysFile"]).is_file()
     # Its voxel mask travels with it, and is the one it was trained in.
     mask = out / "sub-01" / "decoder" / decoder["VoxelMask"]["File"]
-    assert mask.name == "sub-01_desc-decoder_mask.nii.gz"
+    assert mask.name == "sub-01_desc-voxelmask_decoder.nii.gz"
     reloaded = load_decoder(out / "sub-01" / "decoder" / "sub-01_decoder", expected_encoder="efficientnet-lite0-random",
                             expected_mask_file=mask)
     assert set(reloaded.alpha_) == set(decoder["Layers"])
@@ -75,11 +77,11 @@ def test_participant_then_group(tiny_dataset, tmp_path, capsys):
     assert len(accuracy) == len(metrics) * (len(decoder["Layers"]) - 1)
 
     # Group level: one table of every participant's scores, one figure per participant.
-    group = pd.read_csv(out / "group" / "group_desc-metrics.tsv", sep="\t")
+    group = pd.read_csv(out / "group" / "group_desc-sets_metrics.tsv", sep="\t")
     own = group[group["statistic"] == "value"]
     assert list(own["participant_id"].unique()) == ["sub-01"] and set(own["set"]) == set(metrics["set"])
     assert (out / "group" / "group.html").is_file()
-    figure = Image.open(out / "figures" / "sub-01_desc-reconstructions.png")
+    figure = Image.open(out / "figures" / "sub-01_desc-reconstructions_figure.png")
     assert figure.width > 32 * 4
 
     # A second run of the same command reuses the work directory and rewrites the outputs.
@@ -105,7 +107,7 @@ def test_demo_reaches_the_promised_accuracy(tmp_path):
     from bidsrecon.demo import main as demo_main
 
     assert demo_main([str(tmp_path / "demo")]) == 0
-    metrics = pd.read_csv(tmp_path / "demo" / "bidsrecon" / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")
+    metrics = pd.read_csv(tmp_path / "demo" / "bidsrecon" / "sub-01" / "sub-01_desc-sets_metrics.tsv", sep="\t")
     accuracy = metrics.set_index("set")["identification_pixel"]
     assert accuracy["natural"] >= 0.75 and accuracy["shapes"] >= 0.80, accuracy.to_dict()
     code, report = validate(tmp_path / "demo" / "bidsrecon")
@@ -122,13 +124,49 @@ def test_fmriprep_input_with_confounds(tiny_fmriprep_dataset, tmp_path):
     fmriprep = tiny_fmriprep_dataset / "derivatives" / "fmriprep"
     assert main([str(tiny_fmriprep_dataset), str(out), "participant", "-w", str(tmp_path / "work"),
                  "--derivatives", f"fmriprep={fmriprep}", "--confounds", "trans_*", "rot_*", "cosine*", *FAST]) == 0
-    sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_desc-recon_image.json")).read_text())
+    sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_recon.json")).read_text())
     assert sidecar["SourceTrials"]
     # The samples node regressed the fMRIPrep confounds named on the command line.
     work_inputs = list((tmp_path / "work").rglob("_report/report.rst"))
     assert any("cosine00" in path.read_text() for path in work_inputs if "run_samples" in str(path))
     code, report = validate(out)
     assert code == 0, report
+    check_pybids_queries(tiny_fmriprep_dataset, fmriprep, out)
+
+
+def check_pybids_queries(bids_dir, fmriprep, out):
+    """The outputs as pybids sees them next to the raw data: every reconstruction, its sidecar and the
+    voxel mask in fMRIPrep's space can be queried by entities BIDS has."""
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(bids_dir, derivatives=[out], validate=False)
+    items = pd.read_csv(out / "sub-01" / "sub-01_desc-items_metrics.tsv", sep="\t")
+    recons = layout.get(scope="bidsrecon", subject="01", suffix="recon", extension=".png")
+    assert len(recons) == len(items) > 1
+    for row in items.itertuples():  # one file per item, with its own sidecar's metadata (not a neighbour's)
+        label = entity_label(row.stimulus)
+        found = layout.get(scope="bidsrecon", subject="01", acquisition=row.set, desc=label, suffix="recon",
+                           extension=".png")
+        assert len(found) == 1, (row.set, row.stimulus, found)
+        metadata = found[0].get_metadata()
+        assert (metadata["Stimulus"], metadata["TestSet"]) == (row.stimulus, row.set)
+        assert all(source.startswith("bids:fmriprep:sub-01/") for source in metadata["Sources"])
+        assert len(layout.get(scope="bidsrecon", subject="01", acquisition=row.set, desc=label,
+                              suffix="stimulus", extension=".png")) == 1
+    mask = layout.get(scope="bidsrecon", subject="01", space="T1w", desc="decoder", suffix="mask",
+                      extension=".nii.gz")
+    assert [Path(m.path).parent.name for m in mask] == ["func"]
+    assert mask[0].get_metadata()["SpatialReference"].startswith("bids:fmriprep:sub-01/")
+    for name in ("sets_metrics", "items_metrics", "decoding_metrics"):
+        assert len(layout.get(scope="bidsrecon", subject="01", desc=name.split("_")[0], suffix="metrics",
+                              extension=".tsv")) == 1
+    # Every file of the participant has a suffix (the last part of its name is not an entity).
+    for path in (out / "sub-01").rglob("*"):
+        if path.is_file():
+            assert "-" not in path.name.split(".")[0].rsplit("_", 1)[-1], path
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetLinks"]["fmriprep"] == fmriprep.resolve().as_uri()
+    assert {"URL": fmriprep.resolve().as_uri()} in description["SourceDatasets"]
 
 
 @pytest.mark.slow
@@ -157,7 +195,7 @@ def test_raw_input_with_slice_timing_and_lss(tiny_dataset, tmp_path):
     assert all(len(values) == len(items) for values in decoded.values()) and set(items["set"]) >= {"natural"}
     motion = pd.read_csv(next((tmp_path / "work").rglob("realign/mapflow/_realign0/*motion*.tsv")), sep="\t")
     assert {"trans_x", "rot_z"} <= set(motion.columns) and motion["trans_x"].abs().max() > 0
-    assert len(pd.read_csv(out / "sub-01" / "sub-01_desc-metrics.tsv", sep="\t")) == 4
+    assert len(pd.read_csv(out / "sub-01" / "sub-01_desc-sets_metrics.tsv", sep="\t")) == 4
 
 
 @pytest.mark.slow
@@ -173,7 +211,7 @@ def test_generator_optimiser_with_snapshots(tiny_dataset, tmp_path):
                  "--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "6",
                  "--optimiser", "generator", "--generator-weights", str(weights), "--generator-latent-max", "8",
                  "--snapshot-every", "3", "--batch-size", "4", "--nprocs", "1"]) == 0
-    recons = sorted((out / "sub-01" / "recon").glob("*_desc-recon_image.png"))
+    recons = sorted((out / "sub-01" / "recon").glob("*_recon.png"))
     sidecar = json.loads(recons[0].with_suffix(".json").read_text())
     settings = sidecar["OptimizerSettings"]
     assert settings["optimiser"] == "generator" and settings["n_iter"] == 6 and settings["latent_max"] == 8
@@ -183,8 +221,7 @@ def test_generator_optimiser_with_snapshots(tiny_dataset, tmp_path):
     assert "latent" in sidecar["Optimizer"]
     snapshots = sorted((out / "sub-01" / "recon" / "snapshots").glob("*.png"))
     assert len(snapshots) == 2 * len(recons)
-    stem = recons[0].name.replace("_desc-recon_image.png", "")
-    last = out / "sub-01" / "recon" / "snapshots" / f"{stem}_iter-0006_desc-recon_image.png"
+    last = out / "sub-01" / "recon" / "snapshots" / recons[0].name.replace("_desc-", "_chunk-6_desc-")
     assert Image.open(last).tobytes() == Image.open(recons[0]).tobytes()
     code, report = validate(out)
     assert code == 0, report

@@ -62,7 +62,7 @@ def test_rerun_recomputes_nothing_and_rewrites_the_same_outputs(tiny_dataset, re
     before = node_results(reference_run / "work")
     outputs = digests(reference_run / "out")
     # A removed output comes back from the cached results.
-    next((reference_run / "out" / "sub-01" / "recon").glob("*_desc-recon_image.png")).unlink()
+    next((reference_run / "out" / "sub-01" / "recon").glob("*_recon.png")).unlink()
     run(bidsrecon(tiny_dataset, reference_run / "out", reference_run / "work"))
     after = node_results(reference_run / "work")
     rerun = sorted(name for name in after if after[name] != before.get(name))
@@ -116,7 +116,7 @@ def test_parallel_participants_share_one_output_and_work_dir(two_subjects, tmp_p
     assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
     for subject in ("sub-01", "sub-02"):
         items = pd.read_csv(out / subject / f"{subject}_desc-items_metrics.tsv", sep="\t")
-        recons = sorted((out / subject / "recon").glob("*_desc-recon_image.png"))
+        recons = sorted((out / subject / "recon").glob("*_recon.png"))
         assert len(recons) == len(items) > 0
         for path in recons:
             Image.open(path).verify()  # whole PNGs, not half-written ones

@@ -57,13 +57,13 @@ def add_quality_and_provenance(bids, out, label):
             table = pd.DataFrame(drift, columns=MOTION_COLUMNS).assign(framewise_displacement=fd)
             table.to_csv(qc / f"sub-{label}_{run_label}_desc-motion_timeseries.tsv", sep="\t", index=False,
                          float_format="%.6g")
-    tsnr_path = qc / f"sub-{label}_desc-tsnr_boldmap.nii.gz"
+    tsnr_path = qc / f"sub-{label}_task-perception_desc-tsnr_boldmap.nii.gz"
     if not tsnr_path.is_file():
-        mask = nib.load(out / f"sub-{label}" / "decoder" / f"sub-{label}_desc-decoder_mask.nii.gz")
+        mask = nib.load(out / f"sub-{label}" / "func" / f"sub-{label}_task-perception_desc-decoder_mask.nii.gz")
         inside = np.asarray(mask.dataobj) > 0
         tsnr = np.where(inside, 40 + 20 * rng.random(inside.shape), 5 * rng.random(inside.shape)).astype(np.float32)
         nib.save(nib.Nifti1Image(tsnr, mask.affine), tsnr_path)
-    provenance = log / f"sub-{label}_desc-provenance.json"
+    provenance = log / f"sub-{label}_desc-provenance_log.json"
     if not provenance.is_file():
         provenance.write_text(json.dumps({
             "Command": ["bidsrecon", str(bids), str(out), "participant", "--participant-label", label, *FAST],
@@ -86,7 +86,7 @@ def outputs_copy(outputs, tmp_path):
 
 
 def read_group_table(out):
-    return pd.read_csv(out / "group" / "group_desc-metrics.tsv", sep="\t")
+    return pd.read_csv(out / "group" / "group_desc-sets_metrics.tsv", sep="\t")
 
 
 @pytest.mark.slow
@@ -96,15 +96,15 @@ def test_group_table_report_and_figures(outputs_copy, capsys):
     assert main([str(bids), str(out), "group"]) == 0
     seconds = time.perf_counter() - started
     printed = capsys.readouterr().out
-    for written in ("group/group_desc-metrics.tsv", "group/group.html", "figures/sub-01_desc-reconstructions.png",
-                    "figures/sub-02_desc-reconstructions.png"):
+    for written in ("group/group_desc-sets_metrics.tsv", "group/group.html", "figures/sub-01_desc-reconstructions_figure.png",
+                    "figures/sub-02_desc-reconstructions_figure.png"):
         assert (out / written).is_file() and str(out / written) in printed
     assert seconds < 30, f"the group level took {seconds:.1f} s"
 
     # Per set and metric: every participant's own value, and the mean and s.e.m. as numpy computes them.
     group = read_group_table(out)
     for participant in ("sub-01", "sub-02"):
-        own = pd.read_csv(out / participant / f"{participant}_desc-metrics.tsv", sep="\t").set_index("set")
+        own = pd.read_csv(out / participant / f"{participant}_desc-sets_metrics.tsv", sep="\t").set_index("set")
         rows = group[(group["participant_id"] == participant) & (group["statistic"] == "value")]
         for row in rows.itertuples():
             assert row.value == pytest.approx(own.loc[row.set, row.metric], rel=1e-5, nan_ok=True)
@@ -118,7 +118,7 @@ def test_group_table_report_and_figures(outputs_copy, capsys):
         assert summary["participant_id"].isna().all()
 
     # The sidecar describes every column, every metric and every statistic.
-    sidecar = json.loads((out / "group" / "group_desc-metrics.json").read_text())
+    sidecar = json.loads((out / "group" / "group_desc-sets_metrics.json").read_text())
     assert set(sidecar) == set(group.columns)
     assert all(entry["Description"] for entry in sidecar.values())
     assert set(sidecar["metric"]["Levels"]) == set(group["metric"])
@@ -129,13 +129,13 @@ def test_group_table_report_and_figures(outputs_copy, capsys):
 @pytest.mark.slow
 def test_group_refuses_incomplete_participants(outputs_copy, capsys):
     bids, out = outputs_copy
-    (out / "sub-02" / "sub-02_desc-metrics.tsv").unlink()
-    missing_png = sorted((out / "sub-01" / "recon").glob("*_desc-recon_image.png"))[0]
+    (out / "sub-02" / "sub-02_desc-sets_metrics.tsv").unlink()
+    missing_png = sorted((out / "sub-01" / "recon").glob("*_recon.png"))[0]
     missing_png.unlink()
     assert main([str(bids), str(out), "group", "--participant-label", "01", "02", "03"]) == 66
     error = capsys.readouterr().err
     assert "sub-01 lacks" in error and missing_png.name in error
-    assert "sub-02 lacks sub-02_desc-metrics.tsv" in error
+    assert "sub-02 lacks sub-02_desc-sets_metrics.tsv" in error
     assert "sub-03 lacks the folder sub-03/" in error
     assert len(error.strip().splitlines()) == 1  # one clear line
     # Nothing half-written.

@@ -265,15 +265,15 @@ def test_deeply_nested_json_is_one_line(tiny_dataset, tmp_path):
 
 def test_publish_replaces_a_participant_as_a_whole(tmp_path):
     output = tmp_path / "out"
-    old = output / "sub-01" / "recon" / "sub-01_set-letters_stim-A_desc-recon_image.png"
+    old = output / "sub-01" / "recon" / "sub-01_acq-letters_desc-A_recon.png"
     old.parent.mkdir(parents=True)
     old.write_bytes(b"old")
-    staged = staging_dir(output) / "sub-01" / "recon" / "sub-01_set-natural_stim-x_desc-recon_image.png"
+    staged = staging_dir(output) / "sub-01" / "recon" / "sub-01_acq-natural_desc-x_recon.png"
     staged.parent.mkdir(parents=True)
     staged.write_bytes(b"new")
     publish_participant(output, "01")
     assert checksums(output) == {"sub-01": "dir", "sub-01/recon": "dir",
-                                 "sub-01/recon/sub-01_set-natural_stim-x_desc-recon_image.png":
+                                 "sub-01/recon/sub-01_acq-natural_desc-x_recon.png":
                                  hashlib.sha256(b"new").hexdigest()}
     assert not staging_dir(output).exists()
 
@@ -313,13 +313,13 @@ def test_rerun_that_drops_a_set_leaves_none_of_its_files(tiny_dataset, tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
     common = [tiny_dataset, out, "participant", "-w", work, *FAST, "--nprocs", "1"]
     assert run_cli(*common).returncode == 0
-    assert list(out.rglob("*set-letters*"))
+    assert list(out.rglob("*acq-letters*"))
     spec = json.loads((ROOT / "bidsrecon" / "specs" / "ds001506.json").read_text())
     spec["tests"] = [entry for entry in spec["tests"] if entry["name"] != "letters"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = run_cli(*common, "--spec", tmp_path / "spec.json")
     assert result.returncode == 0, result.stderr
-    assert not list(out.rglob("*set-letters*")) and list(out.rglob("*set-shapes*"))
+    assert not list(out.rglob("*acq-letters*")) and list(out.rglob("*acq-shapes*"))
     assert not staging_dir(out).exists()
 
 

@@ -16,7 +16,7 @@ from checks import checksums
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from bidsrecon.bids.derivatives import item_stem
+from bidsrecon.bids.derivatives import item_files
 from bidsrecon.cli import main
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.interfaces.motion import MeanVolume, Realign
@@ -239,7 +239,7 @@ def _tsv(path, table):
 def make_outputs(root, labels=("01", "02"), drop=()):
     """A hand-made output dataset with the files the group level reads: ``(bids_dir, output_dir)``.
 
-    ``drop``: metric columns left out of every participant's ``desc-metrics.tsv``.
+    ``drop``: metric columns left out of every participant's ``desc-sets_metrics.tsv``.
     """
     bids, out = root / "bids", root / "out"
     bids.mkdir(parents=True)
@@ -255,13 +255,13 @@ def make_outputs(root, labels=("01", "02"), drop=()):
         _tsv(folder / f"sub-{label}_desc-items_metrics.tsv", items)
         metrics = pd.DataFrame({"set": ["natural"], "n_items": [3], "identification_pixel": [rng.random()],
                                 "pixel_correlation": [rng.random()], "ssim": [rng.random()], "encoder": ["vgg19"]})
-        _tsv(folder / f"sub-{label}_desc-metrics.tsv", metrics.drop(columns=list(drop)))
+        _tsv(folder / f"sub-{label}_desc-sets_metrics.tsv", metrics.drop(columns=list(drop)))
         for stimulus in items["stimulus"]:
-            stem = folder / "recon" / item_stem(label, "natural", stimulus)
-            stem.parent.mkdir(exist_ok=True)
-            for desc in ("recon", "stimulus"):
+            files = item_files(folder, label, "natural", stimulus)
+            files["recon"].parent.mkdir(exist_ok=True)
+            for kind in ("recon", "stimulus"):
                 pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(f"{stem}_desc-{desc}_image.png")
+                Image.fromarray(pixels).save(files[kind])
     return bids, out
 
 
@@ -278,7 +278,7 @@ GROUP_OUTPUTS = ("group", "figures")  # the folders and everything in them
                                   "binary_sidecar", "nested_sidecar", "not_a_table"])
 def test_group_refuses_an_unreadable_table_in_one_line_and_touches_nothing(tmp_path, capsys, case):
     bids, out = make_outputs(tmp_path)
-    metrics = out / "sub-02" / "sub-02_desc-metrics.tsv"
+    metrics = out / "sub-02" / "sub-02_desc-sets_metrics.tsv"
     target = {
         "binary_metrics": metrics, "utf16_metrics": metrics, "empty_metrics": metrics, "not_a_table": metrics,
         "binary_items": out / "sub-02" / "sub-02_desc-items_metrics.tsv",
@@ -311,7 +311,7 @@ def test_group_refuses_tables_that_lack_every_metric(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert code == EXIT_INPUT_MISSING and len(error.splitlines()) == 1
     for label in ("01", "02"):
-        path = out / f"sub-{label}" / f"sub-{label}_desc-metrics.tsv"
+        path = out / f"sub-{label}" / f"sub-{label}_desc-sets_metrics.tsv"
         assert f"{path}: none of the metric columns identification_pixel, pixel_correlation, ssim" in error
     assert checksums(out) == before and seconds < 10
 
@@ -320,7 +320,7 @@ def test_group_refuses_metrics_that_are_all_missing(tmp_path, capsys):
     # The columns are there, but no participant has a value in any of them.
     bids, out = make_outputs(tmp_path, drop=("n_items",))
     for label in ("01", "02"):
-        path = out / f"sub-{label}" / f"sub-{label}_desc-metrics.tsv"
+        path = out / f"sub-{label}" / f"sub-{label}_desc-sets_metrics.tsv"
         table = pd.read_csv(path, sep="\t")
         table[["identification_pixel", "pixel_correlation", "ssim"]] = np.nan
         _tsv(path, table)
@@ -328,12 +328,12 @@ def test_group_refuses_metrics_that_are_all_missing(tmp_path, capsys):
     code, _ = _group(bids, out)
     error = capsys.readouterr().err.strip()
     assert code == EXIT_INPUT_MISSING and "no metric has a value in any participant's table" in error
-    assert str(out / "sub-01" / "sub-01_desc-metrics.tsv") in error and checksums(out) == before
+    assert str(out / "sub-01" / "sub-01_desc-sets_metrics.tsv") in error and checksums(out) == before
 
 
 def test_group_warns_about_a_table_missing_some_metrics_and_changes_only_its_outputs(tmp_path, capsys, caplog):
     bids, out = make_outputs(tmp_path)
-    path = out / "sub-02" / "sub-02_desc-metrics.tsv"
+    path = out / "sub-02" / "sub-02_desc-sets_metrics.tsv"
     table = pd.read_csv(path, sep="\t").drop(columns=["ssim"])
     table["pixel_correlation"] = "high"
     _tsv(path, table)
@@ -346,8 +346,8 @@ def test_group_warns_about_a_table_missing_some_metrics_and_changes_only_its_out
                         "for sub-02 (rerun the participant level for it to have them)"]
     after = checksums(out)
     assert {name: digest for name, digest in after.items() if not name.startswith(GROUP_OUTPUTS)} == before
-    assert {"group/group_desc-metrics.tsv", "group/group.html"} <= set(after)
-    group = pd.read_csv(out / "group" / "group_desc-metrics.tsv", sep="\t")
+    assert {"group/group_desc-sets_metrics.tsv", "group/group.html"} <= set(after)
+    group = pd.read_csv(out / "group" / "group_desc-sets_metrics.tsv", sep="\t")
     for metric in ("ssim", "pixel_correlation"):  # n/a for sub-02 alone, still summarised over sub-01
         rows = group[(group["metric"] == metric) & (group["statistic"] == "value")]
         assert list(rows["participant_id"]) == ["sub-01", "sub-02"] and rows["value"].isna().tolist() == [False, True]

@@ -148,7 +148,7 @@ CASES = [
     ("header-only events", header_only_events, 66, RUN1_EVENTS, "no events (a header and no row)"),
     ("all-zero motion reference run", zero_reference, 64, TRAINING_RUN1_BOLD, "is all zero"),
     ("two stimuli, one output name", colliding_names, 64, "n02416519-12793",
-     "would both be written as sub-01_set-natural_stim-n0241651912793_desc-recon_image.png"),
+     "would both be written as sub-01_acq-natural_desc-n0241651912793_recon.png"),
 ]
 
 

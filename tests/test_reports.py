@@ -81,7 +81,7 @@ def test_participant_report_in_the_browser(browser, out, tmp_path):
         assert line.split("\t")[1].replace("&", "&amp;") in text  # every stimulus is named
     assert "block1" in text and "alpha" in text  # the decoder's penalty per layer
     assert "not available in these outputs" not in text  # sub-01 has every optional file
-    provenance = json.loads((out / "sub-01" / "log" / "sub-01_desc-provenance.json").read_text())
+    provenance = json.loads((out / "sub-01" / "log" / "sub-01_desc-provenance_log.json").read_text())
     assert html.escape(shlex.join(provenance["Command"])) in text  # the exact command
     for package, version in provenance["Versions"].items():  # every version
         assert f"<td>{html.escape(package)}</td><td>{html.escape(str(version))}</td>" in text

@@ -118,7 +118,8 @@ def _plan(folder, *, fmriprep=False, saved=False, simulated=False):
     decoder = SavedDecoder(str(folder / "sub-01_decoder"), touch("saved_mask.nii.gz"),
                            None if fmriprep else touch("reference.nii.gz"), {}) if saved else None
     return ParticipantPlan("01", runs, [touch(f"trials{index}.tsv") for index in range(len(runs))],
-                           touch("stimuli.tsv"), [], decoder, fmriprep=fmriprep, simulated=simulated)
+                           touch("stimuli.tsv"), [], decoder, fmriprep=fmriprep, simulated=simulated,
+                           sources=[f"bids:raw:bold{index}.nii.gz" for index in range(len(runs))])
 
 
 @pytest.mark.parametrize(("fmriprep", "saved", "mode", "inputs_nodes"), [

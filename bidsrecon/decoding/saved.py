@@ -4,7 +4,7 @@
 ``sub-<label>/decoder/`` folder holds what applying the decoder needs:
 
 - ``sub-<label>_decoder.json`` and ``.safetensors``, the decoder (:mod:`bidsrecon.decoding.artifact`);
-- ``sub-<label>_desc-decoder_mask.nii.gz``, the voxel mask its samples were taken in;
+- ``sub-<label>_desc-voxelmask_decoder.nii.gz``, the voxel mask its samples were taken in;
 - ``sub-<label>_desc-reference_boldref.nii.gz`` (raw input only), the mean volume every raw run
   was realigned to: new runs are realigned to it too, so that a voxel of a later session is the
   same voxel the decoder was trained on.

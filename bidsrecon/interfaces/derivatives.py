@@ -16,7 +16,17 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bidsrecon.bids.derivatives import DEVICES_FILE, atomic_write_bytes, atomic_write_text, item_stem, write_json
+from bidsrecon.bids.derivatives import (
+    DECODING_METRICS,
+    DEVICES_FILE,
+    ITEM_METRICS,
+    SET_METRICS,
+    atomic_write_bytes,
+    atomic_write_text,
+    item_files,
+    item_stem,
+    write_json,
+)
 from bidsrecon.preproc.motion import MOTION_COLUMNS
 
 OPTIMISERS = {
@@ -109,6 +119,8 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(mandatory=True)
     recon_settings_file = File(exists=True, mandatory=True, desc="Reconstruct.out_settings")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the decoder was trained in")
+    mask_name = traits.Str(mandatory=True, desc="its BIDS name in func/ (derivatives.decoder_mask_name)")
+    mask_source = traits.Str(mandatory=True, desc="BIDS URI of the bold run whose grid the mask is in")
     reference_file = File(exists=True, desc="raw input: the mean volume every run was realigned to, kept "
                           "with the decoder so that later sessions can be realigned to it")
     copy_decoder = traits.Bool(mandatory=True,
@@ -152,6 +164,7 @@ class WriteDerivatives(SimpleInterface):
         write_json(subject_dir / "log" / DEVICES_FILE.format(subject=subject), {
             step: getattr(self.inputs, f"{step}_device") for step in ("decode", "reconstruct", "evaluate")})
         written += self._write_decoder(subject_dir, subject, decoder)
+        written += self._write_mask(subject_dir)
         written += self._write_quality(subject_dir, subject)
         if self.inputs.save_decoded_features:
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
@@ -169,21 +182,21 @@ class WriteDerivatives(SimpleInterface):
         snapshots = np.load(self.inputs.snapshots_file) if self.inputs.snapshots_file else {}
         scratch = Path(runtime.cwd) / "image.png"
         written = []
-        stems = [item_stem(subject, row.set, row.stimulus) for row in items.itertuples()]
-        if len(set(stems)) != len(stems):
+        files = [item_files(subject_dir, subject, row.set, row.stimulus) for row in items.itertuples()]
+        if len({str(paths["recon"]) for paths in files}) != len(files):
             raise ValueError("two stimuli map to the same output name; rename the stimuli")
-        for index, (row, stem) in enumerate(zip(items.itertuples(), stems)):
+        for index, (row, paths) in enumerate(zip(items.itertuples(), files)):
             sources = trials[(trials["set"] == row.set) & (trials["stimulus"] == row.stimulus)]
-            for desc, image in (("recon", images[index]), ("stimulus", truths[index])):
-                path = subject_dir / "recon" / f"{stem}_desc-{desc}_image.png"
+            for kind, image in (("recon", images[index]), ("stimulus", truths[index])):
                 save_png(image, scratch)
-                atomic_write_bytes(path, scratch.read_bytes())
-                written.append(str(path))
-            path = subject_dir / "recon" / f"{stem}_desc-recon_image.json"
-            write_json(path, self._recon_sidecar(subject, row, sources, decoder, settings, int(images.shape[1])))
-            written.append(str(path))
-            for iteration in sorted(snapshots):
-                path = subject_dir / "recon" / "snapshots" / f"{stem}_{iteration}_desc-recon_image.png"
+                atomic_write_bytes(paths[kind], scratch.read_bytes())
+                written.append(str(paths[kind]))
+            write_json(paths["sidecar"], self._recon_sidecar(subject, row, sources, decoder, settings,
+                                                             int(images.shape[1])))
+            written.append(str(paths["sidecar"]))
+            for iteration in sorted(snapshots):  # "iter-NNNN"
+                stem = item_stem(subject, row.set, row.stimulus, iteration=int(iteration.removeprefix("iter-")))
+                path = subject_dir / "recon" / "snapshots" / f"{stem}_recon.png"
                 save_png(snapshots[iteration][index] / np.float32(255), scratch)
                 atomic_write_bytes(path, scratch.read_bytes())
                 written.append(str(path))
@@ -192,7 +205,7 @@ class WriteDerivatives(SimpleInterface):
     def _recon_sidecar(self, subject, row, sources, decoder, settings, image_size):
         return {
             "Description": f"Image reconstructed from sub-{subject}'s brain activity for stimulus "
-            f"{row.stimulus} ({row.set}); the matching _desc-stimulus_image.png is the stimulus at this size.",
+            f"{row.stimulus} ({row.set}); the matching _stimulus.png is the stimulus at this size.",
             "Stimulus": row.stimulus,
             "TestSet": row.set,
             "Sources": sorted(set(sources["source"])),
@@ -225,9 +238,9 @@ class WriteDerivatives(SimpleInterface):
         set_columns = {**SET_COLUMNS, **json.loads(Path(self.inputs.set_columns_file).read_text())}
         written = []
         for stem, table, columns in (
-            (f"sub-{subject}_desc-metrics", sets, set_columns),
-            (f"sub-{subject}_desc-items_metrics", items, ITEM_COLUMNS),
-            (f"sub-{subject}_desc-decoding_metrics", accuracy, ACCURACY_COLUMNS),
+            (SET_METRICS.format(subject=subject), sets, set_columns),
+            (ITEM_METRICS.format(subject=subject), items, ITEM_COLUMNS),
+            (DECODING_METRICS.format(subject=subject), accuracy, ACCURACY_COLUMNS),
         ):
             path = subject_dir / f"{stem}.tsv"
             atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
@@ -251,10 +264,12 @@ class WriteDerivatives(SimpleInterface):
         arrays = folder / Path(self.inputs.decoder_arrays).name
         atomic_write_bytes(arrays, Path(self.inputs.decoder_arrays).read_bytes())
         # The voxel mask goes with the decoder (byte for byte: its hash is in the sidecar), so that
-        # the decoder can be applied to data sampled in the same voxels later.
+        # the decoder can be applied to data sampled in the same voxels later. The same voxels as BIDS
+        # names them are in func/ (`_write_mask`); here the decoder's suffix keeps pybids from taking
+        # the two for one file.
         # An applied decoder's file names come from its sidecar: plain names, checked when it was read.
         mask = folder / (decoder["VoxelMask"]["File"] if self.inputs.copy_decoder
-                         else f"sub-{subject}_desc-decoder_mask.nii.gz")
+                         else f"sub-{subject}_desc-voxelmask_decoder.nii.gz")
         atomic_write_bytes(mask, Path(self.inputs.mask_file).read_bytes())
         written = [str(arrays), str(mask)]
         # The volume the raw runs were realigned to: later sessions are realigned to it too.
@@ -276,6 +291,20 @@ class WriteDerivatives(SimpleInterface):
             write_json(sidecar, decoder)
         return [*written, str(sidecar)]
 
+    def _write_mask(self, subject_dir):
+        """The decoder's voxel mask as BIDS names it (``func/``, with ``space-`` for fMRIPrep input)."""
+        path = subject_dir / "func" / self.inputs.mask_name
+        atomic_write_bytes(path, Path(self.inputs.mask_file).read_bytes())
+        sidecar = path.with_name(path.name.removesuffix(".nii.gz") + ".json")
+        write_json(sidecar, {
+            "Description": "Voxels the decoder reads: the regions of interest (or the brain mask) in the grid of "
+                           "the run named in Sources; the same file as the decoder folder's mask.",
+            "Type": "ROI",
+            "Sources": [self.inputs.mask_source],
+            "SpatialReference": self.inputs.mask_source,
+        })
+        return [str(path), str(sidecar)]
+
     def _write_quality(self, subject_dir, subject):
         """Motion traces per run and the tSNR map, for the participant report (``qc/``)."""
         from bidsrecon.preproc.qc import motion_table
@@ -286,7 +315,8 @@ class WriteDerivatives(SimpleInterface):
             atomic_write_text(path, motion_table(confounds).to_csv(sep="\t", index=False, float_format="%.6g"))
             written.append(str(path))
         write_json(subject_dir / "qc" / f"sub-{subject}_desc-motion_timeseries.json", MOTION_SIDECAR)
-        path = subject_dir / "qc" / f"sub-{subject}_desc-tsnr_boldmap.nii.gz"
+        # The reference run's map, in its grid: named like the decoder's mask.
+        path = subject_dir / "qc" / self.inputs.mask_name.replace("_desc-decoder_mask", "_desc-tsnr_boldmap")
         atomic_write_bytes(path, Path(self.inputs.tsnr_file).read_bytes())
         quality = subject_dir / "qc" / f"sub-{subject}_desc-quality_timeseries.tsv"
         atomic_write_bytes(quality, Path(self.inputs.quality_file).read_bytes())

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bidsrecon.bids.derivatives import atomic_write_bytes
+from bidsrecon.bids.derivatives import FIGURE_FILE, atomic_write_bytes
 from bidsrecon.reports.outputs import read_items, subject_label
 
 COLUMNS_PER_ROW = 10
@@ -13,7 +13,7 @@ LABEL_HEIGHT = 18
 
 
 def draw_participant_figure(output_dir, subject, sets):
-    """Write ``figures/sub-<label>_desc-reconstructions.png`` for the test ``sets``; returns its path
+    """Write ``figures/sub-<label>_desc-reconstructions_figure.png`` for the test ``sets``; returns its path
     (None when the sets have no item)."""
     output_dir, label = Path(output_dir), subject_label(subject)
     items = read_items(output_dir, label)
@@ -44,7 +44,7 @@ def draw_participant_figure(output_dir, subject, sets):
             canvas.paste(stimulus, (x, y))
             canvas.paste(recon, (x, y + size + TILE_GAP))
         y += 2 * (size + TILE_GAP)
-    path = output_dir / "figures" / f"sub-{label}_desc-reconstructions.png"
+    path = output_dir / "figures" / FIGURE_FILE.format(subject=label)
     buffer = BytesIO()
     canvas.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon.bids.derivatives import item_stem
+from bidsrecon.bids.derivatives import item_files
 
 
 def subject_label(subject):
@@ -42,7 +42,7 @@ def read_table(tsv_path):
     return table, descriptions
 
 
-def metrics_path(output_dir, subject, desc="metrics"):
+def metrics_path(output_dir, subject, desc="sets_metrics"):
     label = subject_label(subject)
     return subject_dir(output_dir, label) / f"sub-{label}_desc-{desc}.tsv"
 
@@ -66,13 +66,11 @@ def read_items(output_dir, subject):
     """Every item of the items table, in its order, with the paths of its images."""
     label = subject_label(subject)
     table, _ = read_table(metrics_path(output_dir, label, "items_metrics"))
-    recon_dir = subject_dir(output_dir, label) / "recon"
     items = []
     for row in table.to_dict("records"):
-        stem = item_stem(label, row["set"], row["stimulus"])
-        items.append(Item(set=row["set"], stimulus=row["stimulus"],
-                          recon=recon_dir / f"{stem}_desc-recon_image.png",
-                          stimulus_image=recon_dir / f"{stem}_desc-stimulus_image.png",
+        files = item_files(subject_dir(output_dir, label), label, row["set"], row["stimulus"])
+        items.append(Item(set=row["set"], stimulus=row["stimulus"], recon=files["recon"],
+                          stimulus_image=files["stimulus"],
                           scores={k: v for k, v in row.items() if k not in ("set", "stimulus")}))
     return items
 

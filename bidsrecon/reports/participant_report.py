@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon import __version__
-from bidsrecon.bids.derivatives import atomic_write_text
+from bidsrecon.bids.derivatives import PROVENANCE_FILE, atomic_write_text
 from bidsrecon.boilerplate import CITATION_FILE
 from bidsrecon.reports import html, plots
 from bidsrecon.reports.outputs import (
@@ -37,7 +37,7 @@ def write_participant_report(output_dir, subject):
     metrics, descriptions = read_table(metrics_path(output_dir, label))
     items = read_items(output_dir, label)
     decoder = read_json(subject_dir(output_dir, label) / "decoder" / f"sub-{label}_decoder.json") or {}
-    provenance = read_json(subject_dir(output_dir, label) / "log" / f"sub-{label}_desc-provenance.json")
+    provenance = read_json(subject_dir(output_dir, label) / "log" / PROVENANCE_FILE.format(subject=label))
     sidecars = [item.sidecar or {} for item in items]
     _, item_descriptions = read_table(metrics_path(output_dir, label, "items_metrics"))
 
@@ -221,10 +221,12 @@ def motion_summary(tables):
 def tsnr_content(output_dir, label):
     from bidsrecon.reports.volumes import load_tsnr_and_mask
 
-    path = subject_dir(output_dir, label) / "qc" / f"sub-{label}_desc-tsnr_boldmap.nii.gz"
-    if not path.is_file():
+    folder = subject_dir(output_dir, label)
+    # Named after the reference run's task and (fMRIPrep input) space: found by their descriptions.
+    path = next(iter(sorted(folder.glob(f"qc/sub-{label}_*desc-tsnr_boldmap.nii.gz"))), None)
+    if path is None:
         return html.unavailable("tSNR map (qc/ folder)")
-    mask_path = subject_dir(output_dir, label) / "decoder" / f"sub-{label}_desc-decoder_mask.nii.gz"
+    mask_path = next(iter(sorted(folder.glob(f"func/sub-{label}_*desc-decoder_mask.nii.gz"))), None)
     tsnr, mask, note = load_tsnr_and_mask(path, mask_path)
     inside = tsnr[mask] if mask is not None and mask.any() else tsnr[tsnr > 0]
     median = f"median tSNR {np.median(inside):.1f} in the {'decoded voxels' if mask is not None else 'brain'}" \

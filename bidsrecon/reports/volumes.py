@@ -14,7 +14,7 @@ def load_tsnr_and_mask(tsnr_path, mask_path):
     image = nib.as_closest_canonical(nib.load(str(tsnr_path)))
     tsnr = np.asarray(image.dataobj, dtype=np.float32)
     tsnr = tsnr.reshape(tsnr.shape[:3])  # a 4-D file with one volume is accepted too
-    if not mask_path.is_file():
+    if mask_path is None or not mask_path.is_file():
         return tsnr, None, "No decoder voxel mask to outline."
     mask_image = nib.as_closest_canonical(nib.load(str(mask_path)))
     if not same_grid(mask_image.shape, mask_image.affine, image.shape, image.affine):

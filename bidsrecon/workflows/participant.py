@@ -10,7 +10,7 @@ Every node is a thin file adapter around one stage function of the packages (``i
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bidsrecon.bids.derivatives import staging_dir
+from bidsrecon.bids.derivatives import decoder_mask_name, staging_dir
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.qc import TemporalSnr
@@ -147,7 +147,8 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
     fields = ["confounds_files", "mask_file", "reference_file", "qc_bold", "qc_mask", *DECODE_FIELDS,
               *RECON_FIELDS]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields, mandatory_inputs=False), name="inputnode")
-    tsnr = pe.Node(TemporalSnr(tr=plan.runs[plan.reference_run].run.tr, discard_seconds=config.discard_seconds),
+    reference = plan.runs[plan.reference_run]
+    tsnr = pe.Node(TemporalSnr(tr=reference.run.tr, discard_seconds=config.discard_seconds),
                    name="tsnr")
     # Always rerun the sink: it writes into the staging folder, which the participant level moves into
     # the output dataset at the end (bidsrecon.bids.derivatives.publish_participant).
@@ -156,7 +157,9 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
                          trials_files=list(plan.trials_files), seed=config.seed,
                          save_decoded_features=config.save_decoded_features,
                          copy_decoder=plan.saved_decoder is not None,
-                         run_labels=[inputs.run.label for inputs in plan.runs]),
+                         run_labels=[inputs.run.label for inputs in plan.runs],
+                         mask_name=decoder_mask_name(plan.subject, reference.run.bold, reference.mask),
+                         mask_source=plan.sources[plan.reference_run]),
         name="write_derivatives",
         overwrite=True,
     )
