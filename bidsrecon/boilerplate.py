@@ -50,6 +50,10 @@ def methods_text(config):
     if config.derivatives:
         preprocessing = ("The runs preprocessed by fMRIPrep [fmriprep] were used (bold, brain mask and confounds "
                          f"in space {config.space}); the confounds were regressed out of each run.")
+        if config.confounds_strategy:
+            preprocessing += (f" The confounds were those of nilearn's '{config.confounds_strategy}' denoising "
+                              f"strategy (load_confounds_strategy, nilearn {versions['nilearn']}), and the trials "
+                              "whose window held a volume it censors were left out.")
     else:
         preprocessing = ("Each run was realigned to the mean of the first training run after realignment, "
                          f"with nipy's SpaceTimeRealigner [nipy] (nipy {versions['nipy']})"

@@ -96,6 +96,18 @@ def _check_decoders_dir(args):
                              EXIT_BAD_ARGUMENTS)
 
 
+def _check_confounds_options(args):
+    if args.confounds_strategy is None:
+        return
+    if not args.derivatives:
+        raise BidsReconError(f"--confounds-strategy {args.confounds_strategy} reads fMRIPrep's confounds: give "
+                             "--derivatives PATH (fMRIPrep's output folder), or drop --confounds-strategy (raw runs are "
+                             "realigned here and their six motion parameters regressed out)", EXIT_BAD_ARGUMENTS)
+    if args.confounds is not None:
+        raise BidsReconError("give --confounds or --confounds-strategy, not both: the strategy chooses the columns "
+                             "itself (name every column with --confounds to add your own)", EXIT_BAD_ARGUMENTS)
+
+
 def parse_args(argv=None):
     """Parse and check the command line; returns a `Config`."""
     from bidsrecon.settings_file import merge_config_file
@@ -114,6 +126,7 @@ def parse_args(argv=None):
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
+    _check_confounds_options(args)
     work_dir = args.work_dir or default_work_dir()
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
     _check_folders(args, work_dir)

@@ -132,11 +132,17 @@ class Config:
                 help="fMRIPrep derivatives to take the preprocessed bold, brain mask and confounds from (default: "
                 "preprocess the raw data: motion correction, mask from the data)")
     space: str = option('T1w', '--space', group=PREPROCESSING,
-                help="fMRIPrep output space, e.g. T1w (default) or MNI152NLin2009cAsym:res-2")
+                help="fMRIPrep output space, e.g. T1w (default), MNI152NLin2009cAsym:res-2 or "
+                "MNIPediatricAsym:cohort-1:res-2")
     confounds: tuple = option(None, '--confounds', group=PREPROCESSING,
                 nargs='*', metavar='COLUMN',
                 help="fMRIPrep confounds to regress out: names or globs such as 'cosine*', 'a_comp_cor_*' (default: "
                 "the six motion parameters; give the option with no value for none)")
+    confounds_strategy: str = option(None, '--confounds-strategy', group=PREPROCESSING,
+                choices=('simple', 'scrubbing', 'compcor'),
+                help="with --derivatives, instead of --confounds: regress out the columns that nilearn's "
+                "load_confounds_strategy selects for this denoising strategy (its defaults); trials whose window holds a "
+                "volume it censors (non-steady-state; scrubbing: high motion) are dropped with a warning")
     slice_timing: bool = option(False, '--slice-timing', group=PREPROCESSING,
                 action="store_true",
                 help="correct slice timing from the SliceTiming metadata (raw input)")

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon.bids.collect import Run, collect_participants, collect_runs, load_bids_filters, load_layout
+from bidsrecon.bids.collect import (
+    Run,
+    collect_participants,
+    collect_runs,
+    drop_censored_trials,
+    load_bids_filters,
+    load_layout,
+)
 from bidsrecon.bids.derivatives import (
     SETTINGS_FILE,
     atomic_write_bytes,
@@ -35,7 +42,7 @@ from bidsrecon.bids.validate import ReadSelection, check_dataset
 from bidsrecon.boilerplate import CITATION_FILE, methods_text
 from bidsrecon.console import Callbacks, StageConsole, say
 from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
-from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
 from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
@@ -59,6 +66,7 @@ class RunInputs:
     mask: str = None  # fMRIPrep's brain mask; None for raw input
     confounds: str = None  # fMRIPrep's confounds TSV; None for raw input (motion is estimated)
     confound_columns: tuple = ()
+    censored_volumes: tuple = ()  # --confounds-strategy: volumes nilearn leaves out (0-based)
 
 
 def run_participant_level(config):
@@ -213,6 +221,9 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
         for run in runs:
             check_baseline(run, spec, config.discard_seconds)
     inputs = [_run_inputs(layout, run, config, derivatives, space) for run in runs]
+    if any(run_inputs.censored_volumes for run_inputs in inputs):
+        inputs = _without_censored_runs(subject, inputs, config, training=saved is None)
+        runs = [run_inputs.run for run_inputs in inputs]
 
     work = Path(config.work_dir) / f"sub-{subject}"
     trials_files, baseline_files = [], []
@@ -288,9 +299,18 @@ def check_baseline(run, spec, discard_seconds):
 
 def _run_inputs(layout, run, config, derivatives, space):
     if derivatives:
-        found = find_fmriprep_run(derivatives, raw_run_entities(run.bold), space, config.confounds)
+        found = find_fmriprep_run(derivatives, raw_run_entities(run.bold), space, config.confounds,
+                                  config.confounds_strategy)
+        if found.censored_volumes:
+            run = drop_censored_trials(run, found.censored_volumes, config.delay_seconds,
+                                       f"--confounds-strategy {config.confounds_strategy}")
         return RunInputs(run, found.bold, mask=found.mask, confounds=found.confounds,
-                         confound_columns=tuple(found.confound_columns))
+                         confound_columns=tuple(found.confound_columns), censored_volumes=found.censored_volumes)
+    if run.echoes:
+        raise BidsReconError(
+            f"{run.bold}: a multi-echo run ({len(run.echoes)} echoes); bidsrecon realigns raw runs one echo at a time "
+            "and does not combine echoes: preprocess the dataset with fMRIPrep and give its output with --derivatives "
+            "(its optimally combined run is used)", EXIT_BAD_ARGUMENTS)
     if not config.slice_timing:
         return RunInputs(run, run.bold)
     metadata = layout.get_metadata(run.bold)
@@ -301,6 +321,24 @@ def _run_inputs(layout, run, config, derivatives, space):
         )
     return RunInputs(run, run.bold, slice_timing=list(metadata["SliceTiming"]),
                      slice_encoding_direction=metadata.get("SliceEncodingDirection", "k"))
+
+
+def _without_censored_runs(subject, inputs, config, training=True):
+    """Leave out the runs whose every trial the confounds strategy censored; stop if a split is left empty."""
+    kept = [run_inputs for run_inputs in inputs if len(run_inputs.run.trials)]
+    for run_inputs in inputs:
+        if not len(run_inputs.run.trials):
+            LOGGER.warning("%s: every '%s' trial is censored by --confounds-strategy %s; the run is left out of that "
+                           "set", Path(run_inputs.run.bold).name, run_inputs.run.set_name, config.confounds_strategy)
+    sets = [run_inputs.run.set_name for run_inputs in kept]
+    empty = ("training" if training and TRAINING not in sets
+             else "test" if all(name == TRAINING for name in sets) else None)
+    if empty:
+        raise BidsReconError(
+            f"sub-{subject}: --confounds-strategy {config.confounds_strategy} censors a volume in the window of every "
+            f"{empty} trial; choose another strategy (simple or compcor censor only fMRIPrep's non-steady-state "
+            "volumes) or --confounds", EXIT_NOTHING_SELECTED)
+    return kept
 
 
 def _write_if_changed(path, text):

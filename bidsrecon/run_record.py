@@ -54,9 +54,23 @@ def preprocessing_settings(config):
                     "events), after the linear trend and confounds were regressed out",
             "zscore": "z-score of each voxel over the run, after the linear trend and confounds were regressed out",
         }.get(config.normalise, "n/a"),
+        "Confounds": _confounds_setting(config),
+        "ConfoundsStrategy": config.confounds_strategy if config.derivatives else None,
         "OutlierClipSD": config.clip_sd,
         "OutlierPasses": OUTLIER_PASSES if config.normalise == "rest" else 1,
     }
+
+
+def _confounds_setting(config):
+    """What was regressed out with the trend: the --confounds patterns, or how the columns were chosen."""
+    from bidsrecon.preproc.motion import MOTION_COLUMNS
+
+    if not config.derivatives:
+        return "the six motion parameters of the realignment"
+    if config.confounds_strategy:
+        return (f"the columns nilearn's load_confounds_strategy('{config.confounds_strategy}') selects in each run's "
+                "fMRIPrep confounds; trials whose window holds a volume it censors were dropped")
+    return list(MOTION_COLUMNS if config.confounds is None else config.confounds)
 
 
 def write_provenance(config, subject, started, finished, output_dir=None):

@@ -1,6 +1,7 @@
 """Finding runs and trials: specification sets, BIDS filters, session labels, run length, bad inputs."""
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -349,3 +350,75 @@ def test_participants_come_from_the_folders_without_participants_tsv(tmp_path):
     assert collect_participants(layout, ["sub-02"]) == ["02"]
     with pytest.raises(BidsReconError, match="the dataset has: 01, 02, 03"):
         collect_participants(layout, ["04"])
+
+
+# --- events by inheritance; multi-echo runs ---------------------------------------------------
+
+def _multi_echo(toy, echoes=(1, 2, 3)):
+    """The test run of ``toy`` as a multi-echo run: one bold per echo, the events without echo."""
+    bold = toy / "sub-01/ses-test/func/sub-01_ses-test_task-view_run-01_bold.nii.gz"
+    for echo in echoes:
+        (bold.parent / bold.name.replace("_bold", f"_echo-{echo}_bold")).write_bytes(bold.read_bytes())
+    bold.unlink()
+    return bold.parent
+
+
+def test_echoes_are_one_run_with_the_events_they_share(toy):
+    func = _multi_echo(toy, (1, 2, 10))
+    test_runs = [run for run in collect(toy) if run.set_name == "heldout"]
+    assert len(test_runs) == 1
+    run = test_runs[0]
+    assert run.bold == str(func / "sub-01_ses-test_task-view_run-01_echo-1_bold.nii.gz")
+    assert [Path(echo).name for echo in run.echoes] == [f"sub-01_ses-test_task-view_run-01_echo-{echo}_bold.nii.gz"
+                                                         for echo in (1, 2, 10)]
+    assert run.events == str(func / "sub-01_ses-test_task-view_run-01_events.tsv")
+    assert list(run.trials["stimulus"]) == ["a", "d"]
+    # Single-echo runs list no echoes.
+    assert all(run.echoes == () for run in collect(toy) if run.set_name == "training")
+
+
+def test_events_inherited_from_a_parent_folder(toy):
+    # One events file for the task at the top of the dataset serves every run without its own.
+    func = toy / "sub-01/ses-test/func"
+    (func / "sub-01_ses-test_task-view_run-01_events.tsv").rename(toy / "task-view_events.tsv")
+    test_run = next(run for run in collect(toy) if run.set_name == "heldout")
+    assert test_run.events == str(toy / "task-view_events.tsv")
+    # The nearest file wins over the inherited one; an events file of another run never applies.
+    train = next(run for run in collect(toy) if run.session == "train02")
+    assert train.events.endswith("ses-train02/func/sub-01_ses-train02_task-view_run-01_events.tsv")
+    (toy / "task-view_events.tsv").rename(func / "sub-01_ses-test_task-view_run-02_events.tsv")
+    with pytest.raises(BidsReconError, match="its events file sub-01_ses-test_task-view_run-01_events.tsv is missing"):
+        collect(toy)
+
+
+def test_a_multi_echo_raw_run_is_refused_without_fmriprep(toy, tmp_path):
+    from bidsrecon.cli import parse_args
+    from bidsrecon.participant_level import _run_inputs
+
+    _multi_echo(toy)
+    run = next(run for run in collect(toy) if run.set_name == "heldout")
+    config = parse_args([str(toy), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")])
+    with pytest.raises(BidsReconError) as caught:
+        _run_inputs(load_layout(toy), run, config, None, None)
+    assert caught.value.exit_code == 64
+    assert str(caught.value) == (
+        f"{run.bold}: a multi-echo run (3 echoes); bidsrecon realigns raw runs one echo at a time and does not "
+        "combine echoes: preprocess the dataset with fMRIPrep and give its output with --derivatives (its optimally "
+        "combined run is used)")
+
+
+def test_censored_volumes_drop_the_trials_whose_window_holds_them(toy, caplog):
+    from bidsrecon.bids.collect import drop_censored_trials
+
+    run = next(run for run in collect(toy) if run.session == "train01")
+    # Trials at 4, 12 and 16 s for 4 s; with the 4-s delay their windows are 8-12, 16-20 and 20-24 s.
+    # Volume 4 covers 8-10 s; volume 6 covers 12-14 s, in no window; volume 9 covers 18-20 s.
+    with caplog.at_level(logging.WARNING, logger="bidsrecon"):
+        kept = drop_censored_trials(run, [4, 6, 9], 4.0, "--confounds-strategy scrubbing")
+    assert list(kept.trials["stimulus"]) == ["c"] and list(run.trials["stimulus"]) == ["a", "b", "c"]
+    assert ("sub-01_ses-train01_task-view_run-01_bold.nii.gz: dropped 2 of 3 'training' trials whose window "
+            "(onset + 4 s delay) holds a volume that --confounds-strategy scrubbing censors (3 censored volume(s), "
+            "0-based: 4, 6, 9)") in caplog.text
+    # A volume that only touches a window's edge is not in it.
+    assert len(drop_censored_trials(run, [12], 4.0, "x").trials) == 3  # 24-26 s, after the last window
+    assert drop_censored_trials(run, [], 4.0, "x") is run

@@ -231,8 +231,15 @@ def test_fmriprep_outputs(fmriprep_dataset):
                        "framewise_displacement", "global_signal", "csf", "white_matter",
                        "a_comp_cor_00", "a_comp_cor_04", "cosine00"):
             assert column in table.columns
-        assert np.isnan(table["framewise_displacement"][0])
-        assert not table.drop(columns="framewise_displacement").isna().any().any()
+        # n/a only in the first row of the difference-based columns, as fMRIPrep writes them.
+        differences = [column for column in table.columns if column in ("framewise_displacement", "dvars", "std_dvars")
+                       or column.endswith(("_derivative1", "_derivative1_power2"))]
+        assert len(differences) == 2 * 9 + 3
+        assert table[differences].iloc[0].isna().all() and not table.iloc[1:].isna().any().any()
+        assert not table.drop(columns=differences).isna().any().any()
+        np.testing.assert_allclose(table["trans_x_derivative1"][1:], np.diff(table["trans_x"]), atol=1e-5)
+        np.testing.assert_allclose(table["csf_power2"], table["csf"] ** 2, rtol=1e-4)  # written with 6 digits
+        assert 0.5 < table["std_dvars"][1:].median() < 2  # standardised: about 1 without artefacts
         # Motion starts at zero: the first raw volume equals the motion-free one; later
         # ones differ by the movement recorded in the confounds.
         raw = nib.load(raw_file).get_fdata()

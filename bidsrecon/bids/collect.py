@@ -11,10 +11,17 @@ Which runs are looked at:
 - ``--session-label`` and ``--task-label`` (``ses-``/``task-`` prefixes optional): runs must
   also have one of these labels;
 - the specification then sorts the runs into its sets (:mod:`bidsrecon.spec`).
+
+A run's events file is found by the BIDS inheritance principle: the ``_events.tsv`` whose
+entities are all the run's (``echo-`` and ``part-`` aside) in the run's folder or a parent
+folder, the nearest and then the most specific winning. The echoes of a multi-echo run
+(``_echo-1_bold``, ``_echo-2_bold``, …) are one run: its first echo stands for it, with the
+others listed in ``Run.echoes``.
 """
 import json
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -47,6 +54,7 @@ class Run:
     set_name: str
     trials: pd.DataFrame  # onset, duration, stimulus, repeat (+ stim_file when events have it)
     baseline: pd.DataFrame = None  # onset, duration of the specification's rest rows; None: it names none
+    echoes: tuple = ()  # a multi-echo run: every echo's bold file, ``bold`` the first; empty for one echo
 
     @property
     def label(self):
@@ -197,7 +205,7 @@ def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_
     selection = _describe_selection(sessions, tasks, bids_filters)
     sets = spec.sets if training else spec.tests
     runs, matched = [], {trial_set.name: 0 for trial_set in sets}
-    for bold in _query_bold(layout, subject, bids_filters):
+    for bold, echoes in _group_echoes(_query_bold(layout, subject, bids_filters)):
         entities = _entity_labels(bold.get_entities())
         if (sessions and entities["session"] not in sessions) or (tasks and entities["task"] not in tasks):
             continue
@@ -206,7 +214,7 @@ def collect_runs(layout, subject, spec, task_labels=None, delay=4.0, *, session_
             continue
         for trial_set in trial_sets:
             matched[trial_set.name] += 1
-        runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs, spec.baseline)
+        runs += _read_run(layout, bold.path, entities, trial_sets, delay, cut_runs, spec.baseline, echoes)
     _check_no_leak(runs)
     _check_selection(subject, spec, sets, runs, matched, selection)
     return runs
@@ -291,17 +299,55 @@ def read_baseline(events_path, filters):
     return pd.DataFrame({"onset": rows["onset"].astype(float).to_numpy(), "duration": _durations(rows, events_path)})
 
 
-def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs, baseline=()):
+def _read_run(layout, bold_path, entities, trial_sets, delay, cut_runs, baseline=(), echoes=()):
     """The Run entries of one bold file, one per set with trials."""
-    events = _events_path(bold_path)
+    events = _events_path(layout, bold_path)
     tr = _repetition_time(layout, bold_path)
     n_volumes = bold_volumes(bold_path)
     trials = {trial_set.name: read_trials(events, trial_set) for trial_set in trial_sets}
     trials = _fit_to_run(trials, Path(bold_path).name, n_volumes, tr, delay, cut_runs)
     rest = read_baseline(events, baseline) if baseline else None
     return [Run(bold_path, events, tr, n_volumes, entities["session"], entities["task"], entities["run"],
-                name, table, rest)
+                name, table, rest, tuple(echoes))
             for name, table in trials.items() if len(table)]
+
+
+def drop_censored_trials(run, censored, delay, why):
+    """``run`` without the trials whose window holds a censored volume, with a warning counting them.
+
+    A trial's window is the one its block sample averages: ``[onset + delay, onset + duration +
+    delay)``, volume ``v`` covering ``[v * tr, (v + 1) * tr)``. The same window is used with
+    ``--samples lss``, where it holds the peak of the trial's modelled response.
+
+    Parameters
+    ----------
+    run : Run
+    censored : sequence of int
+        0-based volumes to leave out.
+    delay : float
+        Haemodynamic delay (s).
+    why : str
+        What censored them, for the warning (``--confounds-strategy scrubbing``).
+
+    Returns
+    -------
+    Run
+        A copy whose ``trials`` may be empty.
+    """
+    censored = np.asarray(sorted(set(censored)), dtype=float)
+    if not censored.size or not len(run.trials):
+        return run
+    starts = run.trials["onset"].to_numpy(dtype=float) + delay
+    ends = starts + run.trials["duration"].to_numpy(dtype=float)
+    # Volume v overlaps the window when it starts before the window ends and ends after it starts.
+    hit = ((censored[None, :] * run.tr < ends[:, None] - 1e-6)
+           & ((censored[None, :] + 1) * run.tr > starts[:, None] + 1e-6)).any(axis=1)
+    if hit.any():
+        shown = ", ".join(str(int(v)) for v in censored[:10]) + (f" and {censored.size - 10} more" if censored.size > 10 else "")
+        LOGGER.warning("%s: dropped %d of %d '%s' trials whose window (onset + %g s delay) holds a volume that %s "
+                       "censors (%d censored volume(s), 0-based: %s)", Path(run.bold).name, int(hit.sum()),
+                       len(run.trials), run.set_name, delay, why, censored.size, shown)
+    return replace(run, trials=run.trials[~hit].reset_index(drop=True))
 
 
 def _fit_to_run(trials, run_name, n_volumes, tr, delay, cut_runs):
@@ -340,6 +386,32 @@ def _query_bold(layout, subject, bids_filters):
         return layout.get(**query)
     except ValueError as error:
         raise BidsReconError(f"--bids-filter-file: {error}") from None
+
+
+def _group_echoes(bolds):
+    """(first echo, all echoes' paths) per run: the echoes of a multi-echo run are one run.
+
+    Files without an ``echo-`` entity, or the only echo of their run, stand alone with no
+    echoes listed.
+    """
+    groups = {}
+    for bold in bolds:
+        echo = bold.get_entities().get("echo")
+        key = _ECHO.sub("_", bold.path) if echo is not None else bold.path
+        groups.setdefault(key, []).append((_echo_number(echo), bold))
+    for members in groups.values():
+        members.sort(key=lambda member: member[0])
+        first = members[0][1]
+        yield first, tuple(bold.path for _, bold in members) if len(members) > 1 else ()
+
+
+_ECHO = re.compile(r"_echo-[a-zA-Z0-9]+_")
+
+
+def _echo_number(echo):
+    if echo is None:
+        return None
+    return (0, int(echo), "") if str(echo).isdigit() else (1, 0, str(echo))
 
 
 def _entity_labels(entities):
@@ -444,13 +516,37 @@ def _first_non_utf8(path):
     return "an undecodable byte"
 
 
-def _events_path(bold_path):
-    name = Path(bold_path).name
-    stem = name[: name.rindex("_bold")]
-    events = Path(bold_path).with_name(f"{stem}_events.tsv")
-    if not events.is_file():
-        raise BidsReconError(f"{bold_path}: its events file {events.name} is missing", EXIT_INPUT_MISSING)
-    return str(events)
+#: Entities of a bold file that its events do not carry: one events file serves every echo and part.
+_NOT_IN_EVENTS = ("echo", "part")
+#: pybids' entities that are not in a file name's key-value pairs.
+_NOT_ENTITIES = ("suffix", "extension", "datatype")
+
+
+def _events_path(layout, bold_path):
+    """The events file of a bold run, by the BIDS inheritance principle (see the module docstring)."""
+    bold = layout.get_file(bold_path)
+    entities = {key: value for key, value in bold.get_entities().items()
+                if key not in _NOT_ENTITIES + _NOT_IN_EVENTS}
+    folder = Path(bold_path).parent
+    candidates = []
+    for events in layout.get(suffix="events", extension=".tsv", task=entities.get("task")):
+        own = {key: value for key, value in events.get_entities().items() if key not in _NOT_ENTITIES}
+        where = Path(events.path).parent
+        if (where == folder or where in folder.parents) and all(
+                key in entities and entities[key] == value for key, value in own.items()):
+            candidates.append((len(where.parts), len(own), events.path))
+    expected = _ECHO.sub("_", Path(bold_path).name)
+    expected = re.sub(r"_part-[a-zA-Z0-9]+_", "_", expected)
+    expected = expected[: expected.rindex("_bold")] + "_events.tsv"
+    if not candidates:
+        raise BidsReconError(f"{bold_path}: its events file {expected} is missing (nor does a parent folder hold one "
+                             "that applies to it)", EXIT_INPUT_MISSING)
+    candidates.sort(reverse=True)
+    if len(candidates) > 1 and candidates[0][:2] == candidates[1][:2]:
+        names = ", ".join(Path(path).name for *_, path in candidates[:2])
+        raise BidsReconError(f"{bold_path}: several events files apply to it equally ({names}); keep one "
+                             f"(name it {expected})")
+    return candidates[0][2]
 
 
 def _repetition_time(layout, bold_path):

@@ -1,18 +1,21 @@
-"""fMRIPrep derivatives as input: ``--derivatives``, ``--space`` and ``--confounds``.
+"""fMRIPrep derivatives as input: ``--derivatives``, ``--space``, ``--confounds`` and ``--confounds-strategy``.
 
 For each raw run, the preprocessed bold in the chosen output space, its brain mask and its
 confounds table are looked up with pybids in the derivative folders the user names (modern
 fMRIPrep names, REFERENCE.md §6)::
 
-    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_res-N]_desc-preproc_bold.nii.gz
-    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_res-N]_desc-brain_mask.nii.gz
-    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_desc-confounds_timeseries.tsv
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_cohort-C][_res-N]_desc-preproc_bold.nii.gz
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_space-S[_cohort-C][_res-N]_desc-brain_mask.nii.gz
+    sub-X[_ses-Y]_task-T[_acq-A][_run-R]_desc-confounds_timeseries.tsv (+ .json)
 
-fMRIPrep 1.2-20.1 named the table ``desc-confounds_regressors.tsv``; it is accepted too.
+fMRIPrep 1.2-20.1 named the table ``desc-confounds_regressors.tsv``; it is accepted too. For a
+multi-echo run the optimally combined bold (no ``echo-`` entity) is read; the per-echo files
+that ``--me-output-echos`` adds are not.
 """
 import fnmatch
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,13 @@ RUN_ENTITIES = {
 }
 _BOLD_EXTENSIONS = (".nii.gz", ".nii")
 _CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
+#: nilearn's denoising strategies (``load_confounds_strategy``) that ``--confounds-strategy`` offers.
+#: ``ica_aroma`` is left out: it reads ``desc-smoothAROMAnonaggr_bold`` files, which fMRIPrep >= 24
+#: no longer writes.
+CONFOUNDS_STRATEGIES = ("simple", "scrubbing", "compcor")
+# pybids 0.22 does not know fMRIPrep's cohort- entity (templates such as MNIPediatricAsym:cohort-1).
+_COHORT_CONFIG = {"name": "bidsrecon_cohort",
+                  "entities": [{"name": "cohort", "pattern": "[_/\\\\]+cohort-([a-zA-Z0-9]+)"}]}
 
 
 @dataclass(frozen=True)
@@ -53,21 +63,26 @@ class DerivativeDataset:
 
 @dataclass(frozen=True)
 class OutputSpace:
-    """An output space as fMRIPrep's ``--output-spaces`` spells it: ``SPACE[:res-N]``.
+    """An output space as fMRIPrep's ``--output-spaces`` spells it: ``SPACE[:cohort-N][:res-N]``.
 
     Attributes
     ----------
     name : str
-        ``T1w``, ``MNI152NLin2009cAsym``, …
+        ``T1w``, ``MNI152NLin2009cAsym``, ``MNIPediatricAsym``, …
     resolution : str or None
         The ``res-`` label; None accepts the only resolution present.
+    cohort : str or None
+        The ``cohort-`` label of templates with cohorts (``MNIPediatricAsym:cohort-1``); None
+        accepts the only cohort present.
     """
 
     name: str
     resolution: str = None
+    cohort: str = None
 
     def __str__(self):
-        return self.name if self.resolution is None else f"{self.name}:res-{self.resolution}"
+        return "".join([self.name, f":cohort-{self.cohort}" if self.cohort is not None else "",
+                        f":res-{self.resolution}" if self.resolution is not None else ""])
 
 
 @dataclass(frozen=True)
@@ -83,13 +98,19 @@ class FmriprepRun:
     confounds : str
         Its confounds table (``desc-confounds_timeseries.tsv``).
     confound_columns : tuple of str
-        The columns that ``--confounds`` selects in that table, in table order.
+        The columns that ``--confounds`` (or nilearn's ``--confounds-strategy``) selects in that
+        table, in table order.
     n_volumes : int
         Volumes of the preprocessed bold (equal to the confounds' rows).
     space : str
         The space found, written ``SPACE[:res-N]``.
     derivatives : str
         Root of the derivative folder that held the three files.
+    confounds_strategy : str or None
+        The ``--confounds-strategy`` that chose ``confound_columns``; None for ``--confounds``.
+    censored_volumes : tuple of int
+        Volumes (0-based) that the strategy leaves out: those outside nilearn's sample mask
+        (non-steady-state volumes, and with ``scrubbing`` the high-motion ones). Empty otherwise.
     """
 
     bold: str
@@ -99,6 +120,8 @@ class FmriprepRun:
     n_volumes: int
     space: str
     derivatives: str
+    confounds_strategy: str = None
+    censored_volumes: tuple = ()
 
 
 def parse_derivatives(values):
@@ -155,12 +178,13 @@ def _pipeline_name(description_file):
 
 
 def parse_space(value=DEFAULT_SPACE):
-    """Check a ``--space`` value: ``SPACE`` or ``SPACE:res-N`` (fMRIPrep's ``--output-spaces`` syntax).
+    """Check a ``--space`` value: ``SPACE[:cohort-N][:res-N]`` (fMRIPrep's ``--output-spaces`` syntax).
 
     Parameters
     ----------
     value : str
-        E.g. ``T1w``, ``MNI152NLin2009cAsym``, ``MNI152NLin2009cAsym:res-2``.
+        E.g. ``T1w``, ``MNI152NLin2009cAsym``, ``MNI152NLin2009cAsym:res-2``,
+        ``MNIPediatricAsym:cohort-1:res-2`` (the modifiers in either order, each at most once).
 
     Returns
     -------
@@ -171,13 +195,19 @@ def parse_space(value=DEFAULT_SPACE):
     BidsReconError
         Exit 64 when the value is not of that form.
     """
-    name, _, modifier = value.partition(":")
-    resolution = modifier.removeprefix("res-") if modifier.startswith("res-") else None
-    if not is_label(name) or (modifier and not is_label(resolution)):
+    name, *modifiers = value.split(":")
+    labels = {}
+    for modifier in modifiers:
+        key, _, label = modifier.partition("-")
+        if key not in ("res", "cohort") or key in labels or not is_label(label):
+            labels = None
+            break
+        labels[key] = label
+    if not is_label(name) or labels is None:
         raise BidsReconError(
-            f"--space {value!r}: expected SPACE or SPACE:res-N with alphanumeric labels, e.g. T1w, "
-            "MNI152NLin2009cAsym or MNI152NLin2009cAsym:res-2", EXIT_BAD_ARGUMENTS)
-    return OutputSpace(name, resolution)
+            f"--space {value!r}: expected SPACE, SPACE:res-N or SPACE:cohort-N:res-N with alphanumeric labels, "
+            "e.g. T1w, MNI152NLin2009cAsym:res-2 or MNIPediatricAsym:cohort-1:res-2", EXIT_BAD_ARGUMENTS)
+    return OutputSpace(name, labels.get("res"), labels.get("cohort"))
 
 
 def index_derivatives(datasets):
@@ -193,7 +223,9 @@ def index_derivatives(datasets):
     """
     from bids import BIDSLayout
 
-    return [(dataset, BIDSLayout(str(dataset.root), validate=False, is_derivative=True)) for dataset in datasets]
+    return [(dataset, BIDSLayout(str(dataset.root), validate=False, is_derivative=True,
+                                 config=["bids", "derivatives", _COHORT_CONFIG]))
+            for dataset in datasets]
 
 
 def raw_run_entities(bold_path):
@@ -214,12 +246,13 @@ def raw_run_entities(bold_path):
     return {key: str(entities[key]) for key in RUN_ENTITIES if entities.get(key) not in (None, "")}
 
 
-def find_fmriprep_run(indexed, entities, space=None, confounds=None):
+def find_fmriprep_run(indexed, entities, space=None, confounds=None, strategy=None):
     """Locate the preprocessed bold, brain mask and confounds of one raw run.
 
     The folders are searched in order; the first one holding the run's preprocessed bold in
     ``space`` must also hold its mask and confounds, so that the three files come from one
-    fMRIPrep run.
+    fMRIPrep run. Of a multi-echo run, the optimally combined bold (no ``echo-`` entity) is
+    taken.
 
     Parameters
     ----------
@@ -234,6 +267,10 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
     confounds : sequence of str, optional
         Column names or glob patterns for :func:`resolve_confound_columns`; default the six
         motion parameters.
+    strategy : str, optional
+        One of :data:`CONFOUNDS_STRATEGIES`: the columns (and censored volumes) are those
+        nilearn's ``load_confounds_strategy`` selects (:func:`strategy_confounds`). Not with
+        ``confounds``.
 
     Returns
     -------
@@ -242,13 +279,17 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
     Raises
     ------
     BidsReconError
-        Exit 66 naming the run and the file pattern looked for when a file is missing; exit 64
-        when a pattern matches several files (e.g. two resolutions: give ``SPACE:res-N``) or a
-        confounds pattern matches no column; exit 64 when the confounds' rows differ from the
-        bold's volumes.
+        Exit 66 naming the run and the file pattern looked for when a file is missing, or when
+        only the per-echo bold files of a multi-echo run are there; exit 64 when a pattern
+        matches several files (e.g. two resolutions: give ``SPACE:res-N``) or a confounds
+        pattern matches no column; exit 64 when the confounds' rows differ from the bold's
+        volumes, or when the strategy does not fit the confounds table.
     """
     if not indexed:
         raise ValueError("no derivative folders to search; give --derivatives")
+    if strategy is not None and confounds is not None:
+        raise BidsReconError("give --confounds or --confounds-strategy, not both: the strategy chooses the "
+                             "columns itself", EXIT_BAD_ARGUMENTS)
     space = parse_space(space) if isinstance(space, str) else (space or OutputSpace(DEFAULT_SPACE))
     run = {key: value for key, value in entities.items() if key in RUN_ENTITIES and value not in (None, "")}
     for key in ("subject", "task"):
@@ -259,10 +300,13 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
     bold_query = {"space": space.name, "desc": "preproc", "suffix": "bold", "extension": list(_BOLD_EXTENSIONS)}
     if space.resolution is not None:
         bold_query["res"] = space.resolution
+    if space.cohort is not None:
+        bold_query["cohort"] = space.cohort
     for dataset, layout in indexed:
         bold = _unique(layout, run, bold_query, run_label)
         if bold is not None:
             break
+        _refuse_echoes_only(dataset, layout, run, bold_query, run_label)
     else:
         roots = ", ".join(str(dataset.root) for dataset, _ in indexed)
         raise BidsReconError(
@@ -271,10 +315,10 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
 
     # The mask takes the space and resolution of the bold actually found.
     found = bold.get_entities()
-    mask_query = {"space": space.name, "res": found.get("res", _none()), "desc": "brain", "suffix": "mask",
-                  "extension": list(_BOLD_EXTENSIONS)}
-    confounds_query = {"space": _none(), "desc": "confounds", "suffix": list(_CONFOUNDS_SUFFIXES),
-                       "extension": ".tsv"}
+    mask_query = {"space": space.name, "res": found.get("res", _none()), "cohort": found.get("cohort", _none()),
+                  "desc": "brain", "suffix": "mask", "extension": list(_BOLD_EXTENSIONS)}
+    confounds_query = {"space": _none(), "cohort": _none(), "desc": "confounds",
+                       "suffix": list(_CONFOUNDS_SUFFIXES), "extension": ".tsv"}
     files = {}
     for kind, query in (("brain mask", mask_query), ("confounds", confounds_query)):
         files[kind] = _unique(layout, run, query, run_label)
@@ -284,23 +328,94 @@ def find_fmriprep_run(indexed, entities, space=None, confounds=None):
                 f"{kind}: looked for {_pattern(run, query)}", EXIT_INPUT_MISSING)
 
     confounds_path = files["confounds"].path
-    columns = resolve_confound_columns(_table_columns(confounds_path), confounds, confounds_path)
     n_volumes = bold_volumes(bold.path)
     n_rows = len(pd.read_csv(confounds_path, sep="\t", usecols=[0]))
     if n_rows != n_volumes:
         raise BidsReconError(
             f"{confounds_path} has {n_rows} rows but {bold.path} has {n_volumes} volumes; "
             "they must come from the same fMRIPrep run")
-    resolution = found.get("res")
+    censored = ()
+    if strategy is None:
+        columns = resolve_confound_columns(_table_columns(confounds_path), confounds, confounds_path)
+    else:
+        columns, censored = strategy_confounds(bold.path, confounds_path, strategy)
+    resolution, cohort = found.get("res"), found.get("cohort")
     return FmriprepRun(
         bold=bold.path,
         mask=files["brain mask"].path,
         confounds=confounds_path,
         confound_columns=tuple(columns),
         n_volumes=n_volumes,
-        space=str(OutputSpace(space.name, str(resolution) if resolution is not None else None)),
+        space=str(OutputSpace(space.name, None if resolution is None else str(resolution),
+                              None if cohort is None else str(cohort))),
         derivatives=str(dataset.root),
+        confounds_strategy=strategy,
+        censored_volumes=tuple(censored),
     )
+
+
+def strategy_confounds(bold_path, confounds_path, strategy):
+    """The columns and censored volumes of nilearn's denoising ``strategy`` for one fMRIPrep run.
+
+    nilearn's ``load_confounds_strategy`` finds the confounds table (and its JSON sidecar) next
+    to ``bold_path`` by fMRIPrep's naming; its default parameters for the strategy are used.
+    bidsrecon regresses out the columns nilearn selects, read from the table as with
+    ``--confounds`` (``n/a`` as 0; nilearn's demeaning changes nothing, as a constant is
+    regressed out too), and the volumes outside nilearn's sample mask are censored.
+
+    Parameters
+    ----------
+    bold_path : str
+        fMRIPrep's ``desc-preproc_bold`` file.
+    confounds_path : str
+        Its confounds table, as found by :func:`find_fmriprep_run` (named in messages; nilearn
+        finds the same file by its own rules).
+    strategy : str
+        One of :data:`CONFOUNDS_STRATEGIES`.
+
+    Returns
+    -------
+    columns : list of str
+        In the table's order.
+    censored : list of int
+        0-based volumes outside nilearn's sample mask (non-steady-state volumes and, with
+        ``scrubbing``, high-motion ones), ascending; empty when nilearn keeps every volume.
+
+    Raises
+    ------
+    BidsReconError
+        Exit 66 when ``compcor`` lacks the confounds' JSON sidecar; exit 64 when the table lacks
+        what the strategy needs.
+    """
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    if strategy not in CONFOUNDS_STRATEGIES:
+        raise BidsReconError(f"--confounds-strategy {strategy!r}: choose one of {', '.join(CONFOUNDS_STRATEGIES)}",
+                             EXIT_BAD_ARGUMENTS)
+    sidecar = Path(confounds_path).with_suffix(".json")
+    if strategy == "compcor" and not sidecar.is_file():
+        raise BidsReconError(
+            f"{confounds_path}: --confounds-strategy compcor needs its JSON sidecar {sidecar.name}, which fMRIPrep "
+            "writes next to it (it says which a_comp_cor columns come from the combined WM+CSF mask); copy it from "
+            "fMRIPrep's output, or choose another strategy", EXIT_INPUT_MISSING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # nilearn's notices of changed defaults
+            selected, sample_mask = load_confounds_strategy(str(bold_path), denoise_strategy=strategy)
+    except ValueError as error:  # nilearn's message for a missing column or file
+        raise BidsReconError(
+            f"{confounds_path}: nilearn's '{strategy}' denoising strategy cannot use it ({' '.join(str(error).split())}); "
+            "choose another --confounds-strategy, or name the columns with --confounds", EXIT_BAD_ARGUMENTS) from None
+    available = _table_columns(confounds_path)
+    names = set(selected.columns) if selected is not None else set()
+    unknown = sorted(names - set(available))
+    if unknown:  # nilearn made columns of its own: they cannot be read from the table
+        raise BidsReconError(f"{confounds_path}: nilearn's '{strategy}' strategy selects {', '.join(unknown)}, "
+                             "which are not columns of the table; name the columns with --confounds",
+                             EXIT_BAD_ARGUMENTS)
+    n_volumes = len(pd.read_csv(confounds_path, sep="\t", usecols=[0]))
+    censored = [] if sample_mask is None else sorted(set(range(n_volumes)) - {int(i) for i in sample_mask})
+    return [column for column in available if column in names], censored
 
 
 def _none():
@@ -311,19 +426,33 @@ def _none():
 
 def _query_entities(run):
     # Entities a run lacks must be absent from the derivative too; run labels are matched as numbers.
-    query = {key: _none() for key in RUN_ENTITIES}
+    query = {key: _none() for key in (*RUN_ENTITIES, "echo")}
     query.update({key: int(value) if key == "run" else value for key, value in run.items()})
     return query
 
 
 def _unique(layout, run, query, run_label):
-    matches = layout.get(**_query_entities(run), **query)
+    matches = layout.get(**{**_query_entities(run), **query})
     if len(matches) > 1:
         names = ", ".join(sorted(Path(match.path).name for match in matches))
         raise BidsReconError(
             f"run {run_label} matches several files in {layout.root}: {names}; choose one "
-            "(for several resolutions, give --space SPACE:res-N)", EXIT_BAD_ARGUMENTS)
+            "(for several resolutions or cohorts, give --space SPACE:res-N or SPACE:cohort-N:res-N)",
+            EXIT_BAD_ARGUMENTS)
     return matches[0] if matches else None
+
+
+def _refuse_echoes_only(dataset, layout, run, bold_query, run_label):
+    """Stop when a folder holds a multi-echo run's per-echo bold files but not the combined one."""
+    from bids.layout import Query
+
+    echoes = layout.get(**{**_query_entities(run), **bold_query, "echo": Query.ANY})
+    if echoes:
+        names = ", ".join(sorted(Path(echo.path).name for echo in echoes))
+        raise BidsReconError(
+            f"{dataset.name} ({dataset.root}) holds only per-echo preprocessed bold files of run {run_label} "
+            f"({names}); bidsrecon reads fMRIPrep's optimally combined run, {_pattern(run, bold_query)}, which "
+            "fMRIPrep writes for every multi-echo run: copy it next to them", EXIT_INPUT_MISSING)
 
 
 def _run_label(run):
@@ -334,7 +463,7 @@ def _pattern(run, query):
     """The file name a query looks for, with ``[...]`` for what may vary."""
     folder = f"sub-{run['subject']}/" + (f"ses-{run['session']}/" if "session" in run else "") + "func/"
     parts = [_run_label(run)]
-    for entity in ("space", "res", "desc"):
+    for entity in ("space", "cohort", "res", "desc"):
         value = query.get(entity)
         if isinstance(value, str):
             parts.append(f"{entity}-{value}")

@@ -1,9 +1,12 @@
 """fMRIPrep-style confounds of a simulated run (desc-confounds_timeseries.tsv).
 
-Columns follow fMRIPrep's names: global_signal, csf, white_matter, the six rigid-body
-parameters, framewise_displacement (Power et al. 2012; n/a in the first row),
-a_comp_cor_00..04 (principal components of the high-pass-filtered noise-tissue time
-series) and cosineNN (a discrete cosine basis for a 128-s high-pass filter).
+Columns follow fMRIPrep's names: global_signal, csf, white_matter and the six rigid-body
+parameters, each followed by its expansions ``_derivative1`` (backward difference, n/a in the
+first row), ``_power2`` and ``_derivative1_power2`` as fMRIPrep writes them; std_dvars and dvars
+(n/a in the first row); framewise_displacement (Power et al. 2012; n/a in the first row);
+a_comp_cor_00..04 (principal components of the high-pass-filtered noise-tissue time series)
+and cosineNN (a discrete cosine basis for a 128-s high-pass filter). The expansions, DVARS and
+the JSON sidecar are what nilearn's ``load_confounds_strategy`` reads.
 """
 import numpy as np
 import pandas as pd
@@ -56,6 +59,44 @@ def framewise_displacement(motion):
     return np.concatenate([[np.nan], displacement])
 
 
+def expansions(name, series):
+    """A column and fMRIPrep's expansions of it: ``_derivative1`` (n/a first), ``_power2``,
+    ``_derivative1_power2``."""
+    derivative = np.concatenate([[np.nan], np.diff(series)])
+    return {name: series, f"{name}_derivative1": derivative, f"{name}_power2": series ** 2,
+            f"{name}_derivative1_power2": derivative ** 2}
+
+
+def dvars(series):
+    """DVARS and standardised DVARS (Power et al. 2012; Nichols 2017), n/a in the first row.
+
+    Parameters
+    ----------
+    series : ndarray, shape (n_volumes, n_voxels)
+        The brain's voxel time series.
+
+    Returns
+    -------
+    dvars, std_dvars : ndarray, shape (n_volumes,)
+        DVARS is the RMS over voxels of the backward differences; the standardised one divides
+        it by its expectation for temporally autocorrelated noise, sqrt(2 (1 - AR1)) times each
+        voxel's robust SD (the interquartile range / 1.349), averaged over voxels, as Nipype's
+        ``compute_dvars`` that fMRIPrep uses.
+    """
+    series = np.asarray(series, dtype=np.float64)
+    differences = np.diff(series, axis=0)
+    value = np.sqrt((differences ** 2).mean(axis=1))
+    quartiles = np.percentile(series, [25, 75], axis=0)
+    robust_sd = (quartiles[1] - quartiles[0]) / 1.349
+    centred = series - series.mean(axis=0)
+    variance = (centred ** 2).sum(axis=0)
+    ar1 = np.divide((centred[1:] * centred[:-1]).sum(axis=0), variance, out=np.zeros_like(variance),
+                    where=variance > 0)
+    expected = (np.sqrt(np.clip(2 * (1 - ar1), 0, None)) * robust_sd).mean()
+    standardised = value / expected if expected > 0 else np.zeros_like(value)
+    return np.concatenate([[np.nan], value]), np.concatenate([[np.nan], standardised])
+
+
 def _acompcor(series, cosines):
     """Leading principal components of high-pass-filtered, variance-normalised series.
 
@@ -99,11 +140,15 @@ def confounds(volumes, motion, brain_mask, visual_mask, tr):
     csf, white_matter = tissue_masks(brain_mask, visual_mask)
     cosines = cosine_basis(volumes.shape[3], tr)
     components, singular, explained = _acompcor(volumes[csf | white_matter].T, cosines)
+    dvars_values, std_dvars = dvars(volumes[brain_mask].T)
     columns = {
-        "global_signal": volumes[brain_mask].mean(axis=0),
-        "csf": volumes[csf].mean(axis=0),
-        "white_matter": volumes[white_matter].mean(axis=0),
-        **{name: motion[:, index] for index, name in enumerate(MOTION_COLUMNS)},
+        **expansions("global_signal", volumes[brain_mask].mean(axis=0)),
+        **expansions("csf", volumes[csf].mean(axis=0)),
+        **expansions("white_matter", volumes[white_matter].mean(axis=0)),
+        **{column: values for index, name in enumerate(MOTION_COLUMNS)
+           for column, values in expansions(name, motion[:, index]).items()},
+        "std_dvars": std_dvars,
+        "dvars": dvars_values,
         "framewise_displacement": framewise_displacement(motion),
         **{f"a_comp_cor_{index:02d}": components[:, index] for index in range(components.shape[1])},
         **{f"cosine{index:02d}": cosines[:, index] for index in range(cosines.shape[1])},
@@ -115,6 +160,8 @@ def confounds(volumes, motion, brain_mask, visual_mask, tr):
         "framewise_displacement": {
             "Description": "Framewise displacement (Power et al. 2012), rotations at 50 mm.",
             "Units": "mm"},
+        "dvars": {"Description": "RMS over brain voxels of the backward differences (Power et al. 2012)."},
+        "std_dvars": {"Description": "DVARS over its expectation for autocorrelated noise (Nichols 2017)."},
         **{name: {"Description": f"True simulated head motion ({name}).",
                   "Units": "mm" if name.startswith("trans") else "rad"} for name in MOTION_COLUMNS},
         **{f"a_comp_cor_{index:02d}": {
