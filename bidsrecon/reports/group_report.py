@@ -1,7 +1,7 @@
 """The group report ``group/group.html``: the participants' results side by side.
 
-Sections: Summary (participants, with links to their own reports, and each metric's mean ± s.e.m.
-per test set), Identification (bars: mean ± s.e.m. over participants, a dot per participant,
+Sections: Summary (participants, with links to their own reports, each metric's mean ± s.e.m.
+per test set, and each participant's count of warnings and crash files), Identification (bars: mean ± s.e.m. over participants, a dot per participant,
 chance dashed), one section per test set (a row of presented images, then one row of
 reconstructions per participant, each with its identification score), and the per-participant table.
 """
@@ -12,7 +12,7 @@ import pandas as pd
 from bidsrecon import __version__
 from bidsrecon.bids.derivatives import atomic_write_text
 from bidsrecon.reports import html, plots
-from bidsrecon.reports.outputs import read_items
+from bidsrecon.reports.outputs import crash_files, read_items, read_warnings
 from bidsrecon.reports.participant_report import methods_section
 
 THUMBNAIL_PX = 128  # shown at 80 px; many participants x items must keep the file small
@@ -56,7 +56,24 @@ def summary_section(output_dir, labels, wide, tidy, descriptions):
     encoders = ", ".join(sorted(set(wide["encoder"].astype(str)))) if "encoder" in wide.columns else "n/a"
     content = html.definition_list([("Participants", f"{len(labels)}: {links}"), ("Encoder", html.esc(encoders))])
     content += "<h3>Mean ± s.e.m. over participants</h3>"
-    return content + html.table(mean_sem_table(tidy), descriptions, percent=lambda column: False)
+    content += html.table(mean_sem_table(tidy), descriptions, percent=lambda column: False)
+    content += ('<h3>Warnings and errors</h3><p class="note">Per participant, the warnings its run logged and the '
+                "crash files of a later run that failed; each participant's report lists them.</p>")
+    return content + html.table(problems_table(output_dir, labels), PROBLEM_COLUMNS)
+
+
+PROBLEM_COLUMNS = {"warnings": "Warnings the participant's run logged (n/a: outputs of a version that did not "
+                               "record them).",
+                   "crash files": "Crash files of failed steps, from a run after the one whose results are shown."}
+
+
+def problems_table(output_dir, labels):
+    rows = []
+    for label in labels:
+        warnings = read_warnings(output_dir, label)
+        rows.append({"participant": f"sub-{label}", "warnings": len(warnings) if warnings is not None else "n/a",
+                     "crash files": len(crash_files(output_dir, label))})
+    return pd.DataFrame(rows, columns=["participant", *PROBLEM_COLUMNS])
 
 
 def mean_sem_table(tidy):

@@ -32,6 +32,7 @@ h3 { font-size: 1.1em; margin: 1em 0 .4em; }
 p.note, .muted { color: var(--muted); }
 p.unavailable { color: var(--muted); font-style: italic; }
 table { border-collapse: collapse; margin: .4em 0 1em; }
+.wrap-anywhere td:last-child { overflow-wrap: anywhere; }  /* long paths in the last column */
 th, td { border: 1px solid var(--line); padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f2f5f8; }
 th[title] { cursor: help; text-decoration: underline dotted; }
@@ -41,6 +42,7 @@ dl.summary dt { font-weight: 600; }
 dl.summary dd { margin: 0; }
 code, pre { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: .92em; }
 pre { background: #f6f8fa; padding: .6em .8em; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+details pre { max-height: 30em; overflow-y: auto; }
 img.figure { max-width: 100%; height: auto; display: block; margin: .4em 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
 .item { width: 118px; font-size: 12px; text-align: center; }
