@@ -53,8 +53,8 @@ def out(outputs, tmp_path):
     return shutil.copytree(outputs[1], tmp_path / "bidsrecon")
 
 
-def check_in_browser(browser, page, screenshot=None):
-    result = browser.check_page(page, screenshot=screenshot)
+def check_in_browser(browser, page, screenshot=None, measure=None):
+    result = browser.check_page(page, screenshot=screenshot, measure=measure)
     assert result.images > 0
     assert result.broken_images == [], f"{page}: broken images {result.broken_images}"
     assert result.errors == [], f"{page}: console errors {result.errors}"
@@ -184,6 +184,37 @@ def test_the_participant_level_records_its_warnings_and_crash_files(outputs, tmp
     assert not list(out.rglob("*.pklz"))
     text = write_participant_report(out, "01").read_text()
     assert f"<details><summary>{crashes[0].name}: bidsrecon.errors.BidsReconError: A memory limit" in text
+
+
+# What a 1280-px window shows: the page's width, the stimulus names cut off or shortened (participant
+# report: under the images; group report: over the columns), and the identification figure's size.
+PAGE_WIDTH = "document.documentElement.scrollWidth"
+CLIPPED_NAMES = """
+Array.from(document.querySelectorAll('.item .name, .compare thead th[title]'))
+  .filter(name => name.scrollWidth > name.clientWidth || name.textContent !== name.title)
+  .map(name => name.title)
+"""
+NAMES = "document.querySelectorAll('.item .name, .compare thead th[title]').length"
+BARS = """
+(() => { const image = document.querySelector('img[alt="pairwise identification per set"]');
+         return [image.width, image.height, image.naturalWidth]; })()
+"""
+
+
+@pytest.mark.slow
+def test_reports_are_readable_in_a_1280_px_window(browser, outputs, out):
+    """No page scrolls sideways (wide tables scroll in their own box), every stimulus name is shown
+    whole, and the group's identification figure is shown at its own size (its 10-pt labels stay 10 pt)."""
+    for label in ("01", "02"):
+        write_participant_report(out, label)
+    assert main([str(outputs[0]), str(out), "group"]) == 0
+    measure = {"width": PAGE_WIDTH, "clipped": CLIPPED_NAMES, "names": NAMES}
+    participant = check_in_browser(browser, out / "sub-01.html", measure=measure).measured
+    group = check_in_browser(browser, out / "group" / "group.html", measure={**measure, "bars": BARS}).measured
+    for measured in (participant, group):
+        assert measured["width"] <= 1280 and measured["names"] > 0 and measured["clipped"] == [], measured
+    width, height, natural_width = group["bars"]
+    assert width == natural_width <= 1280 and 250 <= height and width / height <= 4, group["bars"]
 
 
 class Html5Checker(HTMLParser):

@@ -1,9 +1,10 @@
 """The group report ``group/group.html``: the participants' results side by side.
 
 Sections: Summary (participants, with links to their own reports, each metric's mean ± s.e.m.
-per test set, and each participant's count of warnings and crash files), Identification (bars: mean ± s.e.m. over participants, a dot per participant,
-chance dashed), one section per test set (a row of presented images, then one row of
-reconstructions per participant, each with its identification score), and the per-participant table.
+per test set, and each participant's count of warnings and crash files), Identification (a panel
+per measure; bars: mean ± s.e.m. over participants, a dot per participant, chance dashed), one
+section per test set (a row of presented images, then one row of reconstructions per participant,
+each with its identification score), and the per-participant table.
 """
 from pathlib import Path
 
@@ -28,14 +29,16 @@ def write_group_report(output_dir, labels, wide, tidy, descriptions):
     output_dir = Path(output_dir)
     sets = list(dict.fromkeys(wide["set"]))
     items = {label: read_items(output_dir, label) for label in labels}
-    identification = [c for c in wide.columns if html.is_identification(c) and pd.api.types.is_numeric_dtype(wide[c])]
+    # Measures no participant has (the evaluation networks not installed) get no panel.
+    identification = [c for c in wide.columns if html.is_identification(c) and pd.api.types.is_numeric_dtype(wide[c])
+                      and wide[c].notna().any()]
 
     sections = [("Summary", summary_section(output_dir, labels, wide, tidy, descriptions))]
     if identification:
         sections.append(("Identification", (
-            '<p class="note">Pairwise identification of each reconstruction against the other items of its set '
-            "(chance 50%, dashed): bars are the mean over participants with the standard error of the mean, "
-            "dots the participants.</p>"
+            '<p class="note">Pairwise identification of each reconstruction against the other items of its set, '
+            "one panel per measure (chance 50%, dashed): bars are the mean over participants with the standard "
+            "error of the mean, dots the participants.</p>"
             + html.figure(plots.identification_bars(wide, identification, sets), "pairwise identification per set"))))
     for set_name in sets:
         sections.append((f"Test set: {set_name}", comparison_table(set_name, items)))
@@ -108,7 +111,7 @@ def comparison_table(set_name, items):
     stimuli = list(dict.fromkeys(stimulus for by_stimulus in in_set.values() for stimulus in by_stimulus))
     if not stimuli:
         return html.unavailable("Reconstructions of this set")
-    header = "".join(f'<th title="{html.esc(s)}">{html.esc(s if len(s) <= 14 else s[:13] + "…")}</th>' for s in stimuli)
+    header = "".join(f'<th title="{html.esc(s)}">{html.esc(s)}</th>' for s in stimuli)  # wrapped by the style sheet
     presented = []
     for stimulus in stimuli:
         item = next(by_stimulus[stimulus] for by_stimulus in in_set.values() if stimulus in by_stimulus)
