@@ -3,7 +3,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +48,13 @@ from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
+from bidsrecon.run_warnings import (
+    copy_crash_files,
+    last_error,
+    recording_warnings,
+    step_warnings,
+    write_warnings_log,
+)
 from bidsrecon.settings_file import settings_toml
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
 from bidsrecon.workflow_control import clean_work_dir, describe_plans, write_graph, write_reports_only
@@ -84,24 +91,28 @@ def run_participant_level(config):
         load_bids_filters(config.bids_filter_file)
     say(f"indexing {config.bids_dir}")
     layout = load_layout(config.bids_dir, config.bids_database_dir)
-    if not config.skip_bids_validation:
-        say("validating it (bids-validator-deno)")
-        validate_input(config)
+    with recording_warnings("validation") as validation:  # the dataset's: every participant's report shows them
+        if not config.skip_bids_validation:
+            say("validating it (bids-validator-deno)")
+            validate_input(config)
     subjects = collect_participants(layout, config.participant_labels)
     with participant_locks(config.work_dir, subjects):
         if config.clean_workdir:
             clean_work_dir(config.work_dir, subjects)
-        _run_participants(config, layout, subjects, **options)
+        _run_participants(config, layout, subjects, validation.rows, **options)
 
 
-def _run_participants(config, layout, subjects, spec, space, rois, derivatives):
+def _run_participants(config, layout, subjects, validation_warnings, spec, space, rois, derivatives):
     # --normalise not given: the specification decides (rest when it names the rest events).
     config = dataclasses.replace(config, normalise=resolve_normalisation(config.normalise, spec))
     derivatives = index_derivatives(derivatives) if derivatives else None
     # Every participant's inputs are checked before any heavy work starts.
     encoder = check_networks(config)
-    plans = [plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder)
-             for subject in subjects]
+    plans = []
+    for subject in subjects:
+        with recording_warnings("inputs") as found:
+            plans.append(plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder))
+        plans[-1].warnings = validation_warnings + found.rows
     preflight(plans)  # every stimulus, bold, trial and output name: all problems at once, nothing written
     say(f"every input checked: {sum(len(plan.runs) for plan in plans)} runs of {len(plans)} participant(s)")
     if config.dry_run:
@@ -182,6 +193,7 @@ class ParticipantPlan:
     fmriprep: bool = False  # the runs are fMRIPrep's preprocessed bold (--derivatives)
     simulated: bool = False  # the dataset was made by bidsrecon's simulator (it gets a noise ceiling)
     sources: list = field(default_factory=list)  # per run, the BIDS URI of the bold file read
+    warnings: list = field(default_factory=list)  # logged while its inputs were checked (run_warnings rows)
 
     @property
     def input_mode(self):
@@ -385,16 +397,21 @@ def _run_workflow(plan, config):
     # imported that is a quarter of a second each, most of a rerun whose steps are all cached.
     # Objects alive now are long-lived: frozen, they are left out of every later collection.
     gc.freeze()
+    started = time.time()
     try:
-        with contextlib.chdir(config.work_dir):
-            workflow.run(plugin=plugin, plugin_args=plugin_args)
+        with contextlib.chdir(config.work_dir), \
+                recording_warnings("workflow", Path(config.work_dir) / workflow.name) as recorder:
+            graph = workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as error:
+        # Into the published outputs (the staged ones are not published): they outlive the work directory.
+        copy_crash_files(crash_dir, subject, started, Path(config.output_dir) / f"sub-{subject}" / "log")
         raise BidsReconError(f"sub-{subject}: {_crash_summary(crash_dir) or error}", 1) from None
     finally:
         gc.unfreeze()  # back to normal collection (main() may be called again in one process)
+    log = staging_dir(config.output_dir) / f"sub-{subject}" / "log"
+    write_warnings_log(log, subject, plan.warnings + step_warnings(graph) + recorder.rows)
     if config.resource_monitor and resources.is_file():
-        atomic_write_bytes(staging_dir(config.output_dir) / f"sub-{subject}" / "log" /
-                           f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
+        atomic_write_bytes(log / f"sub-{subject}_desc-resources_log.jsonl", resources.read_bytes())
 
 
 def _crash_summary(crash_dir):
@@ -402,9 +419,7 @@ def _crash_summary(crash_dir):
     crashes = sorted(Path(crash_dir).glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
     if not crashes:
         return None
-    lines = [line.strip() for line in crashes[-1].read_text().splitlines()
-             if re.match(r"^\s*[\w.]*(Error|Exception)\b", line)]
-    return f"{lines[-1] if lines else 'a step failed'} (details: {crashes[-1]})"
+    return f"{last_error(crashes[-1].read_text()) or 'a step failed'} (details: {crashes[-1]})"
 
 
 def _report(subject, output_dir):

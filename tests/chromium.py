@@ -5,8 +5,9 @@ replies and events on its fd 4, as JSON messages each ended by a NUL byte: no we
 no open port.
 
     with Chromium() as browser:
-        result = browser.check_page(Path("report.html"), screenshot=Path("shot.png"))
-        result.broken_images, result.errors
+        result = browser.check_page(Path("report.html"), screenshot=Path("shot.png"),
+                                    measure={"width": "document.documentElement.scrollWidth"})
+        result.broken_images, result.errors, result.measured["width"]
 """
 import base64
 import fcntl
@@ -36,6 +37,7 @@ class PageCheck:
     broken_images: list
     errors: list = field(default_factory=list)
     title: str = ""
+    measured: dict = field(default_factory=dict)  # check_page's ``measure`` expressions, evaluated
 
 
 class Chromium:
@@ -123,8 +125,10 @@ class Chromium:
 
     # --- what the tests need ---
 
-    def check_page(self, html_file, screenshot=None, width=1280):
-        """Load a file, then report its broken images and console errors; optionally save a full-page PNG."""
+    def check_page(self, html_file, screenshot=None, width=1280, measure=None):
+        """Load a file in a ``width``-px window, then report its broken images and console errors, and the
+        values of the JavaScript expressions of ``measure`` (``{name: expression}``); optionally save a
+        full-page PNG."""
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
@@ -138,6 +142,7 @@ class Chromium:
         result = PageCheck(images=self.evaluate(session, "document.images.length"), broken_images=broken,
                            title=self.evaluate(session, "document.title"))
         result.errors = self._errors(session)
+        result.measured = {name: self.evaluate(session, expression) for name, expression in (measure or {}).items()}
         if screenshot is not None:
             size = self.send("Page.getLayoutMetrics", session)["cssContentSize"]
             height = min(int(size["height"]), 12000)  # a screenshot of a very long page is capped

@@ -16,10 +16,13 @@ import sys
 from html.parser import HTMLParser
 from io import BytesIO
 
+import nibabel as nib
+import numpy as np
+import pandas as pd
 import pytest
 from chromium import CHROMIUM, Chromium
 from PIL import Image
-from test_group import participant_outputs
+from test_group import FAST, participant_outputs
 
 from bidsrecon.cli import main
 from bidsrecon.reports import write_participant_report
@@ -50,8 +53,8 @@ def out(outputs, tmp_path):
     return shutil.copytree(outputs[1], tmp_path / "bidsrecon")
 
 
-def check_in_browser(browser, page, screenshot=None):
-    result = browser.check_page(page, screenshot=screenshot)
+def check_in_browser(browser, page, screenshot=None, measure=None):
+    result = browser.check_page(page, screenshot=screenshot, measure=measure)
     assert result.images > 0
     assert result.broken_images == [], f"{page}: broken images {result.broken_images}"
     assert result.errors == [], f"{page}: console errors {result.errors}"
@@ -81,6 +84,7 @@ def test_participant_report_in_the_browser(browser, out, tmp_path):
         assert line.split("\t")[1].replace("&", "&amp;") in text  # every stimulus is named
     assert "block1" in text and "alpha" in text  # the decoder's penalty per layer
     assert "not available in these outputs" not in text  # sub-01 has every optional file
+    assert 'id="warnings-and-errors"' in text and "No warnings: the run logged none, and no step failed." in text
     provenance = json.loads((out / "sub-01" / "log" / "sub-01_desc-provenance_log.json").read_text())
     assert html.escape(shlex.join(provenance["Command"])) in text  # the exact command
     for package, version in provenance["Versions"].items():  # every version
@@ -97,9 +101,9 @@ def test_participant_report_without_optional_files(browser, out):
     check_in_browser(browser, path)
     text = path.read_text()
     for what in ("Motion traces (qc/ folder)", "tSNR map (qc/ folder)", "Carpet plot (qc/ folder)",
-                 "Command and software versions", "Run time"):
+                 "Command and software versions", "Run time", "Warnings of the run (log/ warnings file)"):
         assert f"{what}" in text
-    assert text.count("not available in these outputs") == 5
+    assert text.count("not available in these outputs") == 6
 
 
 @pytest.mark.slow
@@ -129,6 +133,88 @@ def test_reports_still_work_after_moving_the_outputs(browser, outputs, out, tmp_
     for page in (moved / "sub-01.html", moved / "group" / "group.html"):
         check_in_browser(browser, page)
         assert str(out) not in page.read_text()  # no absolute path to where the outputs were
+
+
+@pytest.mark.slow
+def test_the_reports_show_the_warnings_and_crash_files_of_log(browser, outputs, out):
+    log = out / "sub-01" / "log"
+    (log / "sub-01_desc-warnings_log.tsv").write_text(
+        "step\tsource\tmessage\ninputs\tbidsrecon\trun-01_bold.nii.gz: dropped 1 of 2 'training' trials\n")
+    crash = log / "crash-20250101-120000-user-decode-0a1b.txt"
+    crash.write_text("Node: sub_01_wf.decode_wf.decode\nWorking directory: /work/sub_01_wf/decode_wf/decode\n\n"
+                     "Traceback (most recent call last):\n  File \"x.py\", line 1\nMemoryError: <too> & big\n")
+    path = write_participant_report(out, "01")
+    check_in_browser(browser, path)
+    text = path.read_text()
+    assert "1 warning(s) the run logged" in text and "<td>run-01_bold.nii.gz: dropped 1 of 2 &#x27;training&#x27; trials" \
+        "</td>" in text
+    assert f"<details><summary>{crash.name}: MemoryError: &lt;too&gt; &amp; big</summary><pre>Node: sub_01_wf." in text
+    assert main([str(outputs[0]), str(out), "group"]) == 0
+    group = (out / "group" / "group.html").read_text()
+    for label, warnings, crashes in (("01", 1, 1), ("02", 0, 0)):
+        assert f'<tr><td>sub-{label}</td><td class="number">{warnings}</td><td class="number">{crashes}</td></tr>' \
+            in group
+
+
+@pytest.mark.slow
+def test_the_participant_level_records_its_warnings_and_crash_files(outputs, tmp_path):
+    """A raw run with a voxel without data: its warning reaches log/ and the report, and stays there
+    when the step is cached; a step that fails leaves its crash file (text) in log/."""
+    bids = shutil.copytree(outputs[0], tmp_path / "bids")
+    bold = sorted(bids.glob("sub-01/ses-*/func/*_bold.nii.gz"))[0]
+    image = nib.load(bold)
+    data = image.get_fdata(dtype=np.float32)
+    data[tuple(np.argwhere(data.mean(axis=3) > data.mean())[0])] = np.nan
+    image.header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), bold)
+    out = tmp_path / "bidsrecon"
+    command = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--participant-label", "01", *FAST]
+    log = out / "sub-01" / "log"
+    for _ in ("run", "rerun, every step cached"):
+        assert main(command) == 0
+        table = pd.read_csv(log / "sub-01_desc-warnings_log.tsv", sep="\t")
+        realign = table[table["step"] == "motion correction"]
+        assert len(realign) == 1 and f"{bold.name}: 1 of " in realign["message"].iloc[0], table
+    text = (out / "sub-01.html").read_text()
+    assert f"{len(table)} warning(s) the run logged" in text and html.escape(realign["message"].iloc[0]) in text
+
+    assert main([*command, "--mem", "200M", "--seed", "2"]) == 1  # decoding cannot start under 0.2 GB
+    crashes = list(log.glob("crash-*.txt"))
+    assert len(crashes) == 1 and crashes[0].read_text().startswith("Node: sub_01_wf.decode_wf.decode\n")
+    assert not list(out.rglob("*.pklz"))
+    text = write_participant_report(out, "01").read_text()
+    assert f"<details><summary>{crashes[0].name}: bidsrecon.errors.BidsReconError: A memory limit" in text
+
+
+# What a 1280-px window shows: the page's width, the stimulus names cut off or shortened (participant
+# report: under the images; group report: over the columns), and the identification figure's size.
+PAGE_WIDTH = "document.documentElement.scrollWidth"
+CLIPPED_NAMES = """
+Array.from(document.querySelectorAll('.item .name, .compare thead th[title]'))
+  .filter(name => name.scrollWidth > name.clientWidth || name.textContent !== name.title)
+  .map(name => name.title)
+"""
+NAMES = "document.querySelectorAll('.item .name, .compare thead th[title]').length"
+BARS = """
+(() => { const image = document.querySelector('img[alt="pairwise identification per set"]');
+         return [image.width, image.height, image.naturalWidth]; })()
+"""
+
+
+@pytest.mark.slow
+def test_reports_are_readable_in_a_1280_px_window(browser, outputs, out):
+    """No page scrolls sideways (wide tables scroll in their own box), every stimulus name is shown
+    whole, and the group's identification figure is shown at its own size (its 10-pt labels stay 10 pt)."""
+    for label in ("01", "02"):
+        write_participant_report(out, label)
+    assert main([str(outputs[0]), str(out), "group"]) == 0
+    measure = {"width": PAGE_WIDTH, "clipped": CLIPPED_NAMES, "names": NAMES}
+    participant = check_in_browser(browser, out / "sub-01.html", measure=measure).measured
+    group = check_in_browser(browser, out / "group" / "group.html", measure={**measure, "bars": BARS}).measured
+    for measured in (participant, group):
+        assert measured["width"] <= 1280 and measured["names"] > 0 and measured["clipped"] == [], measured
+    width, height, natural_width = group["bars"]
+    assert width == natural_width <= 1280 and 250 <= height and width / height <= 4, group["bars"]
 
 
 class Html5Checker(HTMLParser):

@@ -164,6 +164,8 @@ STAGING = ".bidsrecon-staging"
 # Where each step of a participant's workflow ran, written by the workflow's sink into log/ and
 # folded into the provenance record by the participant level.
 DEVICES_FILE = "sub-{subject}_desc-devices_log.json"
+# The warnings of a participant's run, in its log/ folder (bidsrecon.run_warnings), for its report.
+WARNINGS_LOG = "sub-{subject}_desc-warnings_log.tsv"
 
 
 def staging_dir(output_dir):

@@ -1,9 +1,10 @@
 """The group report ``group/group.html``: the participants' results side by side.
 
-Sections: Summary (participants, with links to their own reports, and each metric's mean ± s.e.m.
-per test set), Identification (bars: mean ± s.e.m. over participants, a dot per participant,
-chance dashed), one section per test set (a row of presented images, then one row of
-reconstructions per participant, each with its identification score), and the per-participant table.
+Sections: Summary (participants, with links to their own reports, each metric's mean ± s.e.m.
+per test set, and each participant's count of warnings and crash files), Identification (a panel
+per measure; bars: mean ± s.e.m. over participants, a dot per participant, chance dashed), one
+section per test set (a row of presented images, then one row of reconstructions per participant,
+each with its identification score), and the per-participant table.
 """
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 from bidsrecon import __version__
 from bidsrecon.bids.derivatives import atomic_write_text
 from bidsrecon.reports import html, plots
-from bidsrecon.reports.outputs import read_items
+from bidsrecon.reports.outputs import crash_files, read_items, read_warnings
 from bidsrecon.reports.participant_report import methods_section
 
 THUMBNAIL_PX = 128  # shown at 80 px; many participants x items must keep the file small
@@ -28,14 +29,16 @@ def write_group_report(output_dir, labels, wide, tidy, descriptions):
     output_dir = Path(output_dir)
     sets = list(dict.fromkeys(wide["set"]))
     items = {label: read_items(output_dir, label) for label in labels}
-    identification = [c for c in wide.columns if html.is_identification(c) and pd.api.types.is_numeric_dtype(wide[c])]
+    # Measures no participant has (the evaluation networks not installed) get no panel.
+    identification = [c for c in wide.columns if html.is_identification(c) and pd.api.types.is_numeric_dtype(wide[c])
+                      and wide[c].notna().any()]
 
     sections = [("Summary", summary_section(output_dir, labels, wide, tidy, descriptions))]
     if identification:
         sections.append(("Identification", (
-            '<p class="note">Pairwise identification of each reconstruction against the other items of its set '
-            "(chance 50%, dashed): bars are the mean over participants with the standard error of the mean, "
-            "dots the participants.</p>"
+            '<p class="note">Pairwise identification of each reconstruction against the other items of its set, '
+            "one panel per measure (chance 50%, dashed): bars are the mean over participants with the standard "
+            "error of the mean, dots the participants.</p>"
             + html.figure(plots.identification_bars(wide, identification, sets), "pairwise identification per set"))))
     for set_name in sets:
         sections.append((f"Test set: {set_name}", comparison_table(set_name, items)))
@@ -56,7 +59,24 @@ def summary_section(output_dir, labels, wide, tidy, descriptions):
     encoders = ", ".join(sorted(set(wide["encoder"].astype(str)))) if "encoder" in wide.columns else "n/a"
     content = html.definition_list([("Participants", f"{len(labels)}: {links}"), ("Encoder", html.esc(encoders))])
     content += "<h3>Mean ± s.e.m. over participants</h3>"
-    return content + html.table(mean_sem_table(tidy), descriptions, percent=lambda column: False)
+    content += html.table(mean_sem_table(tidy), descriptions, percent=lambda column: False)
+    content += ('<h3>Warnings and errors</h3><p class="note">Per participant, the warnings its run logged and the '
+                "crash files of a later run that failed; each participant's report lists them.</p>")
+    return content + html.table(problems_table(output_dir, labels), PROBLEM_COLUMNS)
+
+
+PROBLEM_COLUMNS = {"warnings": "Warnings the participant's run logged (n/a: outputs of a version that did not "
+                               "record them).",
+                   "crash files": "Crash files of failed steps, from a run after the one whose results are shown."}
+
+
+def problems_table(output_dir, labels):
+    rows = []
+    for label in labels:
+        warnings = read_warnings(output_dir, label)
+        rows.append({"participant": f"sub-{label}", "warnings": len(warnings) if warnings is not None else "n/a",
+                     "crash files": len(crash_files(output_dir, label))})
+    return pd.DataFrame(rows, columns=["participant", *PROBLEM_COLUMNS])
 
 
 def mean_sem_table(tidy):
@@ -91,7 +111,7 @@ def comparison_table(set_name, items):
     stimuli = list(dict.fromkeys(stimulus for by_stimulus in in_set.values() for stimulus in by_stimulus))
     if not stimuli:
         return html.unavailable("Reconstructions of this set")
-    header = "".join(f'<th title="{html.esc(s)}">{html.esc(s if len(s) <= 14 else s[:13] + "…")}</th>' for s in stimuli)
+    header = "".join(f'<th title="{html.esc(s)}">{html.esc(s)}</th>' for s in stimuli)  # wrapped by the style sheet
     presented = []
     for stimulus in stimuli:
         item = next(by_stimulus[stimulus] for by_stimulus in in_set.values() if stimulus in by_stimulus)

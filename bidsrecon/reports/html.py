@@ -32,6 +32,8 @@ h3 { font-size: 1.1em; margin: 1em 0 .4em; }
 p.note, .muted { color: var(--muted); }
 p.unavailable { color: var(--muted); font-style: italic; }
 table { border-collapse: collapse; margin: .4em 0 1em; }
+.scroll { max-width: 100%; overflow-x: auto; }
+.wrap-anywhere td:last-child { overflow-wrap: anywhere; }  /* long paths in the last column */
 th, td { border: 1px solid var(--line); padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f2f5f8; }
 th[title] { cursor: help; text-decoration: underline dotted; }
@@ -41,16 +43,18 @@ dl.summary dt { font-weight: 600; }
 dl.summary dd { margin: 0; }
 code, pre { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: .92em; }
 pre { background: #f6f8fa; padding: .6em .8em; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+details pre { max-height: 30em; overflow-y: auto; }
 img.figure { max-width: 100%; height: auto; display: block; margin: .4em 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
 .item { width: 118px; font-size: 12px; text-align: center; }
 .item img { width: 112px; height: 112px; image-rendering: pixelated; display: block; margin: 0 auto 2px;
             border: 1px solid var(--line); }
-.item .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.item .name { overflow-wrap: anywhere; }
 .good { color: #1a7f37; font-weight: 600; }
 .bad { color: #b42318; }
 .compare { overflow-x: auto; }
 .compare table td, .compare table th { text-align: center; vertical-align: middle; }
+.compare thead th { max-width: 120px; overflow-wrap: anywhere; font-size: 12px; font-weight: normal; }
 .compare img { width: 80px; height: 80px; image-rendering: pixelated; display: block; margin: 0 auto; }
 details { margin: .2em 0; }
 details > summary { cursor: pointer; color: var(--accent); }
@@ -146,11 +150,19 @@ def is_identification(column):
     return column.startswith("identification") and not re.search(r"(^|_)(p|pval|pvalue|p_value|n)($|_)", column)
 
 
+def _header(column):
+    # Long column names (identification_efficientnetlite0) may break after their underscores.
+    return esc(column).replace("_", "_<wbr>")
+
+
 def table(frame, descriptions=None, percent=is_identification):
-    """An HTML table of a DataFrame; each header's tooltip is the column's Description from the sidecar."""
+    """An HTML table of a DataFrame; each header's tooltip is the column's Description from the sidecar.
+
+    In its own scrolling box: a table of many metrics scrolls sideways there, not the whole page.
+    """
     descriptions = descriptions or {}
     head = "".join(
-        f'<th title="{esc(descriptions[c])}">{esc(c)}</th>' if descriptions.get(c) else f"<th>{esc(c)}</th>"
+        f'<th title="{esc(descriptions[c])}">{_header(c)}</th>' if descriptions.get(c) else f"<th>{_header(c)}</th>"
         for c in frame.columns
     )
     rows = []
@@ -161,7 +173,7 @@ def table(frame, descriptions=None, percent=is_identification):
             text = format_value(value, percent=numeric and percent(column))
             cells.append(f'<td class="number">{esc(text)}</td>' if numeric else f"<td>{esc(text)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def definition_list(pairs):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon.bids.derivatives import item_files
+from bidsrecon.bids.derivatives import WARNINGS_LOG, item_files
 
 
 def subject_label(subject):
@@ -98,3 +98,19 @@ def motion_files(output_dir, subject):
     prefix, suffix = f"sub-{label}_", "_desc-motion_timeseries.tsv"
     files = sorted((subject_dir(output_dir, label) / "qc").glob(f"{prefix}*{suffix}"))
     return {path.name[len(prefix):-len(suffix)]: path for path in files}
+
+
+def read_warnings(output_dir, subject):
+    """The warnings of the participant's run (``log/sub-XX_desc-warnings_log.tsv``), or None for outputs
+    of versions that did not record them."""
+    label = subject_label(subject)
+    path = subject_dir(output_dir, label) / "log" / WARNINGS_LOG.format(subject=label)
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False).fillna("n/a")
+
+
+def crash_files(output_dir, subject):
+    """The Nipype crash files (text) that a failed run copied into the participant's ``log/``, by name
+    (the time they were written comes first in it)."""
+    return sorted((subject_dir(output_dir, subject) / "log").glob("crash-*.txt"))

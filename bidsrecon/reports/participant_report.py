@@ -1,6 +1,7 @@
 """The participant report ``sub-<label>.html``, in the manner of fMRIPrep's: what was done, and how well.
 
-Sections: Summary (data, decoder, encoder, optimiser, time), one per test set (stimuli above their
+Sections: Summary (data, decoder, encoder, optimiser, time), Warnings and errors (what the run
+logged as warnings, crash files of a failed later run), one per test set (stimuli above their
 reconstructions, with each item's identification score), Decoding accuracy (per layer), Preprocessing
 quality (head motion per run, a tSNR mosaic) and About (the exact command, software versions). It is
 made from the output folder alone; quality and provenance files that older outputs lack are said to
@@ -15,18 +16,21 @@ import numpy as np
 import pandas as pd
 
 from bidsrecon import __version__
-from bidsrecon.bids.derivatives import PROVENANCE_FILE, atomic_write_text
+from bidsrecon.bids.derivatives import PROVENANCE_FILE, WARNINGS_LOG, atomic_write_text
 from bidsrecon.boilerplate import CITATION_FILE
 from bidsrecon.reports import html, plots
 from bidsrecon.reports.outputs import (
+    crash_files,
     metrics_path,
     motion_files,
     read_items,
     read_json,
     read_table,
+    read_warnings,
     subject_dir,
     subject_label,
 )
+from bidsrecon.run_warnings import last_error
 
 THUMBNAIL_PX = 160  # images are shown at 112 px; 160 keeps them sharp on high-density screens
 
@@ -41,7 +45,8 @@ def write_participant_report(output_dir, subject):
     sidecars = [item.sidecar or {} for item in items]
     _, item_descriptions = read_table(metrics_path(output_dir, label, "items_metrics"))
 
-    sections = [("Summary", summary_section(output_dir, label, metrics, sidecars, decoder, provenance))]
+    sections = [("Summary", summary_section(output_dir, label, metrics, sidecars, decoder, provenance)),
+                ("Warnings and errors", warnings_section(output_dir, label))]
     for set_name in metrics["set"]:
         sections.append((f"Test set: {set_name}",
                          test_set_section(metrics[metrics["set"] == set_name], descriptions,
@@ -144,6 +149,37 @@ def summary_section(output_dir, label, metrics, sidecars, decoder, provenance):
         content += html.table(pd.DataFrame(rows), descriptions)
     else:
         content += html.unavailable("Decoder penalties")
+    return content
+
+
+# --- Warnings and errors ----------------------------------------------------------------------------
+
+
+def warnings_section(output_dir, label):
+    """What the run logged as warnings, and the crash files of a later run that failed."""
+    table, crashes = read_warnings(output_dir, label), crash_files(output_dir, label)
+    if table is not None and not len(table) and not crashes:
+        return "<p>No warnings: the run logged none, and no step failed.</p>"
+    if table is None:
+        content = html.unavailable("Warnings of the run (log/ warnings file)")
+    elif not len(table):
+        content = "<p>No warnings.</p>"
+    else:
+        content = (f'<p class="note">{len(table)} warning(s) the run logged, about what it dropped, zeroed or '
+                   f"worked around (also in <code>log/{html.esc(WARNINGS_LOG.format(subject=label))}</code>):</p>"
+                   f'<div class="wrap-anywhere">{html.table(table)}</div>')
+    return content + crash_content(crashes)
+
+
+def crash_content(crashes):
+    if not crashes:
+        return ""
+    content = (f"<h3>Failed steps</h3><p class=\"bad\">{len(crashes)} crash file(s) of a later run of this participant "
+               "that failed: the results in this report are those of the last complete run.</p>")
+    for path in crashes:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        content += html.details(f"{path.name}: {last_error(text) or 'see the traceback'}",
+                                f"<pre>{html.esc(text)}</pre>")
     return content
 
 

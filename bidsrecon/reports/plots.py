@@ -141,42 +141,54 @@ def tsnr_mosaic(tsnr, mask=None, columns=8):
     return to_png(fig)
 
 
+#: Panels per row of `identification_bars`: three 4-inch panels are 1200 px, shown unscaled in a 1280-px window.
+BAR_PANELS_PER_ROW = 3
+
+
 def identification_bars(table, metrics, set_order):
-    """Pairwise identification per test set: mean ± s.e.m. over participants, each participant a dot.
+    """Pairwise identification, one panel per metric: per test set the mean ± s.e.m. over participants
+    (a bar), each participant a dot, chance dashed.
+
+    One panel per metric rather than grouped bars in one: the metrics apply to different sets (the
+    shape measure to shapes and letters only), and one wide figure was shrunk to unreadable labels.
 
     Parameters
     ----------
     table : DataFrame
         One row per participant and set (columns ``participant_id``, ``set`` and ``metrics``).
     metrics : list of str
-        Identification columns, drawn as grouped bars.
+        Identification columns.
     set_order : list of str
     """
-    fig = _new_figure(max(4.5, 1.3 * len(set_order) * max(len(metrics), 1) + 1.5), 3.6)
-    axis = fig.subplots()
-    width = 0.8 / max(len(metrics), 1)
+    columns = min(max(len(metrics), 1), BAR_PANELS_PER_ROW)
+    rows = -(-max(len(metrics), 1) // columns)
+    fig = _new_figure(4.0 * columns, 3.2 * rows)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
     rng = np.random.default_rng(0)  # the dots' horizontal jitter only; fixed so reports are reproducible
-    for metric_index, metric in enumerate(metrics):
-        offset = (metric_index - (len(metrics) - 1) / 2) * width
-        for set_index, set_name in enumerate(set_order):
-            values = table.loc[table["set"] == set_name, metric].dropna().to_numpy(dtype=float)
-            if not values.size:
-                continue
-            x = set_index + offset
-            mean = values.mean()
-            sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
-            axis.bar(x, 100 * mean, width * 0.9, yerr=100 * sem, capsize=3,
-                     color=SET_COLOURS[metric_index % len(SET_COLOURS)], alpha=0.55,
-                     label=metric.replace("_", " ") if set_index == 0 else None)
-            axis.scatter(x + rng.uniform(-width / 5, width / 5, values.size), 100 * values, s=14, color="black",
-                         zorder=3, label="participant" if metric_index == 0 and set_index == 0 else None)
-    axis.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1, label="chance (50%)")
-    axis.set_xticks(range(len(set_order)), set_order)
-    axis.set_ylim(0, 105)
-    axis.set_ylabel("pairwise identification (%)")
-    axis.set_xlabel("test set")
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for axis, metric in zip(axes, metrics):
+        _identification_panel(axis, table, metric, set_order, rng)
+    for axis in axes[len(metrics):]:
+        axis.set_axis_off()
     return to_png(fig)
+
+
+def _identification_panel(axis, table, metric, set_order, rng):
+    """One metric's bars, for the sets that have it."""
+    sets = [name for name in set_order if table.loc[table["set"] == name, metric].notna().any()]
+    for index, set_name in enumerate(sets):
+        values = table.loc[table["set"] == set_name, metric].dropna().to_numpy(dtype=float)
+        sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+        axis.bar(index, 100 * values.mean(), 0.7, yerr=100 * sem, capsize=4, alpha=0.55,
+                 color=SET_COLOURS[set_order.index(set_name) % len(SET_COLOURS)])
+        axis.scatter(index + rng.uniform(-0.15, 0.15, values.size), 100 * values, s=16, color="black", zorder=3)
+    axis.axhline(100 * CHANCE, color="grey", linestyle="--", linewidth=1)
+    crowded = len(sets) > 4
+    axis.set_xticks(range(len(sets)), sets, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    axis.set_xlim(-0.6, max(len(sets), 1) - 0.4)
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("identification (%)")
+    axis.set_title(metric.removeprefix("identification_").replace("_", " "), fontsize=11)
+    axis.tick_params(labelsize=10)
 
 
 def carpet(bold_file, mask_file, tr, quality):
