@@ -115,9 +115,9 @@ def item_stem(subject, set_name, stimulus, iteration=None):
 
 def item_files(subject_dir, subject, set_name, stimulus):
     """Where an item's reconstruction (PNG and sidecar) and stimulus at the same size (PNG) go."""
-    stem = Path(subject_dir) / "recon" / item_stem(subject, set_name, stimulus)
-    return {"recon": stem.with_name(stem.name + "_recon.png"), "sidecar": stem.with_name(stem.name + "_recon.json"),
-            "stimulus": stem.with_name(stem.name + "_stimulus.png")}
+    folder, stem = Path(subject_dir) / "recon", item_stem(subject, set_name, stimulus)
+    return {"recon": folder / f"{stem}_recon.png", "sidecar": folder / f"{stem}_recon.json",
+            "stimulus": folder / f"{stem}_stimulus.png"}
 
 
 # Names of the other per-participant files (every one with a suffix, so that pybids can query it).
