@@ -22,7 +22,7 @@ Checked here, on the plans of :func:`bidsrecon.participant_level.plan_participan
 - the trials of each set in each run: no two at the same onset, none starting before the previous
   one ends (a sample would average the same volumes twice, or volumes of two images). Events files
   that are not UTF-8 or hold no row are refused where they are read
-  (:func:`bidsrecon.bids.collect.read_events`), before plans exist;
+  (:func:`bidsrecon.bids.events.read_events`), before plans exist;
 - raw input: the volume every run is realigned to (:func:`check_motion_reference`): an all-zero,
   constant or all-NaN reference would silently make every run's motion zero;
 - output names: two stimuli of a participant's test sets whose file names
