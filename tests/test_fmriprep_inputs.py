@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bidsrecon.bids.confounds import resolve_confound_columns, select_confounds, summarise_columns
 from bidsrecon.bids.fmriprep import (
     DerivativeDataset,
     OutputSpace,
@@ -17,9 +18,6 @@ from bidsrecon.bids.fmriprep import (
     parse_derivatives,
     parse_space,
     raw_run_entities,
-    resolve_confound_columns,
-    select_confounds,
-    summarise_columns,
 )
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.preproc.motion import MOTION_COLUMNS
