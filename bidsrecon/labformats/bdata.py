@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
@@ -31,6 +32,8 @@ from bidsrecon.spec import TRAINING
 #: The lab's label key and its whole visual cortex (the cookbook's defaults for ds001506).
 DEFAULT_LABEL_KEY = "stimulus_name"
 DEFAULT_ROI = "ROI_VC"
+#: Metadata keys of each voxel column's position in mm, as the lab's files carry them.
+COORDINATE_KEYS = ("voxel_x", "voxel_y", "voxel_z")
 _MISSING_LABEL = "n/a"
 
 
@@ -82,6 +85,17 @@ class BData:
             else:
                 labels.append(names[float(value)])
         return labels
+
+
+    def coordinates(self, columns):
+        """The ``voxel_x/y/z`` values (mm) of the given columns, shape (n_columns, 3)."""
+        missing = [key for key in COORDINATE_KEYS if key not in self.keys]
+        if missing:
+            raise BidsReconError(
+                f"{self.path} has no {', '.join(missing)} metadata: bidsrecon places each voxel by its "
+                "coordinates (the lab's files carry voxel_x, voxel_y and voxel_z); add them with "
+                "BData.add_metadata(..., where='VoxelData').", EXIT_BAD_ARGUMENTS)
+        return np.stack([self.values[self.keys.index(key), columns] for key in COORDINATE_KEYS], axis=1)
 
 
 def read_bdata(path):
@@ -160,6 +174,51 @@ def set_of_file(name, spec):
     return None
 
 
+def voxel_grid(coordinates, source):
+    """The mask image that holds these voxel positions, and the columns' order in it.
+
+    The grid's spacing on each axis is the smallest gap between the positions (1 mm when an axis
+    has one value), its origin their minimum; the lab's files give positions in mm of the
+    participant's functional space.
+
+    Parameters
+    ----------
+    coordinates : ndarray, shape (n_voxels, 3)
+    source : str
+        Named in errors.
+
+    Returns
+    -------
+    mask : nibabel.Nifti1Image
+        uint8, 1 at each voxel.
+    order : ndarray of int, shape (n_voxels,)
+        The columns in the mask's C order: ``samples[:, order]`` are the mask's voxels in the order
+        every other input mode samples them.
+    """
+    coordinates = np.asarray(coordinates, dtype=float)
+    if not np.isfinite(coordinates).all():
+        raise BidsReconError(f"{source}: some voxels have no finite voxel_x/y/z.", EXIT_BAD_ARGUMENTS)
+    spacing = np.ones(3)
+    for axis in range(3):
+        gaps = np.diff(np.unique(coordinates[:, axis]))
+        if len(gaps):
+            spacing[axis] = gaps.min()
+    origin = coordinates.min(axis=0)
+    index = np.rint((coordinates - origin) / spacing).astype(np.int64)
+    shape = index.max(axis=0) + 1
+    off_grid = not np.allclose(index * spacing + origin, coordinates, atol=1e-3 * spacing.min())
+    if off_grid or np.prod(shape) > 2 ** 30:
+        raise BidsReconError(f"{source}: the voxels' voxel_x/y/z do not lie on a regular grid.", EXIT_BAD_ARGUMENTS)
+    linear = np.ravel_multi_index(tuple(index.T), tuple(shape))
+    if len(np.unique(linear)) != len(linear):
+        raise BidsReconError(f"{source}: two voxel columns have the same voxel_x/y/z.", EXIT_BAD_ARGUMENTS)
+    mask = np.zeros(tuple(shape), dtype=np.uint8)
+    mask.flat[linear] = 1
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    return nib.Nifti1Image(mask, affine), np.argsort(linear, kind="stable")
+
+
 def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
     """One participant's samples and trials from their BData files.
 
@@ -178,9 +237,12 @@ def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
     Returns
     -------
     samples : ndarray, shape (n_samples, n_voxels), float32
+        The ROI's voxels in the C order of ``mask`` (:func:`voxel_grid`).
     trials : DataFrame
         ``set``, ``stimulus``, ``run`` (the file's ``Run`` column when it has one, else 0) and
         ``source`` (the file's name), one row per sample, training first.
+    mask : nibabel.Nifti1Image
+        The ROI's voxels, placed by the training file's voxel_x/y/z.
 
     Raises
     ------
@@ -202,17 +264,20 @@ def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
     if TRAINING not in by_set:
         raise BidsReconError(f"No training file among {', '.join(str(path) for path in files) or 'none'} "
                              f"(a name with the session of '{spec.training.name}'s entities).", EXIT_INPUT_MISSING)
-    samples, tables, n_voxels = [], [], None
+    samples, tables, positions, mask, order = [], [], None, None, None
     for trial_set in spec.sets:
         if trial_set.name not in by_set:
             continue
         data = read_bdata(by_set[trial_set.name])
-        voxels = data.dataset[:, data.flagged(roi)]
-        if n_voxels is not None and voxels.shape[1] != n_voxels:
-            raise BidsReconError(f"{data.path} has {voxels.shape[1]} voxels in {roi}, the training file "
-                                 f"{n_voxels}: all of a participant's files must hold the same voxels.",
+        columns = np.flatnonzero(data.flagged(roi))
+        if positions is None:  # the training file, read first
+            positions = data.coordinates(columns)
+            mask, order = voxel_grid(positions, data.path)
+        elif not np.array_equal(data.coordinates(columns), positions):
+            raise BidsReconError(f"{data.path} holds other voxels in {roi} (voxel_x/y/z) than the training file "
+                                 f"{by_set[TRAINING]}: all of a participant's files must hold the same voxels.",
                                  EXIT_BAD_ARGUMENTS)
-        n_voxels = voxels.shape[1]
+        voxels = data.dataset[:, columns[order]]
         labels = pd.Series(data.labels(label_key), dtype=object)
         if trial_set.stimulus_map:
             labels = labels.map(lambda label, mapping=trial_set.stimulus_map: mapping.get(label, label))
@@ -221,4 +286,4 @@ def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
         samples.append(voxels[keep.to_numpy()].astype(np.float32))
         tables.append(pd.DataFrame({"set": trial_set.name, "stimulus": labels[keep].astype(str).to_numpy(),
                                     "run": runs[keep.to_numpy()].astype(int), "source": Path(data.path).name}))
-    return np.concatenate(samples), pd.concat(tables, ignore_index=True)
+    return np.concatenate(samples), pd.concat(tables, ignore_index=True), mask
