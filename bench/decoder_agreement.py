@@ -83,7 +83,7 @@ def decode_node_inputs(work_dir):
     """
     # Nipype records a node's inputs as JSON [name, value] pairs next to its outputs (files as
     # [path, hash]); "_unfinished" marks a run that did not complete. Never the .pklz pickles.
-    records = [path for path in Path(work_dir).glob("sub_*_wf/decode/_0x*.json")
+    records = [path for path in Path(work_dir).glob("sub_*_wf/decode_wf/decode/_0x*.json")
                if not path.name.endswith("_unfinished.json")]
     if not records:
         return None

@@ -63,7 +63,8 @@ def _check_folders(args, work_dir):
     inputs = [("the input dataset", args.bids_dir),
               *((f"--derivatives {dataset.name}", dataset.root) for dataset in parse_derivatives(args.derivatives)),
               *(("--stimuli-dir", folder) for folder in args.stimuli_dirs),
-              *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ())]
+              *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ()),
+              *((("--bdata-dir", args.bdata_dir),) if args.bdata_dir else ())]
     check_disjoint([("the output_dir", args.output_dir), ("the work directory (-w)", work_dir)], inputs)
     if args.bids_database_dir:  # may lie in the work dir, as fMRIPrep's does, but not in an input or the output
         check_disjoint([("--bids-database-dir", args.bids_database_dir)],
@@ -108,6 +109,26 @@ def _check_confounds_options(args):
                              "itself (name every column with --confounds to add your own)", EXIT_BAD_ARGUMENTS)
 
 
+def _check_bdata_options(args):
+    """``--bdata-dir`` must be a folder, and excludes the options of the runs it replaces."""
+    if args.bdata_dir is None:
+        return
+    if not args.bdata_dir.is_dir():
+        raise BidsReconError(f"--bdata-dir {args.bdata_dir}: no such folder; give the folder of the lab's "
+                             "preprocessed files (sub-<label>_<session>_*.h5)", EXIT_INPUT_MISSING)
+    runs_only = [option for option, given in (
+        ("--derivatives", bool(args.derivatives)), ("--decoders-dir", args.decoders_dir is not None),
+        ("--roi", bool(args.rois)), ("--confounds", args.confounds is not None),
+        ("--confounds-strategy", args.confounds_strategy is not None), ("--slice-timing", args.slice_timing),
+        ("--bids-filter-file", args.bids_filter_file is not None), ("--session-label", bool(args.session_labels)),
+        ("--task-label", bool(args.task_labels)), ("--normalise", args.normalise is not None),
+        ("--samples", args.samples != "block")) if given]
+    if runs_only:
+        raise BidsReconError(f"--bdata-dir takes samples the lab has already preprocessed, so there are no runs "
+                             f"to select or preprocess; drop {', '.join(runs_only)} (--bdata-roi chooses the "
+                             "voxels)", EXIT_BAD_ARGUMENTS)
+
+
 def parse_args(argv=None):
     """Parse and check the command line; returns a `Config`."""
     from bidsrecon.settings_file import merge_config_file
@@ -127,6 +148,7 @@ def parse_args(argv=None):
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
     _check_confounds_options(args)
+    _check_bdata_options(args)
     work_dir = args.work_dir or default_work_dir()
     nprocs = args.nprocs or len(os.sched_getaffinity(0))
     _check_folders(args, work_dir)

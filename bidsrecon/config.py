@@ -131,6 +131,16 @@ class Config:
                 nargs='+', metavar='[NAME=]PATH',
                 help="fMRIPrep derivatives to take the preprocessed bold, brain mask and confounds from (default: "
                 "preprocess the raw data: motion correction, mask from the data)")
+    bdata_dir: Path = option(None, '--bdata-dir', group=PREPROCESSING,
+                type=Path, metavar='DIR',
+                help="take the samples from the Kamitani lab's preprocessed BData files in DIR "
+                "(sub-<label>_<session without its number>_*.h5, e.g. sub-01_perceptionNaturalImageTraining_original_VC.h5, "
+                "one per stimulus set) instead of preprocessing runs: bids_dir is read only for its stimuli/ (or "
+                "--stimuli-dir), never indexed or validated")
+    bdata_roi: str = option('ROI_VC', '--bdata-roi', group=PREPROCESSING,
+                metavar='KEY',
+                help="with --bdata-dir: the files' metadata key of the voxels to decode from (default: ROI_VC; "
+                "e.g. ROI_V1, ROI_HVC)")
     space: str = option('T1w', '--space', group=PREPROCESSING,
                 help="fMRIPrep output space, e.g. T1w (default), MNI152NLin2009cAsym:res-2 or "
                 "MNIPediatricAsym:cohort-1:res-2")

@@ -4,14 +4,12 @@ import dataclasses
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from bidsrecon.bids.collect import (
-    Run,
     collect_participants,
     collect_runs,
     drop_censored_trials,
@@ -41,9 +39,11 @@ from bidsrecon.bids.stimuli import find_stimuli, stim_file_map
 from bidsrecon.bids.validate import ReadSelection, check_dataset
 from bidsrecon.boilerplate import CITATION_FILE, methods_text
 from bidsrecon.console import Callbacks, StageConsole, say
-from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder, find_saved_decoder
+from bidsrecon.decoding.saved import check_saved_decoder, find_saved_decoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
+from bidsrecon.participant_bdata import BDATA_LINK, bdata_participants, plan_bdata_participant
+from bidsrecon.participant_plan import ParticipantPlan, RunInputs, write_if_changed
 from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
 from bidsrecon.reports import write_participant_report
@@ -62,20 +62,6 @@ from bidsrecon.workflow_control import clean_work_dir, describe_plans, write_gra
 LOGGER = logging.getLogger("bidsrecon")
 
 
-@dataclass
-class RunInputs:
-    """What the workflow reads for one run: raw data (realigned there) or fMRIPrep's outputs."""
-
-    run: Run
-    bold: str
-    slice_timing: list = field(default_factory=list)
-    slice_encoding_direction: str = "k"
-    mask: str = None  # fMRIPrep's brain mask; None for raw input
-    confounds: str = None  # fMRIPrep's confounds TSV; None for raw input (motion is estimated)
-    confound_columns: tuple = ()
-    censored_volumes: tuple = ()  # --confounds-strategy: volumes nilearn leaves out (0-based)
-
-
 def run_participant_level(config):
     """Decode and reconstruct every selected participant of ``config.bids_dir``."""
     if config.reports_only:
@@ -84,6 +70,8 @@ def run_participant_level(config):
         print(f"methods boilerplate written to {write_boilerplate(config)}")
         return None
     prepare_work_dir(config.work_dir)
+    if config.bdata_dir:
+        return _run_bdata_participants(config)
     # The options that name files or labels are read first: a typo costs seconds, not an indexing.
     options = {"spec": load_spec(config.spec), "space": parse_space(config.space), "rois": parse_rois(config.rois),
                "derivatives": parse_derivatives(config.derivatives) if config.derivatives else None}
@@ -119,6 +107,36 @@ def _run_participants(config, layout, subjects, validation_warnings, spec, space
         print(describe_plans(plans, config))
         return
     init_output_dir(config.output_dir, config.bids_dir, [(dataset.name, dataset.root) for dataset, _ in derivatives or ()])
+    _run_plans(plans, config)
+
+
+def _run_bdata_participants(config):
+    """``--bdata-dir``: the lab's preprocessed samples instead of runs (:mod:`bidsrecon.participant_bdata`)."""
+    spec = load_spec(config.spec)
+    # The lab's files come preprocessed: no normalisation of ours applies.
+    config = dataclasses.replace(config, normalise="bdata")
+    participants = bdata_participants(config.bdata_dir, config.participant_labels)
+    with participant_locks(config.work_dir, list(participants)):
+        if config.clean_workdir:
+            clean_work_dir(config.work_dir, list(participants))
+        check_networks(config)
+        plans = []
+        for subject, files in participants.items():
+            with recording_warnings("inputs") as found:
+                plans.append(plan_bdata_participant(subject, files, spec, config))
+            plans[-1].warnings = found.rows
+        preflight(plans)
+        say(f"every input checked: {sum(len(plan.bdata_files) for plan in plans)} BData files of {len(plans)} "
+            "participant(s)")
+        if config.dry_run:
+            print(describe_plans(plans, config))
+            return
+        init_output_dir(config.output_dir, config.bids_dir, [(BDATA_LINK, config.bdata_dir)])
+        _run_plans(plans, config)
+
+
+def _run_plans(plans, config):
+    """Run each planned participant's workflow, then publish its outputs and report."""
     write_boilerplate(config)
     for plan in plans:
         started = datetime.now(timezone.utc)
@@ -178,39 +196,6 @@ def validate_input(config):
         dataset_stimuli=not config.stimuli_dirs))
 
 
-@dataclass
-class ParticipantPlan:
-    """One participant's checked inputs, ready for `init_participant_wf`."""
-
-    subject: str
-    runs: list  # of RunInputs, training first, then the test sets in the specification's order
-    trials_files: list
-    stimuli_file: str
-    roi_files: list
-    saved_decoder: SavedDecoder = None  # --decoders-dir: the decoder applied (then no training runs)
-    normalise: str = "zscore"  # --normalise, resolved against the specification
-    baseline_files: list = field(default_factory=list)  # normalise == "rest": per run, its rest events (TSV)
-    fmriprep: bool = False  # the runs are fMRIPrep's preprocessed bold (--derivatives)
-    simulated: bool = False  # the dataset was made by bidsrecon's simulator (it gets a noise ceiling)
-    sources: list = field(default_factory=list)  # per run, the BIDS URI of the bold file read
-    warnings: list = field(default_factory=list)  # logged while its inputs were checked (run_warnings rows)
-
-    @property
-    def input_mode(self):
-        """``fmriprep``, ``saved_reference`` (raw runs with a saved decoder) or ``raw``."""
-        if self.fmriprep:
-            return "fmriprep"
-        return "saved_reference" if self.saved_decoder else "raw"
-
-    @property
-    def reference_run(self):
-        """Index of the run the mask (and, for raw input, the motion reference) comes from: the first
-        training run, or the first run with a saved decoder (there are no training runs then)."""
-        if self.saved_decoder:
-            return 0
-        return next(index for index, inputs in enumerate(self.runs) if inputs.run.set_name == TRAINING)
-
-
 def plan_participant(layout, subject, spec, config, derivatives=None, space=None, rois=(), *, encoder=None):
     """Collect one participant's runs, stimuli and masks and write the workflow's input tables.
 
@@ -243,11 +228,11 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
     for run, source in zip(runs, sources):
         table = run.trials.assign(set=run.set_name, source=source)
         path = work / "trials" / f"sub-{subject}_{run.label}_set-{run.set_name}_trials.tsv"
-        _write_if_changed(path, table.to_csv(sep="\t", index=False))
+        write_if_changed(path, table.to_csv(sep="\t", index=False))
         trials_files.append(str(path))
         if normalise == "rest":
             path = work / "baseline" / f"sub-{subject}_{run.label}_set-{run.set_name}_baseline.tsv"
-            _write_if_changed(path, run.baseline[["onset", "duration"]].to_csv(sep="\t", index=False))
+            write_if_changed(path, run.baseline[["onset", "duration"]].to_csv(sep="\t", index=False))
             baseline_files.append(str(path))
 
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
@@ -262,7 +247,7 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                             bold_files=[run_inputs.bold for run_inputs in inputs], raw_input=not derivatives,
                             stimulus_files=stimuli)
     stimuli_file = work / "stimuli.tsv"
-    _write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
+    write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
                       .to_csv(sep="\t", index=False))
     from bidsrecon.simulate.ceiling import simulation_record
 
@@ -351,15 +336,6 @@ def _without_censored_runs(subject, inputs, config, training=True):
             f"{empty} trial; choose another strategy (simple or compcor censor only fMRIPrep's non-steady-state "
             "volumes) or --confounds", EXIT_NOTHING_SELECTED)
     return kept
-
-
-def _write_if_changed(path, text):
-    # Nipype reuses cached results when its inputs' timestamps are unchanged: rewrite only on change.
-    path = Path(path)
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def _run_workflow(plan, config):

@@ -73,8 +73,9 @@ def preflight(plans):
     for plan in plans:
         for run_inputs in plan.runs:
             problems += check_trials(run_inputs.run.events, run_inputs.run.set_name, run_inputs.run.trials)
-        problems += check_output_names(plan.subject, [(run_inputs.run.set_name, run_inputs.run.trials["stimulus"])
-                                                      for run_inputs in plan.runs])
+        trials = pd.concat([pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+                            for path in plan.trials_files], ignore_index=True)
+        problems += check_output_names(plan.subject, trials.groupby("set")["stimulus"])
     bolds = {(run_inputs.bold, run_inputs.run.tr): None for plan in plans for run_inputs in plan.runs}
     for bold, repetition_time in bolds:
         problems += check_bold(bold, repetition_time)

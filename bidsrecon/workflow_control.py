@@ -50,14 +50,16 @@ def describe_plans(plans, config):
     for plan in plans:
         trials = pd.concat([pd.read_csv(path, sep="\t") for path in plan.trials_files], ignore_index=True)
         mode = {"raw": "raw runs, realigned here", "fmriprep": "fMRIPrep's preprocessed runs",
-                "saved_reference": "raw runs, realigned to the saved decoder's reference"}[plan.input_mode]
+                "saved_reference": "raw runs, realigned to the saved decoder's reference",
+                "bdata": f"the lab's preprocessed samples in {len(plan.bdata_files)} BData files"}[plan.input_mode]
         decoder = f"apply {plan.saved_decoder.sidecar_file}" if plan.saved_decoder else f"fit ({config.decoder})"
         lines.append(f"sub-{plan.subject}: {len(plan.runs)} runs ({mode}); decoder: {decoder}; "
                      f"encoder {config.encoder} at {config.image_size} px, {config.optimiser} "
                      f"{config.iterations} iterations")
         n_items = 0
         for set_name, rows in trials.groupby("set", sort=False):
-            runs = sum(inputs.run.set_name == set_name for inputs in plan.runs)
+            runs = (rows["run"].nunique() if plan.input_mode == "bdata"
+                    else sum(inputs.run.set_name == set_name for inputs in plan.runs))
             items = rows["stimulus"].nunique()
             what = "training images" if set_name == TRAINING else "items to reconstruct"
             n_items += 0 if set_name == TRAINING else items

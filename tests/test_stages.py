@@ -102,7 +102,7 @@ def test_score_sets_perfect_and_single_item_sets():
 def _plan(folder, *, fmriprep=False, saved=False, simulated=False):
     from bidsrecon.bids.collect import Run
     from bidsrecon.decoding.saved import SavedDecoder
-    from bidsrecon.participant_level import ParticipantPlan, RunInputs
+    from bidsrecon.participant_plan import ParticipantPlan, RunInputs
 
     def touch(name):
         (folder / name).write_bytes(b"x")

@@ -156,6 +156,16 @@ def decoder_mask_name(subject, reference_bold, space_file=None):
     return f"sub-{subject}{task}{space}_desc-decoder_mask.nii.gz"
 
 
+def bdata_mask_name(subject, task):
+    """BIDS name of the decoder's voxel mask for ``--bdata-dir`` input, in the lab's files' space.
+
+    ``sub-01_task-perception_space-bdata_desc-decoder_mask.nii.gz``: the voxels where the files'
+    voxel_x/y/z place them; ``space-bdata`` says the space is the files' own (``DatasetLinks`` name
+    the folder ``bdata``), ``task`` is the training runs' task.
+    """
+    return f"sub-{subject}_task-{task}_space-bdata_desc-decoder_mask.nii.gz"
+
+
 # A participant's outputs are written here first and moved into place as a whole when the run ends:
 # a failed run leaves the last complete outputs untouched, and a rerun that drops a test set leaves
 # no file of it behind. Inside the output dataset, so that the move is a rename on one file system;

@@ -128,12 +128,13 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
                                "sidecar included, byte for byte")
     snapshots_file = traits.Str("", usedefault=True, desc="Reconstruct.out_snapshots")
     set_columns_file = File(exists=True, mandatory=True, desc="Evaluate.out_columns")
-    run_labels = traits.List(traits.Str, mandatory=True, desc="each run's label, e.g. ses-x_task-y_run-01")
-    confounds_files = InputMultiObject(File(exists=True), mandatory=True,
+    # Quality of the runs read: none with --bdata-dir (the lab's samples), whose outputs have no qc/.
+    run_labels = traits.List(traits.Str, desc="each run's label, e.g. ses-x_task-y_run-01")
+    confounds_files = InputMultiObject(File(exists=True),
                                        desc="each run's motion parameters (our realignment's or fMRIPrep's)")
-    tsnr_file = File(exists=True, mandatory=True, desc="tSNR map of the reference training run")
-    quality_file = File(exists=True, mandatory=True, desc="global signal and DVARS of that run (TSV)")
-    carpet_file = File(exists=True, mandatory=True, desc="its carpet plot (PNG)")
+    tsnr_file = File(exists=True, desc="tSNR map of the reference training run")
+    quality_file = File(exists=True, desc="global signal and DVARS of that run (TSV)")
+    carpet_file = File(exists=True, desc="its carpet plot (PNG)")
     ceiling_file = File(exists=True, desc="NoiseCeiling.out_ceiling (simulated datasets only)")
     # Where each step ran, as the node that ran it resolved --device (for the provenance).
     decode_device = traits.Str(mandatory=True)
@@ -165,7 +166,8 @@ class WriteDerivatives(SimpleInterface):
             step: getattr(self.inputs, f"{step}_device") for step in ("decode", "reconstruct", "evaluate")})
         written += self._write_decoder(subject_dir, subject, decoder)
         written += self._write_mask(subject_dir)
-        written += self._write_quality(subject_dir, subject)
+        if isdefined(self.inputs.tsnr_file):
+            written += self._write_quality(subject_dir, subject)
         if self.inputs.save_decoded_features:
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
         self._results["out_files"] = written
@@ -209,10 +211,7 @@ class WriteDerivatives(SimpleInterface):
             "Stimulus": row.stimulus,
             "TestSet": row.set,
             "Sources": sorted(set(sources["source"])),
-            "SourceTrials": [
-                {"Source": t.source, "Onset": float(t.onset), "Duration": float(t.duration)}
-                for t in sources.itertuples()
-            ],
+            **self._source_trials(sources),
             "Encoder": decoder["Encoder"],
             "EncoderDescription": decoder["EncoderDescription"],
             "Layers": decoder["Layers"],
@@ -227,6 +226,15 @@ class WriteDerivatives(SimpleInterface):
                         "ArraysSHA256": decoder["ArraysSHA256"],
                         "FittedInThisRun": not self.inputs.copy_decoder},
         }
+
+    @staticmethod
+    def _source_trials(sources):
+        """The trials an item averages: their onsets in runs, or (BData input) their rows in the files."""
+        if "onset" in sources.columns:
+            return {"SourceTrials": [{"Source": t.source, "Onset": float(t.onset), "Duration": float(t.duration)}
+                                     for t in sources.itertuples()]}
+        return {"SourceSamples": [{"Source": t.source, "Sample": int(t.sample), "Run": int(t.run)}
+                                  for t in sources.itertuples()]}
 
     def _write_tables(self, subject_dir, subject, items, decoder):
         """The set, item and decoding metrics (TSV and their column descriptions)."""

@@ -10,7 +10,7 @@ Every node is a thin file adapter around one stage function of the packages (``i
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bidsrecon.bids.derivatives import decoder_mask_name, staging_dir
+from bidsrecon.bids.derivatives import bdata_mask_name, decoder_mask_name, staging_dir
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.qc import TemporalSnr
@@ -42,16 +42,19 @@ def init_participant_wf(plan, config, name=None):
     ``out_files`` lists them.
     """
     workflow = pe.Workflow(name=name or f"sub_{plan.subject}_wf")
-    inputs_wf = init_inputs_wf(plan, config)
     decode_wf = init_decode_wf(plan, config)
     recon_wf = init_recon_wf(plan, config)
     outputs_wf = init_outputs_wf(plan, config)
+    if plan.input_mode != "bdata":  # the lab's files are samples already: no runs to read
+        inputs_wf = init_inputs_wf(plan, config)
+        workflow.connect([
+            (inputs_wf, decode_wf, [(f"outputnode.{field}", f"inputnode.{field}")
+                                    for field in ("bold_files", "confounds_files", "confound_columns", "mask_file")]),
+            (inputs_wf, outputs_wf, [(f"outputnode.{field}", f"inputnode.{field}")
+                                     for field in ("confounds_files", "mask_file", "reference_file", "qc_bold",
+                                                   "qc_mask")]),
+        ])  # fmt: skip
     workflow.connect([
-        (inputs_wf, decode_wf, [(f"outputnode.{field}", f"inputnode.{field}")
-                                for field in ("bold_files", "confounds_files", "confound_columns", "mask_file")]),
-        (inputs_wf, outputs_wf, [(f"outputnode.{field}", f"inputnode.{field}")
-                                 for field in ("confounds_files", "mask_file", "reference_file", "qc_bold",
-                                               "qc_mask")]),
         (decode_wf, recon_wf, [("outputnode.features_file", "inputnode.features_file"),
                                ("outputnode.items_file", "inputnode.items_file")]),
         (decode_wf, outputs_wf, [(f"outputnode.{field}", f"inputnode.{field}") for field in DECODE_FIELDS]),
@@ -65,14 +68,25 @@ def init_participant_wf(plan, config, name=None):
 
 
 def init_decode_wf(plan, config, name="decode_wf"):
-    """Samples of every run (``run_samples``), then the decoding stage (``decode``).
+    """Samples of every run (``run_samples``), then the decoding stage (``decode``); with
+    ``--bdata-dir`` the samples the participant's plan wrote go to ``decode`` directly.
 
     With a saved decoder (``plan.saved_decoder``) nothing is fitted: ``decode`` applies it.
     """
     workflow = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=DECODE_FIELDS), name="outputnode")
+    decode = _decode_node(plan, config)
+    workflow.connect([
+        (decode, outputnode, [("out_features", "features_file"), ("out_items", "items_file"),
+                              ("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
+                              ("out_accuracy", "accuracy_file"), ("out_device", "device")]),
+    ])  # fmt: skip
+    if plan.input_mode == "bdata":  # samples written when the participant was planned
+        decode.inputs.samples_files = list(plan.samples_files)
+        decode.inputs.mask_file = plan.mask_file
+        return workflow
     inputnode = pe.Node(niu.IdentityInterface(fields=["bold_files", "confounds_files", "confound_columns",
                                                       "mask_file"]), name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=DECODE_FIELDS), name="outputnode")
     rest = plan.normalise == "rest"
     run_samples = pe.MapNode(
         RunSamples(discard_seconds=config.discard_seconds, delay_seconds=config.delay_seconds,
@@ -85,6 +99,17 @@ def init_decode_wf(plan, config, name="decode_wf"):
     if rest:
         run_samples.inputs.baseline_file = list(plan.baseline_files)
     run_samples.inputs.tr = [inputs.run.tr for inputs in plan.runs]
+    workflow.connect([
+        (inputnode, run_samples, [("bold_files", "bold_file"), ("confounds_files", "confounds_file"),
+                                  ("confound_columns", "confound_columns"), ("mask_file", "mask_file")]),
+        (inputnode, decode, [("mask_file", "mask_file")]),
+        (run_samples, decode, [("out_samples", "samples_files")]),
+    ])  # fmt: skip
+    return workflow
+
+
+def _decode_node(plan, config):
+    """The decoding stage's node (``decode``): fits a decoder, or applies the saved one."""
     decode = pe.Node(
         DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
                        layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
@@ -99,16 +124,7 @@ def init_decode_wf(plan, config, name="decode_wf"):
     )
     if plan.saved_decoder:
         decode.inputs.decoder_file = plan.saved_decoder.sidecar_file
-    workflow.connect([
-        (inputnode, run_samples, [("bold_files", "bold_file"), ("confounds_files", "confounds_file"),
-                                  ("confound_columns", "confound_columns"), ("mask_file", "mask_file")]),
-        (inputnode, decode, [("mask_file", "mask_file")]),
-        (run_samples, decode, [("out_samples", "samples_files")]),
-        (decode, outputnode, [("out_features", "features_file"), ("out_items", "items_file"),
-                              ("out_decoder", "decoder_file"), ("out_decoder_arrays", "decoder_arrays"),
-                              ("out_accuracy", "accuracy_file"), ("out_device", "device")]),
-    ])  # fmt: skip
-    return workflow
+    return decode
 
 
 def init_recon_wf(plan, config, name="recon_wf"):
@@ -147,9 +163,6 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
     fields = ["confounds_files", "mask_file", "reference_file", "qc_bold", "qc_mask", *DECODE_FIELDS,
               *RECON_FIELDS]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields, mandatory_inputs=False), name="inputnode")
-    reference = plan.runs[plan.reference_run]
-    tsnr = pe.Node(TemporalSnr(tr=reference.run.tr, discard_seconds=config.discard_seconds),
-                   name="tsnr")
     # Always rerun the sink: it writes into the staging folder, which the participant level moves into
     # the output dataset at the end (bidsrecon.bids.derivatives.publish_participant).
     write_derivatives = pe.Node(
@@ -157,18 +170,27 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
                          trials_files=list(plan.trials_files), seed=config.seed,
                          save_decoded_features=config.save_decoded_features,
                          copy_decoder=plan.saved_decoder is not None,
-                         run_labels=[inputs.run.label for inputs in plan.runs],
-                         mask_name=decoder_mask_name(plan.subject, reference.run.bold, reference.mask),
                          mask_source=plan.sources[plan.reference_run]),
         name="write_derivatives",
         overwrite=True,
     )
+    if plan.input_mode == "bdata":  # no run was read here: no motion, no tSNR, the mask in the files' space
+        write_derivatives.inputs.mask_file = plan.mask_file
+        write_derivatives.inputs.mask_name = bdata_mask_name(plan.subject, plan.bdata_task)
+    else:
+        reference = plan.runs[plan.reference_run]
+        write_derivatives.inputs.run_labels = [inputs.run.label for inputs in plan.runs]
+        write_derivatives.inputs.mask_name = decoder_mask_name(plan.subject, reference.run.bold, reference.mask)
+        tsnr = pe.Node(TemporalSnr(tr=reference.run.tr, discard_seconds=config.discard_seconds), name="tsnr")
+        workflow.connect([
+            (inputnode, tsnr, [("qc_bold", "bold_file"), ("qc_mask", "mask_file")]),
+            (tsnr, write_derivatives, [("out_tsnr", "tsnr_file"), ("out_quality", "quality_file"),
+                                       ("out_carpet", "carpet_file")]),
+            (inputnode, write_derivatives, [("confounds_files", "confounds_files"), ("mask_file", "mask_file"),
+                                            ("reference_file", "reference_file")]),
+        ])  # fmt: skip
     workflow.connect([
-        (inputnode, tsnr, [("qc_bold", "bold_file"), ("qc_mask", "mask_file")]),
-        (tsnr, write_derivatives, [("out_tsnr", "tsnr_file"), ("out_quality", "quality_file"),
-                                   ("out_carpet", "carpet_file")]),
         (inputnode, write_derivatives, [
-            ("confounds_files", "confounds_files"), ("mask_file", "mask_file"), ("reference_file", "reference_file"),
             ("features_file", "features_file"), ("items_file", "items_file"), ("decoder_file", "decoder_file"),
             ("decoder_arrays", "decoder_arrays"), ("accuracy_file", "accuracy_file"), ("images_file", "images_file"),
             ("settings_file", "recon_settings_file"), ("snapshots_file", "snapshots_file"),
