@@ -18,8 +18,8 @@ REFERENCES = {
                     "hierarchical visual features. Nat Commun 8: 15037. doi:10.1038/ncomms15037",
     "nipype": "Gorgolewski K, Burns CD, Madison C, et al. (2011). Nipype: a flexible, lightweight and extensible "
               "neuroimaging data processing framework in Python. Front Neuroinform 5: 13. doi:10.3389/fninf.2011.00013",
-    "nipy": "Roche A (2011). A four-dimensional registration algorithm with application to joint correction of "
-            "motion and slice timing in fMRI. IEEE Trans Med Imaging 30(8): 1546-1554. doi:10.1109/TMI.2011.2131152",
+    "baker2004": "Baker S, Matthews I (2004). Lucas-Kanade 20 years on: a unifying framework. Int J Comput Vis "
+                 "56(3): 221-255. doi:10.1023/B:VISI.0000011205.11775.fd",
     "fmriprep": "Esteban O, Markiewicz CJ, Blair RW, et al. (2019). fMRIPrep: a robust preprocessing pipeline for "
                 "functional MRI. Nat Methods 16: 111-116. doi:10.1038/s41592-018-0235-4",
     "pytorch": "Paszke A, Gross S, Massa F, et al. (2019). PyTorch: an imperative style, high-performance deep "
@@ -45,7 +45,7 @@ OPTIMISER_TEXT = {
 
 def methods_text(config):
     """The boilerplate of a run with ``config``, as Markdown."""
-    versions = {package: _version(package) for package in ("nipype", "nipy", "torch", "nilearn", "scikit-image")}
+    versions = {package: _version(package) for package in ("nipype", "torch", "nilearn", "scikit-image")}
     encoder = "VGG19 [vgg19]" if config.encoder.startswith("vgg19") else f"{config.encoder} [efficientnet]"
     if config.derivatives:
         preprocessing = ("The runs preprocessed by fMRIPrep [fmriprep] were used (bold, brain mask and confounds "
@@ -55,10 +55,10 @@ def methods_text(config):
                               f"strategy (load_confounds_strategy, nilearn {versions['nilearn']}), and the trials "
                               "whose window held a volume it censors were left out.")
     else:
-        preprocessing = ("Each run was realigned to the mean of the first training run after realignment, "
-                         f"with nipy's SpaceTimeRealigner [nipy] (nipy {versions['nipy']})"
-                         f"{', with slice-timing correction' if config.slice_timing else ''}; the six motion "
-                         "parameters were regressed out of each run.")
+        preprocessing = ("Each run was realigned to the mean of the first training run after realignment "
+                         "(rigid body, inverse-compositional Gauss-Newton [baker2004] with a linear intensity "
+                         f"field, bidsrecon's own){', with slice-timing correction' if config.slice_timing else ''}; "
+                         "the six motion parameters were regressed out of each run.")
     normalise = ("normalised to the run's rest baseline (percent signal change from the mean of the rest volumes)"
                  if config.normalise in (None, "rest") else "z-scored within the run")
     decoder = ("A kernel ridge decoder [horikawa2017] was fitted per layer on the training trials, its penalty "
@@ -71,6 +71,15 @@ def methods_text(config):
         decoder = ("A decoder saved by an earlier run (" + str(config.decoders_dir) + ") was applied; it had been "
                    "fitted as follows. " + decoder)
     layers = ", ".join(config.layers) if config.layers else "its default layers"
+    samples = (
+        f"{preprocessing} The first {config.discard_seconds:g} s of every run were left out, each voxel's time "
+        f"course was {normalise}, and values beyond {config.clip_sd:g} SD were clipped. Each trial's sample was "
+        f"the mean of the volumes of its block shifted by {config.delay_seconds:g} s for the haemodynamic delay "
+        f"({config.samples} samples); the trials of each test item were averaged.")
+    if config.bdata_dir:
+        samples = (f"The samples were the Kamitani lab's preprocessed BData files ({config.bdata_dir}), one per "
+                   "stimulus block as the lab made them, taken as they are; the voxels of "
+                   f"{config.bdata_roi}. The trials of each test item were averaged.")
     lines = [
         "# Methods",
         "",
@@ -78,10 +87,7 @@ def methods_text(config):
         f"(2019) [shen2019], within Nipype {versions['nipype']} [nipype] and PyTorch {versions['torch']} "
         f"[pytorch] (Python {platform.python_version()}).",
         "",
-        f"**Preprocessing.** {preprocessing} The first {config.discard_seconds:g} s of every run were left out, "
-        f"each voxel's time course was {normalise}, and values beyond {config.clip_sd:g} SD were clipped. "
-        f"Each trial's sample was the mean of the volumes of its block shifted by {config.delay_seconds:g} s "
-        f"for the haemodynamic delay ({config.samples} samples); the trials of each test item were averaged.",
+        f"**Preprocessing.** {samples}",
         "",
         f"**Decoding.** The features of {encoder} ({layers}, images at {config.image_size} px) were decoded from "
         f"the voxels. {decoder}. A 32-pixel image "
@@ -108,8 +114,8 @@ def methods_text(config):
 def _cited(key, config):
     if key == "fmriprep":
         return bool(config.derivatives)
-    if key == "nipy":
-        return not config.derivatives
+    if key == "baker2004":
+        return not config.derivatives and not config.bdata_dir
     if key == "vgg19":
         return config.encoder.startswith("vgg19")
     if key == "efficientnet":

@@ -78,6 +78,10 @@ def test_bdata_input_gives_the_decoded_features_of_our_preprocessing(tiny_datase
     sidecar = json.loads(next((theirs / "sub-01" / "recon").glob("*_recon.json")).read_text())
     assert all(sample["Source"].startswith("bids:bdata:sub-01_") for sample in sidecar["SourceSamples"])
     assert not (theirs / "sub-01" / "qc").exists()  # no run was read: no motion, no tSNR
+    # The report's runs table names the lab's files' sessions and their runs.
+    assert "perceptionLetterImage" in (theirs / "sub-01.html").read_text()
+    citation = (theirs / "logs" / "CITATION.md").read_text()
+    assert "preprocessed BData files" in citation and "realigned" not in citation
     mask = theirs / "sub-01" / "func" / "sub-01_task-perception_space-bdata_desc-decoder_mask.nii.gz"
     assert int(np.asarray(nib.load(mask).dataobj).sum()) == samples.shape[1]
     code, report = validate(theirs)

@@ -66,20 +66,26 @@ def write_participant_report(output_dir, subject):
 # --- Summary ---------------------------------------------------------------------------------------
 
 
-def _run_entities(source):
-    """``bids:raw:sub-01/ses-x/func/sub-01_ses-x_task-y_run-01_bold.nii.gz`` -> (session, task, run)."""
+def _run_entities(source, run=None):
+    """``bids:raw:sub-01/ses-x/func/sub-01_ses-x_task-y_run-01_bold.nii.gz`` -> (session, task, run); a
+    BData file (``bids:bdata:sub-01_perceptionLetterImage_original_VC.h5``) -> (its session, n/a, ``run``)."""
     name = source.rsplit("/", 1)[-1]
+    if source.startswith("bids:bdata:"):
+        parts = name.split("_")
+        return (parts[1] if len(parts) > 2 else "n/a"), "n/a", "n/a" if run is None else str(run)
     entities = dict(re.findall(r"(ses|task|run)-([A-Za-z0-9]+)", name))
     return entities.get("ses", "n/a"), entities.get("task", "n/a"), entities.get("run", "n/a")
 
 
 def runs_table(sidecars):
-    """Sessions and runs of the test trials, from the reconstructions' ``SourceTrials``."""
+    """Sessions and runs of the test trials, from the reconstructions' ``SourceTrials`` (or, for BData
+    input, ``SourceSamples``)."""
     sessions = {}
     for sidecar in sidecars:
-        trials = sidecar.get("SourceTrials") or [{"Source": source} for source in sidecar.get("Sources", [])]
+        trials = (sidecar.get("SourceTrials") or sidecar.get("SourceSamples")
+                  or [{"Source": source} for source in sidecar.get("Sources", [])])
         for trial in trials:
-            session, task, run = _run_entities(trial["Source"])
+            session, task, run = _run_entities(trial["Source"], trial.get("Run"))
             row = sessions.setdefault(session, {"sets": set(), "tasks": set(), "runs": set(), "trials": 0})
             row["sets"].add(sidecar.get("TestSet", "n/a"))
             row["tasks"].add(task)
