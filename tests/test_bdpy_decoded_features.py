@@ -152,3 +152,14 @@ def test_a_run_writes_what_bdpy_reads(tiny_dataset, tmp_path):
                 assert np.array_equal(item[0], decoded[layer][row])
     code, report = validate(out)
     assert code == 0, report
+
+    # The decoder applied to the same runs: the <roi> folder named from the saved decoder's sidecar.
+    applied = tmp_path / "applied"
+    assert main([str(tiny_dataset), str(applied), "participant", "-w", str(tmp_path / "work_applied"),
+                 "--decoders-dir", str(out), "--save-decoded-features=bdpy", *fast[:-4]]) == 0
+    natural = DecodedFeatures(str(applied / "sub-01" / "decoder" / "bdpy" / "natural"))
+    assert natural.rois == ["V1+V2+V3"]
+    rows = np.flatnonzero(items["set"] == "natural")
+    np.testing.assert_allclose(natural.get(layer=layers[-1], subject="sub-01", roi="V1+V2+V3",
+                                           label=items["stimulus"][rows[0]])[0],
+                               decoded[layers[-1]][rows[0]], rtol=1e-5, atol=1e-6)

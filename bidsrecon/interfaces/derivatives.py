@@ -367,6 +367,8 @@ class WriteDerivatives(SimpleInterface):
         items = pd.read_csv(self.inputs.items_file, sep="\t", dtype={"set": str, "stimulus": str},
                             keep_default_na=False)
         rois = decoder["VoxelMask"].get("Rois") if self.inputs.copy_decoder else list(self.inputs.rois)
+        if not (isinstance(rois, list) and all(isinstance(name, str) for name in rois)):
+            rois = None  # absent, or not what bidsrecon writes
         written = write_decoded_feature_sets(
             subject_dir / "decoder" / "bdpy", {layer: decoded[layer] for layer in decoder["Layers"]
                                                 if layer in decoded and layer not in (PIXEL_LAYER, *PIXEL_PARTS)},
