@@ -163,3 +163,20 @@ def test_a_run_writes_what_bdpy_reads(tiny_dataset, tmp_path):
     np.testing.assert_allclose(natural.get(layer=layers[-1], subject="sub-01", roi="V1+V2+V3",
                                            label=items["stimulus"][rows[0]])[0],
                                decoded[layers[-1]][rows[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_names_are_checked_before_any_work():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bidsrecon.participant_level import _check_bdpy_names
+    from bidsrecon.spec import TRAINING
+
+    def run(set_name, *stimuli):
+        return SimpleNamespace(set_name=set_name, trials=pd.DataFrame({"stimulus": stimuli}),
+                               events=f"sub-01_task-{set_name}_events.tsv")
+
+    _check_bdpy_names([run(TRAINING, ".training/only"), run("natural", "n01443537_22563")])  # training: no file
+    with pytest.raises(BidsReconError, match=r"'\.\./x' contains a slash.*rename the stimulus in sub-01_task-imagery_events.tsv"):
+        _check_bdpy_names([run("natural", "n01443537_22563"), run("imagery", "../x")])
