@@ -15,6 +15,9 @@ from pathlib import Path
 
 from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
 
+#: ``--save-decoded-features``: our HDF5 file, or the Kamitani lab's layout (bdpy's DecodedFeatures).
+DECODED_FEATURES_FORMATS = ("h5", "bdpy")
+
 # Argument groups of ``--help``, in the order they are shown.
 POSITIONAL = "positional arguments"
 SELECT = "what to process"
@@ -211,9 +214,13 @@ class Config:
     seed: int = option(0, '--seed', group=DECODING,
                 type=int,
                 help="random seed (default: 0)")
-    save_decoded_features: bool = option(False, '--save-decoded-features', group=DECODING,
-                action="store_true",
-                help="also write the decoded features of every test item (HDF5, one dataset per layer)")
+    save_decoded_features: str = option(None, '--save-decoded-features', group=DECODING,
+                nargs='?', const='h5', choices=DECODED_FEATURES_FORMATS,
+                help="also write the decoded features of every test item: h5 (the default when the option has no "
+                "value): one HDF5 file, a dataset per layer, the pixels pseudo-layer and the items' table; bdpy: "
+                "instead, the Kamitani lab's layout, one MATLAB file per item and layer that bdpy's "
+                "DecodedFeatures reads, a root per test set (decoder/bdpy/<set>/<layer>/sub-<label>/<roi>/"
+                "<stimulus>.mat; no pixels pseudo-layer)")
     # --- reconstruction ---
     optimiser: str = option('lbfgs', '--optimiser', '--optimizer', group=RECONSTRUCTION,
                 choices=('lbfgs', 'gd', 'generator'),

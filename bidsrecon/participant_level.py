@@ -235,6 +235,8 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
             write_if_changed(path, run.baseline[["onset", "duration"]].to_csv(sep="\t", index=False))
             baseline_files.append(str(path))
 
+    if config.save_decoded_features == "bdpy":  # they name files written at the very end: checked now
+        _check_bdpy_names(runs)
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
     # A saved decoder's output is built from its training images' features: they are needed too.
     names = sorted(set(all_trials["stimulus"]) | set(saved.training_stimuli if saved else ()))
@@ -257,6 +259,19 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                            roi_files(rois, config.bids_dir, subject) if rois else [], saved,
                            normalise, baseline_files, fmriprep=bool(derivatives),
                            simulated=simulation_record(config.bids_dir) is not None, sources=sources)
+
+
+def _check_bdpy_names(runs):
+    """Every test set and stimulus name can be a folder or file name of ``--save-decoded-features bdpy``."""
+    from bidsrecon.labformats.decoded_features import check_name
+
+    for run in runs:
+        if run.set_name == TRAINING:
+            continue
+        check_name(run.set_name, "test set name", "rename the set in the decoding specification (--spec)")
+        for stimulus in dict.fromkeys(run.trials["stimulus"]):
+            check_name(stimulus, "stimulus name", f"rename the stimulus in {run.events} (and its image), or drop "
+                       "--save-decoded-features bdpy")
 
 
 def _source_uri(bids_dir, derivatives, path):

@@ -1,7 +1,9 @@
 """``--config-file``: a run's options as TOML, read before the command line and written with every run.
 
 A key is an option's long name, with ``-`` or ``_`` (``image-size = 64``, ``participant_label =
-["01"]``, ``mem = "16G"``); a flag is ``true``; a repeated one (``verbose``) a count. The
+["01"]``, ``mem = "16G"``); a flag is ``true``; a repeated one (``verbose``) a count; an option whose
+value may be left out takes its value or ``true`` for none (``save-decoded-features = "bdpy"`` or
+``= true``). The
 command line wins over the file. Each participant's ``log/sub-XX_desc-settings_log.toml`` holds every
 option of the run, so ``bidsrecon bids_dir output_dir participant --config-file that.toml``
 repeats it.
@@ -72,6 +74,10 @@ def config_file_argv(argv):
         if action in ("store_true", "store_false"):
             if not isinstance(value, bool):
                 raise BidsReconError(f"--config-file {path}: {key} is a flag: true or false", EXIT_BAD_ARGUMENTS)
+            tokens += [flag] if value else []
+        elif option.metadata["argparse"].get("nargs") == "?" and isinstance(value, bool):
+            # An option whose value may be left out (--save-decoded-features [h5|bdpy]): true gives it
+            # bare, as a flag was written before it took a value.
             tokens += [flag] if value else []
         elif action == "count":
             tokens += [flag] * int(value)

@@ -104,6 +104,22 @@ def parse_rois(values):
     return requests
 
 
+def roi_names(requests):
+    """Each ROI as ``--roi`` names it, in its canonical spelling: ``V1``, ``LH_hV4``, ``NAME`` of ``NAME=PATH``.
+
+    Parameters
+    ----------
+    requests : list of RoiRequest
+        From :func:`parse_rois`.
+
+    Returns
+    -------
+    list of str
+    """
+    return [request.name if request.path is not None or len(request.hemispheres) != 1
+            else f"{request.hemispheres[0]}_{request.name}" for request in requests]
+
+
 def sourcedata_mask_path(bids_dir, subject, hemisphere, label):
     """Where ds001506 keeps one mask: ``sourcedata/sub-XX/anat/sub-XX_mask_<HEMI>_<LABEL>.nii.gz``."""
     return Path(bids_dir) / "sourcedata" / f"sub-{subject}" / "anat" / f"sub-{subject}_mask_{hemisphere}_{label}.nii.gz"

@@ -112,7 +112,12 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     decoder_file = File(exists=True, mandatory=True, desc="the decoder's JSON sidecar")
     decoder_arrays = File(exists=True, mandatory=True, desc="the decoder's safetensors")
     accuracy_file = File(exists=True, mandatory=True, desc="TSV of decoding accuracy per set and layer")
-    save_decoded_features = traits.Bool(mandatory=True, desc="also write the decoded features (HDF5)")
+    save_decoded_features = traits.Enum("", "h5", "bdpy", mandatory=True,
+                                        desc="also write the decoded features: h5 (our HDF5 file) or bdpy (the "
+                                        "Kamitani lab's layout); empty for neither")
+    rois = traits.List(traits.Str, mandatory=True,
+                       desc="the ROIs of the voxel mask as --roi names them (none: the brain mask); recorded in a "
+                       "fitted decoder's sidecar and naming the <roi> folder of the bdpy layout")
     features_file = File(exists=True, desc="decoded features (DecodeFeatures.out_features)")
     items_file = File(exists=True, desc="TSV of the decoded items")
     trials_files = InputMultiObject(File(exists=True), mandatory=True)
@@ -168,8 +173,10 @@ class WriteDerivatives(SimpleInterface):
         written += self._write_mask(subject_dir)
         if isdefined(self.inputs.tsnr_file):
             written += self._write_quality(subject_dir, subject)
-        if self.inputs.save_decoded_features:
+        if self.inputs.save_decoded_features == "h5":
             written.append(self._write_decoded_features(subject_dir, subject, decoder, runtime))
+        elif self.inputs.save_decoded_features == "bdpy":
+            written += self._write_bdpy_decoded_features(subject_dir, subject, decoder)
         self._results["out_files"] = written
         return runtime
 
@@ -291,6 +298,7 @@ class WriteDerivatives(SimpleInterface):
             atomic_write_bytes(sidecar, Path(self.inputs.decoder_file).read_bytes())
         else:
             decoder["VoxelMask"]["File"] = mask.name
+            decoder["VoxelMask"]["Rois"] = list(self.inputs.rois)  # none: the brain mask
             if isdefined(self.inputs.reference_file):
                 decoder["MotionReference"] = {
                     "File": reference.name, "SHA256": file_sha256(reference),
@@ -351,3 +359,27 @@ class WriteDerivatives(SimpleInterface):
         path = subject_dir / "decoder" / f"sub-{subject}_desc-decoded_features.h5"
         atomic_write_bytes(path, scratch.read_bytes())
         return str(path)
+
+    def _write_bdpy_decoded_features(self, subject_dir, subject, decoder):
+        """The network layers' decoded features in the Kamitani lab's layout (``decoder/bdpy/<set>/``).
+
+        No pixels pseudo-layer: it is ours, the lab has none. The ``<roi>`` folder is named from
+        the ROIs of the voxel mask; an applied decoder's from its sidecar (``unknown`` for a
+        decoder saved before sidecars recorded them).
+        """
+        from bidsrecon.arrays import load_arrays
+        from bidsrecon.decoding.pixels import PIXEL_LAYER, PIXEL_PARTS
+        from bidsrecon.labformats.decoded_features import roi_label, write_decoded_feature_sets
+
+        decoded = load_arrays(self.inputs.features_file)["decoded"]
+        items = pd.read_csv(self.inputs.items_file, sep="\t", dtype={"set": str, "stimulus": str},
+                            keep_default_na=False)
+        rois = decoder["VoxelMask"].get("Rois") if self.inputs.copy_decoder else list(self.inputs.rois)
+        if not (isinstance(rois, list) and all(isinstance(name, str) for name in rois)):
+            rois = None  # absent, or not what bidsrecon writes
+        written = write_decoded_feature_sets(
+            subject_dir / "decoder" / "bdpy", {layer: decoded[layer] for layer in decoder["Layers"]
+                                                if layer in decoded and layer not in (PIXEL_LAYER, *PIXEL_PARTS)},
+            items["set"], items["stimulus"], subject=f"sub-{subject}",
+            roi="unknown" if rois is None else roi_label(rois))
+        return [str(path) for paths in written.values() for path in paths]

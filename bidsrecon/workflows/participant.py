@@ -11,6 +11,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bidsrecon.bids.derivatives import bdata_mask_name, decoder_mask_name, staging_dir
+from bidsrecon.bids.roi import parse_rois, roi_names
 from bidsrecon.interfaces.decoding import DecodeFeatures
 from bidsrecon.interfaces.derivatives import WriteDerivatives
 from bidsrecon.interfaces.qc import TemporalSnr
@@ -168,7 +169,10 @@ def init_outputs_wf(plan, config, name="outputs_wf"):
     write_derivatives = pe.Node(
         WriteDerivatives(output_dir=str(staging_dir(config.output_dir)), subject=plan.subject,
                          trials_files=list(plan.trials_files), seed=config.seed,
-                         save_decoded_features=config.save_decoded_features,
+                         save_decoded_features=config.save_decoded_features or "",
+                         # The lab's ROI_VC is VC, as --roi names it.
+                         rois=([config.bdata_roi.removeprefix("ROI_")] if plan.input_mode == "bdata"
+                               else roi_names(parse_rois(config.rois))),
                          copy_decoder=plan.saved_decoder is not None,
                          mask_source=plan.sources[plan.reference_run]),
         name="write_derivatives",
