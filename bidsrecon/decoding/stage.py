@@ -12,6 +12,7 @@ Both average the trials of each test item first (the paper's choice, :func:`aver
 :func:`decoding_accuracy_table` scores the decoded features against the true ones.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,13 +28,14 @@ from bidsrecon.decoding.pixels import (
     pixel_statistics,
     pixel_targets,
 )
-from bidsrecon.decoding.sidecar import decoder_paths, read_decoder_description
+from bidsrecon.decoding.sidecar import _mask_summary, decoder_paths, read_decoder_description
 from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
 from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
 from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.images import load_images
+from bidsrecon.labformats.fastl2lir_folders import FOLDERS_NAME, write_fastl2lir_folders
 from bidsrecon.spec import TRAINING
 
 
@@ -140,6 +142,13 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
             encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
         paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
+        # The same decoders in the Kamitani lab's cookbook layout, for its predict script.
+        unit_shapes = {layer: decoded[layer].shape[1:] for layer in decoders}
+        write_fastl2lir_folders(
+            Path(stem).parent / FOLDERS_NAME, decoders, unit_shapes, subject=Path(stem).name.split("_")[0],
+            voxel_mask=_mask_summary(mask_file), voxel_indices=kept,
+            extra_fields={"Encoder": encoder.name, "EncoderWeightsSHA256": encoder.weights_sha256,
+                          "ImageSize": int(image_size), "SoftwareVersion": __version__})
     else:
         cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache)
         # The pixels pseudo-layer's two parts are two more targets, every value of them

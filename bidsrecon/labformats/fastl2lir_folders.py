@@ -38,6 +38,8 @@ import scipy.sparse
 from bidsrecon.decoding.per_unit import PerUnitDecoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 
+#: The folder, beside a participant's decoder, that holds its per-unit decoders in this layout.
+FOLDERS_NAME = "fastl2lir"
 #: The JSON file at the folders' root that ties the columns to the voxel mask.
 DESCRIPTION_FILE = "fastl2lir_folders.json"
 FORMAT_NAME = "bidsrecon-fastl2lir-folders"
