@@ -207,3 +207,25 @@ def test_wrong_key(written):
     folder = model_folder(written, "conv", "sub-01", "voxelmask")
     write_mat_array(folder / "b.mat", "bias", np.zeros((1, 3, 2, 2)))
     assert str(folder / "b.mat") in _error(written, "holds no array 'b'")
+
+
+def test_stage_applies_folders_to_mask_samples(tmp_path):
+    """The decoding stage's use: samples in the whole mask, the folders' voxels picked, trials averaged."""
+    import pandas as pd
+
+    from bidsrecon.decoding.stage import apply_fastl2lir_folders
+
+    decoders, shapes, x_test = _our_decoders()
+    indices = np.arange(N_VOXELS) * 2 + 1
+    write_fastl2lir_folders(tmp_path, decoders, shapes, subject="sub-01", voxel_indices=indices,
+                            voxel_mask={"Voxels": 2 * N_VOXELS + 1})
+    samples = np.zeros((len(x_test) * 2, 2 * N_VOXELS + 1))
+    samples[:, indices] = np.repeat(x_test, 2, axis=0) + np.tile([[0.5], [-0.5]], (len(x_test), 1))
+    trials = pd.DataFrame({"set": "test", "stimulus": np.repeat([f"im{i}" for i in range(len(x_test))], 2)})
+    result = apply_fastl2lir_folders(samples, trials, tmp_path)
+    assert list(result.items["stimulus"]) == [f"im{i}" for i in range(len(x_test))]
+    assert result.layers == ["conv", "fc"] and result.decoded["conv"].shape == (len(x_test), 3, 2, 2)
+    np.testing.assert_allclose(result.decoded["fc"], decoders["fc"].predict(x_test), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.train_mean["conv"].reshape(-1), decoders["conv"].feature_mean_, rtol=1e-6)
+    with pytest.raises(BidsReconError, match=f"hold {2 * N_VOXELS} voxels.*{N_VOXELS} of the voxel mask's"):
+        apply_fastl2lir_folders(samples[:, :-1], trials, tmp_path)
