@@ -137,8 +137,10 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
 
     The arrays are each unit's selected voxels (int32), weights and bias (float32, z-scored
     units), and the voxels' and units' training mean and SD, under ``<layer>/...``. The sidecar
-    says what they apply to, as :func:`save_decoder`'s does. There is no loader yet: applying
-    saved decoders (``--decoders-dir``) is for the kernel ridge decoder only, and
+    says what they apply to, as :func:`save_decoder`'s does. There is no loader of this pair:
+    the fitting stage also writes the decoders in the Kamitani lab's FastL2LiR folders, which
+    :mod:`bidsrecon.labformats.fastl2lir_folders` reads; applying saved decoders
+    (``--decoders-dir``) is for the kernel ridge decoder only, and
     :func:`read_decoder_description` refuses this format with a message saying so.
 
     Parameters

@@ -8,10 +8,15 @@ Two entry points return the same :class:`DecodedItems`:
   checked against this run's data and settings when the participant was planned
   (:func:`bidsrecon.decoding.saved.check_saved_decoder`); here it is only read.
 
+:func:`apply_fastl2lir_folders` decodes with per-unit decoders in the Kamitani lab's cookbook
+layout (:mod:`bidsrecon.labformats.fastl2lir_folders`), written by ``--decoder fastl2lir`` or by
+the lab's training script.
+
 Both average the trials of each test item first (the paper's choice, :func:`average_test_items`).
 :func:`decoding_accuracy_table` scores the decoded features against the true ones.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,13 +32,20 @@ from bidsrecon.decoding.pixels import (
     pixel_statistics,
     pixel_targets,
 )
-from bidsrecon.decoding.sidecar import decoder_paths, read_decoder_description
+from bidsrecon.decoding.sidecar import _mask_summary, decoder_paths, read_decoder_description
 from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
 from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
 from bidsrecon.encoders.base import file_sha256
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
 from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.images import load_images
+from bidsrecon.labformats.fastl2lir_folders import (
+    DESCRIPTION_FILE,
+    FOLDERS_NAME,
+    read_fastl2lir_folders,
+    write_fastl2lir_folders,
+)
 from bidsrecon.spec import TRAINING
 
 
@@ -140,6 +152,13 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
             encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
         paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
+        # The same decoders in the Kamitani lab's cookbook layout, for its predict script.
+        unit_shapes = {layer: decoded[layer].shape[1:] for layer in decoders}
+        write_fastl2lir_folders(
+            Path(stem).parent / FOLDERS_NAME, decoders, unit_shapes, subject=Path(stem).name.split("_")[0],
+            voxel_mask=_mask_summary(mask_file), voxel_indices=kept,
+            extra_fields={"Encoder": encoder.name, "EncoderWeightsSHA256": encoder.weights_sha256,
+                          "ImageSize": int(image_size), "SoftwareVersion": __version__})
     else:
         cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache)
         # The pixels pseudo-layer's two parts are two more targets, every value of them
@@ -202,6 +221,61 @@ def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=No
     layers = [layer for layer in description["Layers"] if layer not in PIXEL_PARTS]
     arrays, sidecar = (str(path) for path in decoder_paths(stem))
     return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
+
+
+def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
+    """Decode every test item with per-unit decoders in the cookbook's folders (ours or the lab's).
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_trials, n_mask_voxels)
+        Every run's samples in the voxel mask the folders' description names (its voxels in C order).
+    trials : DataFrame
+        ``set`` and ``stimulus`` of each sample; ``trials`` need hold no training rows.
+    root : str or Path
+        The folders' root, with :data:`~bidsrecon.labformats.fastl2lir_folders.DESCRIPTION_FILE`.
+    layers : sequence of str, optional
+        Layers to decode (default: all the folders hold).
+
+    Returns
+    -------
+    DecodedItems
+        ``train_mean`` is each unit's training mean (``y_mean``); ``train_spread`` comes from it and
+        the units' training SD (``y_norm``, ddof 1 over training samples, where a fitted decoder uses
+        the images' moments); ``feature_std`` is None (the folders do not hold it);
+        ``decoder_arrays`` is the root, ``decoder_sidecar`` the description.
+
+    Raises
+    ------
+    BidsReconError
+        The samples' voxel count does not match the description's.
+    """
+    folders = read_fastl2lir_folders(root, layers=layers)
+    description_file = str(Path(root) / DESCRIPTION_FILE)
+    indices, n_voxels = folders.voxel_indices, folders.description["Voxels"]
+    # The samples are the mask's voxels; the decoders take all of them, or those at ``indices``.
+    if indices is None:
+        fits, takes = samples.shape[1] == n_voxels, f"{n_voxels} voxels"
+    else:
+        mask_voxels = (folders.description.get("VoxelMask") or {}).get("Voxels")
+        fits = indices.max() < samples.shape[1] and mask_voxels in (None, samples.shape[1])
+        takes = f"{n_voxels} of the voxel mask's {mask_voxels if mask_voxels is not None else 'voxels'}"
+    if not fits:
+        raise BidsReconError(
+            f"The samples hold {samples.shape[1]} voxels; the decoders of {description_file} take {takes}. "
+            "Sample the runs in the voxel mask the description names.", EXIT_BAD_ARGUMENTS)
+    if indices is not None:
+        samples = samples[:, indices]
+    items, item_samples = average_test_items(samples, trials)
+    decoded, train_mean, train_spread = {}, {}, {}
+    for layer, decoder in folders.decoders.items():
+        shape = folders.unit_shapes[layer]
+        decoded[layer] = decoder.predict(item_samples).reshape((-1, *shape)).astype(np.float32)
+        mean = decoder.feature_mean_.reshape(shape)
+        train_mean[layer] = mean.astype(np.float32)
+        train_spread[layer] = spread_from_moments(mean, mean**2 + decoder.feature_std_.reshape(shape) ** 2)
+    encoder_layers = [layer for layer in folders.decoders if layer != PIXEL_LAYER]
+    return DecodedItems(encoder_layers, items, decoded, train_mean, train_spread, None, str(root), description_file)
 
 
 def decoding_accuracy_table(result, encoder, stimuli, image_size, n_units=10000, seed=0):

@@ -305,7 +305,31 @@ class WriteDerivatives(SimpleInterface):
                     "Description": "Mean of the first training run after realignment; every raw run was "
                     "realigned to it."}
             write_json(sidecar, decoder)
+        written += self._write_fastl2lir_folders(folder, mask.name)
         return [*written, str(sidecar)]
+
+    def _write_fastl2lir_folders(self, folder, mask_name):
+        """A per-unit decoder's copy in the Kamitani lab's layout (``fastl2lir/``, beside its arrays), if any.
+
+        Its description names the mask written next to the decoder; an applied decoder's is copied unchanged.
+        """
+        from bidsrecon.labformats.fastl2lir_folders import DESCRIPTION_FILE, FOLDERS_NAME
+
+        source = Path(self.inputs.decoder_arrays).parent / FOLDERS_NAME
+        if not (source / DESCRIPTION_FILE).is_file():
+            return []
+        written = []
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and path.name != DESCRIPTION_FILE:
+                target = folder / FOLDERS_NAME / path.relative_to(source)
+                atomic_write_bytes(target, path.read_bytes())
+                written.append(str(target))
+        description = json.loads((source / DESCRIPTION_FILE).read_text())
+        if not self.inputs.copy_decoder and description.get("VoxelMask"):
+            description["VoxelMask"]["File"] = mask_name
+        target = folder / FOLDERS_NAME / DESCRIPTION_FILE
+        write_json(target, description)
+        return [*written, str(target)]
 
     def _write_mask(self, subject_dir):
         """The decoder's voxel mask as BIDS names it (``func/``, with ``space-`` for fMRIPrep input)."""

@@ -1,0 +1,501 @@
+"""The brain-decoding cookbook's FastL2LiR decoder folders: per-unit decoders written and read.
+
+The Kamitani lab's cookbook (``featdec_fastl2lir_train.py`` / ``_predict.py``) keeps one decoder
+per layer, subject and ROI in ``<root>/<layer>/<subject>/<roi>/model/``:
+
+- ``x_mean.mat``, ``x_norm.mat`` (keys ``x_mean``, ``x_norm``; shape ``(1, n_voxels)``): the
+  training mean and SD (ddof 1) of each voxel; samples are z-scored with them;
+- ``y_mean.mat``, ``y_norm.mat`` (shape ``(1, *unit_shape)``, the layer's shape, e.g. ``(1, C,
+  H, W)``): each unit's training mean and SD; predictions are multiplied by ``y_norm`` and
+  ``y_mean`` is added;
+- ``W.mat`` (key ``W``, shape ``(n_voxels, *unit_shape)``; bdpy writes it as a sparse array: zero
+  for the voxels a unit does not use) and ``b.mat`` (key ``b``, ``(1, *unit_shape)``): weights and
+  bias on the z-scored data. A layer trained in chunks holds ``W/00000000.mat``, ... and
+  ``b/00000000.mat``, ... instead, one chunk of the unit axes each, in order.
+
+A unit of a layer of shape ``(C, H, W)`` is ``[c, h, w]`` in both the lab's arrays and ours (our
+decoders flatten the layer in C order), so the unit axes need no reordering.
+
+The files are MATLAB v7.3 (HDF5, what bdpy's ``save_array`` writes, through hdf5storage) or v5;
+they are read here with h5py or scipy and written with h5py in the form bdpy's ``load_array``
+reads (dense arrays, and bdpy's sparse array for ``W``). Nothing is unpickled.
+
+Which voxels the columns are is not in the folders (the lab's columns are those of an ROI in a
+BData file; ours the voxel mask's voxels in C order). :data:`DESCRIPTION_FILE`, a JSON file at
+the folders' root, records it: the subject and ROI folder names, each layer's shape, the count of
+voxels, the voxel mask (as :mod:`bidsrecon.decoding.sidecar` summarises it) and, when the decoder
+uses a selection of the mask's voxels, their positions among them (``VoxelIndices``).
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.io
+import scipy.sparse
+
+from bidsrecon.decoding.per_unit import PerUnitDecoder
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+
+#: The folder, beside a participant's decoder, that holds its per-unit decoders in this layout.
+FOLDERS_NAME = "fastl2lir"
+#: The JSON file at the folders' root that ties the columns to the voxel mask.
+DESCRIPTION_FILE = "fastl2lir_folders.json"
+FORMAT_NAME = "bidsrecon-fastl2lir-folders"
+FORMAT_VERSION = 1
+#: The ROI folder our decoders are written under: the decoder's voxel mask.
+MASK_ROI = "voxelmask"
+NORMALISATION_KEYS = ("x_mean", "x_norm", "y_mean", "y_norm")
+
+# The 128-byte text MATLAB reads at the start of a v7.3 file (the HDF5 user block).
+_MAT_HEADER = b"MATLAB 7.3 MAT-file, Platform: bidsrecon, HDF5 schema 1.00 ."
+_USER_BLOCK = 512
+
+
+@dataclass
+class FastL2LiRFolders:
+    """Per-unit decoders read from FastL2LiR folders, and what ties them to the voxel mask."""
+
+    decoders: dict  # layer -> PerUnitDecoder (alpha unknown for the lab's: NaN)
+    unit_shapes: dict  # layer -> tuple, the layer's shape without the sample axis
+    description: dict  # the content of DESCRIPTION_FILE
+
+    @property
+    def voxel_indices(self):
+        """Positions of the folders' voxels among the mask's voxels (C order); None: all of them."""
+        indices = self.description.get("VoxelIndices")
+        return None if indices is None else np.asarray(indices, dtype=np.int64)
+
+
+def model_folder(root, layer, subject, roi):
+    """``<root>/<layer>/<subject>/<roi>/model``, where the cookbook keeps one decoder."""
+    return Path(root) / layer / subject / roi / "model"
+
+
+# Writing ---------------------------------------------------------------------------------------
+
+def write_fastl2lir_folders(root, decoders, unit_shapes, *, subject, roi=MASK_ROI, voxel_mask=None,
+                            voxel_indices=None, extra_fields=None):
+    """Write fitted per-unit decoders as the cookbook's folders, with :data:`DESCRIPTION_FILE`.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folders' root (the cookbook's ``feature decoder dir`` for one network).
+    decoders : dict of str to PerUnitDecoder
+        Fitted decoder of each layer, all on the same voxels.
+    unit_shapes : dict of str to tuple of int
+        Each layer's shape without the sample axis (``(C, H, W)`` or ``(U,)``).
+    subject : str
+        The subject folder name (``sub-01``).
+    roi : str
+        The ROI folder name.
+    voxel_mask : dict, optional
+        The mask summary :func:`bidsrecon.decoding.sidecar._mask_summary` gives, recorded as is.
+    voxel_indices : array-like of int, optional
+        Positions of the decoders' voxels among the mask's voxels; None when they use all.
+    extra_fields : dict, optional
+        More JSON fields to record.
+
+    Returns
+    -------
+    Path
+        The description file.
+    """
+    layers = list(decoders)
+    n_voxels = {layer: len(decoders[layer].voxel_mean_) for layer in layers}
+    if len(set(n_voxels.values())) != 1:
+        raise ValueError(f"The decoders must share their voxels; their voxel counts are {n_voxels}.")
+    for layer in layers:
+        write_model_folder(model_folder(root, layer, subject, roi), decoders[layer], unit_shapes[layer])
+    description = {
+        "Format": FORMAT_NAME, "FormatVersion": FORMAT_VERSION, "Subject": subject, "ROI": roi,
+        "Layers": {layer: [int(n) for n in unit_shapes[layer]] for layer in layers},
+        "Voxels": int(n_voxels[layers[0]]),
+        "VoxelMask": voxel_mask,
+        "VoxelIndices": None if voxel_indices is None else [int(i) for i in np.ravel(voxel_indices)],
+        **(extra_fields or {}),
+    }
+    path = Path(root) / DESCRIPTION_FILE
+    path.write_text(json.dumps(description, indent=2))
+    return path
+
+
+def write_model_folder(folder, decoder, unit_shape):
+    """One decoder in the cookbook's ``model`` folder: W, b and the four normalisation arrays.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if needed.
+    decoder : PerUnitDecoder
+        Fitted.
+    unit_shape : tuple of int
+        The layer's shape; the decoder's units are that shape flattened in C order.
+    """
+    unit_shape = tuple(int(n) for n in unit_shape)
+    n_units = len(decoder.coef_)
+    if int(np.prod(unit_shape)) != n_units:
+        raise ValueError(f"unit_shape {unit_shape} holds {int(np.prod(unit_shape))} units; the decoder "
+                         f"has {n_units}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_voxels = len(decoder.voxel_mean_)
+    arrays = {"x_mean": decoder.voxel_mean_.reshape(1, n_voxels),
+              "x_norm": decoder.voxel_std_.reshape(1, n_voxels),
+              "y_mean": decoder.feature_mean_.reshape((1, *unit_shape)),
+              "y_norm": decoder.feature_std_.reshape((1, *unit_shape)),
+              "b": decoder.intercept_.reshape((1, *unit_shape))}
+    for key, array in arrays.items():
+        write_mat_array(folder / f"{key}.mat", key, array)
+    # The lab keeps the weights of the voxels each unit uses (a sparse array); zeros are left out.
+    units = np.broadcast_to(np.arange(n_units)[:, None], decoder.selected_voxels_.shape)
+    used = decoder.coef_ != 0
+    index = (decoder.selected_voxels_[used], *np.unravel_index(units[used], unit_shape))
+    write_mat_sparse(folder / "W.mat", "W", index, decoder.coef_[used], (n_voxels, *unit_shape))
+
+
+def write_mat_array(path, key, array):
+    """A dense float32 array in a MATLAB v7.3 file, as bdpy's ``save_array`` writes it."""
+    with _new_mat_file(path) as file:
+        _write_dataset(file, key, np.asarray(array, dtype=np.float32))
+
+
+def write_mat_sparse(path, key, index, values, shape):
+    """bdpy's sparse array (``index``: one int array per axis; ``values``; dense ``shape``)."""
+    with _new_mat_file(path) as file:
+        refs = file.create_group("#refs#")
+        group = file.create_group(key)
+        fields = ["__bdpy_sparse_arrray", "index", "value", "shape", "background"]
+        group.attrs["MATLAB_class"] = np.bytes_("struct")
+        group.attrs["Python.Type"] = np.bytes_("dict")
+        group.attrs["Python.dict.StoredAs"] = np.bytes_("individually")
+        group.attrs["Python.dict.key_str_types"] = np.bytes_("t" * len(fields))
+        group.attrs.create("Python.Fields", np.array(fields, dtype=object), dtype=h5py.string_dtype())
+        group.attrs.create("MATLAB_fields", [np.array(list(name), dtype="S1") for name in fields],
+                           dtype=h5py.vlen_dtype(np.dtype("S1")))
+        flag = group.create_dataset("__bdpy_sparse_arrray", data=np.ones((1, 1), dtype=np.uint8))
+        flag.attrs["MATLAB_class"] = np.bytes_("logical")
+        flag.attrs["MATLAB_int_decode"] = np.int64(1)
+        _python_attrs(flag, (), "bool", "scalar", "bool")
+        _write_cell(group, refs, "index", [np.asarray(axis, dtype=np.int64) for axis in index])
+        _write_dataset(group, "value", np.asarray(values, dtype=np.float32))
+        _write_cell(group, refs, "shape", [np.int64(n) for n in shape])
+        _write_dataset(group, "background", np.int64(0))
+
+
+def _new_mat_file(path):
+    path = Path(path)
+    with h5py.File(path, "w", userblock_size=_USER_BLOCK):
+        pass
+    with open(path, "r+b") as raw:  # MATLAB's header in the user block
+        raw.write(_MAT_HEADER.ljust(116, b" ") + bytes(8) + b"\x00\x02IM")
+    return h5py.File(path, "r+")
+
+
+def _write_dataset(parent, name, value):
+    """An array as MATLAB stores it (axes reversed), with the attributes hdf5storage reads."""
+    value = np.asarray(value)
+    stored = value.reshape(1, 1) if value.ndim == 0 else value.reshape(1, -1) if value.ndim == 1 else value.T
+    dataset = parent.create_dataset(name, data=stored)
+    dataset.attrs["MATLAB_class"] = np.bytes_({"float32": "single", "float64": "double"}.get(
+        value.dtype.name, value.dtype.name))
+    python_type = "long" if value.ndim == 0 else "numpy.ndarray"
+    _python_attrs(dataset, value.shape, python_type, "scalar" if value.ndim == 0 else "ndarray",
+                  value.dtype.name)
+    return dataset
+
+
+def _python_attrs(dataset, shape, python_type, container, underlying):
+    dataset.attrs["Python.Shape"] = np.array(shape, dtype=np.uint64)
+    dataset.attrs["Python.Type"] = np.bytes_(python_type)
+    dataset.attrs["Python.numpy.Container"] = np.bytes_(container)
+    dataset.attrs["Python.numpy.UnderlyingType"] = np.bytes_(underlying)
+
+
+def _write_cell(group, refs, name, values):
+    """A MATLAB cell (a Python tuple to hdf5storage): references to datasets in ``#refs#``."""
+    references = []
+    for value in values:
+        target = _write_dataset(refs, f"{name}{len(refs)}", value)
+        references.append(target.ref)
+    cell = group.create_dataset(name, data=np.array([references], dtype=h5py.ref_dtype))
+    cell.attrs["MATLAB_class"] = np.bytes_("cell")
+    _python_attrs(cell, (len(values),), "tuple", "ndarray", "object")
+
+
+# Reading ---------------------------------------------------------------------------------------
+
+def read_fastl2lir_folders(root, *, layers=None):
+    """The decoders of FastL2LiR folders, as :data:`DESCRIPTION_FILE` at ``root`` describes them.
+
+    Parameters
+    ----------
+    root : str or Path
+    layers : sequence of str, optional
+        Layers to read (default: every layer the description lists).
+
+    Returns
+    -------
+    FastL2LiRFolders
+
+    Raises
+    ------
+    BidsReconError
+        A missing file (exit 66); a description, array or shape that does not agree with the
+        others (exit 64). The message names the file.
+    """
+    root = Path(root)
+    description = read_folders_description(root)
+    path = root / DESCRIPTION_FILE
+    recorded = description["Layers"]
+    layers = list(recorded) if layers is None else list(layers)
+    unknown = [layer for layer in layers if layer not in recorded]
+    if unknown:
+        raise BidsReconError(f"{path} lists the layers {list(recorded)}; {unknown} asked for are not among "
+                             "them. Decode the layers it has, or add the missing layers' folders and list "
+                             "them.", EXIT_BAD_ARGUMENTS)
+    decoders, unit_shapes = {}, {}
+    for layer in layers:
+        folder = model_folder(root, layer, description["Subject"], description["ROI"])
+        decoders[layer], unit_shapes[layer] = read_model_folder(folder)
+        if list(unit_shapes[layer]) != list(recorded[layer]):
+            raise BidsReconError(f"{folder}: the arrays hold layer {layer} of shape {list(unit_shapes[layer])}; "
+                                 f"{path} records {recorded[layer]}. Correct the description, or rewrite the "
+                                 "folder.", EXIT_BAD_ARGUMENTS)
+        n_voxels = len(decoders[layer].voxel_mean_)
+        if n_voxels != description["Voxels"]:
+            raise BidsReconError(f"{folder}: its decoder uses {n_voxels} voxels; {path} records "
+                                 f"{description['Voxels']}. Every layer's decoder must take the same voxels "
+                                 "the description ties to the voxel mask.", EXIT_BAD_ARGUMENTS)
+    return FastL2LiRFolders(decoders, unit_shapes, description)
+
+
+def read_folders_description(root):
+    """:data:`DESCRIPTION_FILE` at ``root``, its fields checked."""
+    path = Path(root) / DESCRIPTION_FILE
+    if not path.is_file():
+        raise BidsReconError(
+            f"{path} not found. FastL2LiR folders need it beside them: a JSON object with \"Subject\" and "
+            "\"ROI\" (the folder names), \"Layers\" (each layer's shape), \"Voxels\" (the decoders' voxel "
+            "count) and \"VoxelIndices\" (their positions among the voxel mask's voxels, C order; null for "
+            "all of them); see the README.", EXIT_INPUT_MISSING)
+    try:
+        description = json.loads(path.read_text())
+    except ValueError as error:
+        raise BidsReconError(f"{path} is not valid JSON ({error}).", EXIT_BAD_ARGUMENTS) from None
+    required = {"Subject": str, "ROI": str, "Layers": dict, "Voxels": int}
+    problems = [key for key, kind in required.items()
+                if not isinstance(description.get(key) if isinstance(description, dict) else None, kind)]
+    if not problems and description.get("Format", FORMAT_NAME) != FORMAT_NAME:
+        problems.append("Format")
+    if not problems and description.get("FormatVersion", FORMAT_VERSION) > FORMAT_VERSION:
+        raise BidsReconError(f"{path} is format version {description['FormatVersion']}; this bidsrecon reads "
+                             f"{FORMAT_VERSION}. Use a newer bidsrecon.", EXIT_BAD_ARGUMENTS)
+    indices = description.get("VoxelIndices") if not problems else None
+    if indices is not None and (not isinstance(indices, list) or len(indices) != description["Voxels"]
+                                or not all(isinstance(i, int) and i >= 0 for i in indices)
+                                or len(set(indices)) != len(indices)):
+        problems.append("VoxelIndices")
+    if problems:
+        raise BidsReconError(
+            f"{path}: the fields {problems} are missing or malformed (\"Subject\", \"ROI\": folder names; "
+            "\"Layers\": {layer: shape}; \"Voxels\": an integer; \"VoxelIndices\": null or that many distinct "
+            "non-negative integers). Correct the file.", EXIT_BAD_ARGUMENTS)
+    return description
+
+
+def read_model_folder(folder):
+    """One cookbook ``model`` folder as a :class:`PerUnitDecoder` and the layer's shape.
+
+    Each unit keeps the voxels its weights are non-zero on (a unit with fewer than the most is
+    padded with zero weights on voxel 0), so the decoder predicts what the lab's does.
+
+    Parameters
+    ----------
+    folder : str or Path
+
+    Returns
+    -------
+    decoder : PerUnitDecoder
+        Fitted; ``alpha`` is NaN (the folders do not record it).
+    unit_shape : tuple of int
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BidsReconError(f"FastL2LiR model folder {folder} not found.", EXIT_INPUT_MISSING)
+    norm = {key: read_mat_array(folder / f"{key}.mat", key) for key in NORMALISATION_KEYS}
+    x_mean, x_norm = norm["x_mean"], norm["x_norm"]
+    if x_mean.ndim != 2 or x_mean.shape[0] != 1 or x_norm.shape != x_mean.shape:
+        raise BidsReconError(f"{folder}: x_mean.mat and x_norm.mat must both have shape (1, n_voxels); they "
+                             f"have {x_mean.shape} and {x_norm.shape}.", EXIT_BAD_ARGUMENTS)
+    n_voxels = x_mean.shape[1]
+    y_shape = norm["y_mean"].shape
+    if len(y_shape) < 2 or y_shape[0] != 1 or norm["y_norm"].shape != y_shape:
+        raise BidsReconError(f"{folder}: y_mean.mat and y_norm.mat must both have shape (1, *layer shape); "
+                             f"they have {y_shape} and {norm['y_norm'].shape}.", EXIT_BAD_ARGUMENTS)
+    unit_shape = tuple(int(n) for n in y_shape[1:])
+    voxels, units, weights, bias = _read_weights(folder, n_voxels, unit_shape)
+
+    n_units = int(np.prod(unit_shape))
+    order = np.lexsort((voxels, units))
+    voxels, units, weights = voxels[order], units[order], weights[order]
+    counts = np.bincount(units, minlength=n_units)
+    width = max(int(counts.max(initial=0)), 1)
+    rank = np.arange(len(units)) - np.repeat(np.cumsum(counts) - counts, counts)
+    selected = np.zeros((n_units, width), dtype=np.intp)
+    coef = np.zeros((n_units, width))
+    selected[units, rank] = voxels
+    coef[units, rank] = weights
+
+    decoder = PerUnitDecoder(n_voxels=width, alpha=float("nan"))
+    decoder.voxel_mean_ = x_mean[0].astype(np.float64)
+    # A constant voxel has SD 0 in the lab's files (and no weight): SD 1 keeps the samples finite.
+    std = x_norm[0].astype(np.float64)
+    decoder.voxel_std_ = np.where(std == 0, 1.0, std)
+    decoder.feature_mean_ = norm["y_mean"].reshape(-1).astype(np.float64)
+    decoder.feature_std_ = norm["y_norm"].reshape(-1).astype(np.float64)
+    decoder.selected_voxels_ = selected
+    decoder.coef_ = coef
+    decoder.intercept_ = bias.reshape(-1).astype(np.float64)
+    return decoder, unit_shape
+
+
+def _read_weights(folder, n_voxels, unit_shape):
+    """Non-zero weights as (voxel, unit, weight) and the bias, from W.mat/b.mat or their chunks."""
+    if (folder / "W.mat").is_file():
+        w_files, b_files = [folder / "W.mat"], [folder / "b.mat"]
+    elif (folder / "W").is_dir():
+        w_files = sorted((folder / "W").glob("*.mat"))
+        b_files = [folder / "b" / path.name for path in w_files]
+    else:
+        raise BidsReconError(f"{folder}: neither W.mat nor W/ (chunks) found; it is not a FastL2LiR model "
+                             "folder.", EXIT_INPUT_MISSING)
+    parts, biases, offset = [], [], 0
+    chunked = len(w_files) > 1 or w_files[0].parent.name == "W"
+    for w_file, b_file in zip(w_files, b_files):
+        index, values, shape = read_mat_sparse(w_file, "W")
+        bias = read_mat_array(b_file, "b")
+        if len(shape) != len(unit_shape) + 1 or shape[0] != n_voxels or bias.shape != (1, *shape[1:]):
+            raise BidsReconError(f"{w_file} (shape {list(shape)}) and {b_file} (shape {list(bias.shape)}) do not "
+                                 f"fit x_mean.mat's {n_voxels} voxels and the layer shape {list(unit_shape)} of "
+                                 "y_mean.mat.", EXIT_BAD_ARGUMENTS)
+        axis = _chunk_axis(shape[1:], unit_shape) if chunked else None
+        coords = [np.asarray(i, dtype=np.int64) for i in index[1:]]
+        if axis is not None:
+            coords[axis] = coords[axis] + offset
+            offset += shape[1 + axis]
+        elif tuple(shape[1:]) != unit_shape:
+            raise BidsReconError(f"{w_file}: shape {list(shape)} does not match the layer shape "
+                                 f"{list(unit_shape)} of y_mean.mat.", EXIT_BAD_ARGUMENTS)
+        parts.append((np.asarray(index[0], dtype=np.int64), np.ravel_multi_index(coords, unit_shape),
+                      np.asarray(values, dtype=np.float64)))
+        biases.append(bias)
+    if chunked:
+        if offset != unit_shape[axis]:
+            raise BidsReconError(f"{folder}: the chunks of W/ cover {offset} of the {unit_shape[axis]} positions "
+                                 f"of the layer's axis {axis + 1}; some are missing.", EXIT_BAD_ARGUMENTS)
+        bias = np.concatenate(biases, axis=1 + axis)
+    else:
+        bias = biases[0]
+    voxels, units, weights = (np.concatenate(arrays) for arrays in zip(*parts))
+    return voxels, units, weights, bias
+
+
+def _chunk_axis(chunk_shape, unit_shape):
+    """The axis a chunk of W splits the layer along: the one where the sizes differ (0 if none)."""
+    differ = [axis for axis, (a, b) in enumerate(zip(chunk_shape, unit_shape)) if a != b]
+    return differ[0] if differ else 0
+
+
+def read_mat_array(path, key):
+    """A dense array from a MATLAB v5 or v7.3 (HDF5) file, in the shape it was saved with.
+
+    A bdpy sparse array is returned dense.
+    """
+    array = _read_mat(path, key)
+    if isinstance(array, tuple):
+        index, values, shape = array
+        array = np.zeros(shape, dtype=np.float64)
+        array[index] = values
+    return array
+
+
+def read_mat_sparse(path, key):
+    """An array from a MATLAB file as (index arrays, values, shape), from bdpy's sparse form or dense.
+
+    Returns
+    -------
+    index : tuple of ndarray of int, one per axis
+    values : ndarray
+    shape : tuple of int
+    """
+    array = _read_mat(path, key)
+    if isinstance(array, tuple):
+        return array
+    index = np.nonzero(array)
+    return index, array[index], array.shape
+
+
+def _read_mat(path, key):
+    """A dense ndarray, or a sparse array as (index, values, shape)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BidsReconError(f"{path} not found; a FastL2LiR model folder holds W, b, x_mean, x_norm, y_mean "
+                             "and y_norm.", EXIT_INPUT_MISSING)
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as file:
+            if key not in file:
+                names = sorted(name for name in file if name != "#refs#")
+                raise BidsReconError(f"{path} holds no array {key!r} (it has {names}).", EXIT_BAD_ARGUMENTS)
+            node = file[key]
+            array = _sparse_array(file, node, path, key) if isinstance(node, h5py.Group) else _dataset_array(node)
+    else:
+        try:
+            content = scipy.io.loadmat(path)
+        except (ValueError, OSError, NotImplementedError) as error:
+            raise BidsReconError(f"{path} is not a MATLAB file ({error}).", EXIT_BAD_ARGUMENTS) from None
+        if key not in content:
+            raise BidsReconError(f"{path} holds no array {key!r}.", EXIT_BAD_ARGUMENTS)
+        array = content[key]
+        if scipy.sparse.issparse(array):
+            coo = scipy.sparse.coo_array(array)
+            return (coo.row, coo.col), coo.data, tuple(coo.shape)
+    if isinstance(array, tuple):
+        return array
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.number):
+        raise BidsReconError(f"{path}: {key!r} is not a numeric array.", EXIT_BAD_ARGUMENTS)
+    return array
+
+
+def _sparse_array(file, group, path, key):
+    """bdpy's sparse array: a struct of index (a cell, one int array per axis), value, shape, background."""
+    if not {"index", "value", "shape"} <= set(group):
+        raise BidsReconError(f"{path}: {key!r} is a group but not bdpy's sparse array (index, value, shape).",
+                             EXIT_BAD_ARGUMENTS)
+    index = tuple(file[ref][()].reshape(-1).astype(np.int64) for ref in _cell(group["index"]))
+    if group["shape"].dtype == h5py.ref_dtype:
+        shape = tuple(int(np.ravel(file[ref][()])[0]) for ref in _cell(group["shape"]))
+    else:
+        shape = tuple(int(n) for n in group["shape"][()].ravel())
+    values = group["value"][()].reshape(-1)
+    background = float(np.ravel(group["background"][()])[0]) if "background" in group else 0.0
+    if background != 0 or len(index) != len(shape) or any(len(i) != len(values) for i in index):
+        raise BidsReconError(f"{path}: {key!r} is a malformed sparse array (background {background}, "
+                             f"{len(index)} index arrays for shape {list(shape)}).", EXIT_BAD_ARGUMENTS)
+    return index, values, shape
+
+
+def _cell(dataset):
+    return [ref for ref in dataset[()].reshape(-1)]
+
+
+def _dataset_array(dataset):
+    """MATLAB stores axes reversed; hdf5storage's ``Python.Shape`` restores a 1-D or 0-D shape."""
+    array = dataset[()].T
+    shape = dataset.attrs.get("Python.Shape")
+    if shape is not None and int(np.prod(shape)) == array.size:
+        array = array.reshape(tuple(int(n) for n in shape))
+    return array
