@@ -189,3 +189,73 @@ def test_feature_files_refuse_a_file_unlike_the_others(tmp_path):
         FeatureFiles(tmp_path, ["a", "b"]).batch(0, 2, ["fc"])
     with pytest.raises(BidsReconError, match=r"c\.mat: holds values that are not finite"):
         FeatureFiles(tmp_path, ["a", "c"]).batch(0, 2, ["fc"])
+
+
+# --- the command line: checked before any work ---
+
+FAST = ["--encoder", "efficientnet-lite0-random", "--image-size", "32", "--iterations", "3", "--nprocs", "1",
+        "--skip-bids-validation"]
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny_dataset, tmp_path_factory):
+    """The random encoder's default layers of every stimulus of the tiny dataset, at 32 px, in bdpy's layout."""
+    encoder = get_encoder("efficientnet-lite0-random")
+    paths = sorted((tiny_dataset / "stimuli").glob("*.png"))
+    folder = tmp_path_factory.mktemp("tiny_features")
+    layers = list(encoder.default_layers)
+    for start, batch in iter_feature_batches(encoder, load_images([str(p) for p in paths], SIZE), layers):
+        for layer in layers:
+            for offset, features in enumerate(batch[layer]):
+                save_feature(features[np.newaxis], str(folder), layer, paths[start + offset].stem)
+    return folder
+
+
+def test_encoder_layer_shapes_are_those_of_its_features():
+    encoder = get_encoder("efficientnet-lite0-random")
+    assert encoder.layer_shapes(SIZE, ["stem", "fc"]) == {"stem": (32, 16, 16), "fc": (1000,)}
+
+
+def test_features_dir_is_checked_at_planning(tiny_dataset, tiny_features, tmp_path, capsys):
+    import shutil
+
+    from bidsrecon.cli import main
+
+    def run(*options, image_size="32"):
+        arguments = [str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                     "--dry-run", "--encoder", "efficientnet-lite0-random", "--image-size", image_size,
+                     "--nprocs", "1", "--skip-bids-validation", *options]
+        code = main(arguments)
+        return code, capsys.readouterr().err
+
+    assert run("--features-dir", str(tiny_features))[0] == 0
+    # The wrong image size: the files are named with the shape the encoder needs, and the fix.
+    code, error = run("--features-dir", str(tiny_features), image_size="64")
+    assert code == 64 and "needs (1, 32, 32, 32)" in error and "--image-size 224" in error, error
+    assert str(tiny_features / "stem") in error and "has shape (1, 32, 16, 16)" in error
+    # A layer the folder lacks.
+    code, error = run("--layers", "block4", "--features-dir", str(tiny_features))
+    assert code == 66 and f"{tiny_features / 'block4'}: no such folder" in error, error
+    # Training images the folder lacks.
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_features, partial)
+    for path in (partial / "block2").glob("n0*.mat"):
+        path.unlink()
+    code, error = run("--features-dir", str(partial))
+    assert code == 66 and f"{partial / 'block2'}: no features of " in error and ".mat" in error, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_features_dir_is_refused_with_decoders_dir_or_when_absent(tmp_path):
+    from bidsrecon.cli import parse_args
+
+    common = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]
+    features = tmp_path / "features"
+    features.mkdir()
+    with pytest.raises(BidsReconError, match="--decoders-dir"):
+        parse_args([*common, "--features-dir", str(features), "--decoders-dir", str(features)])
+    with pytest.raises(BidsReconError, match="no such folder"):
+        parse_args([*common, "--features-dir", str(tmp_path / "nowhere")])
+    assert parse_args([*common, "--features-dir", str(features)]).features_dir == features.resolve()
+    with pytest.raises(BidsReconError, match="inside --features-dir"):  # an input: never written into
+        parse_args([str(tmp_path / "bids"), str(features / "out"), "participant", "--features-dir", str(features)])
