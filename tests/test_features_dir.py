@@ -259,3 +259,13 @@ def test_features_dir_is_refused_with_decoders_dir_or_when_absent(tmp_path):
     assert parse_args([*common, "--features-dir", str(features)]).features_dir == features.resolve()
     with pytest.raises(BidsReconError, match="inside --features-dir"):  # an input: never written into
         parse_args([str(tmp_path / "bids"), str(features / "out"), "participant", "--features-dir", str(features)])
+
+
+def test_a_saved_decoder_trained_on_files_is_not_applied(tmp_path):
+    from bidsrecon.decoding.saved import SavedDecoder, check_saved_decoder
+
+    saved = SavedDecoder(str(tmp_path / "sub-01_decoder"), "mask.nii.gz", None,
+                         {"TrainingFeatures": "/data/features", "Encoder": "vgg19-caffe", "ImageSize": 224})
+    with pytest.raises(BidsReconError, match="trained on precomputed features read from /data/features"):
+        check_saved_decoder(saved, encoder="vgg19-caffe", encoder_weights_sha256=None, image_size=224, layers=(),
+                            bold_files=[], raw_input=False, stimulus_files={})
