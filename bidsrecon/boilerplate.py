@@ -63,10 +63,12 @@ def methods_text(config):
                  if config.normalise in (None, "rest") else "z-scored within the run")
     decoder = ("A kernel ridge decoder [horikawa2017] was fitted per layer on the training trials, its penalty "
                "chosen by cross-validation over training images, and every unit of every layer was decoded by "
-               "streaming the training images through the encoder"
+               "streaming the training images' features"
                if config.decoder != "fastl2lir" else
                "Each unit was decoded by its own ridge regression on the 500 voxels most correlated with it, as "
                "in the Kamitani lab's FastL2LiR")
+    decoder += (f"; the training images' features were precomputed ones, read from {config.features_dir} (the "
+                "Kamitani lab's layout), not computed by the encoder" if config.features_dir else "")
     if config.decoders_dir:
         decoder = ("A decoder saved by an earlier run (" + str(config.decoders_dir) + ") was applied; it had been "
                    "fitted as follows. " + decoder)

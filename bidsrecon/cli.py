@@ -64,7 +64,8 @@ def _check_folders(args, work_dir):
               *((f"--derivatives {dataset.name}", dataset.root) for dataset in parse_derivatives(args.derivatives)),
               *(("--stimuli-dir", folder) for folder in args.stimuli_dirs),
               *((("--decoders-dir", args.decoders_dir),) if args.decoders_dir else ()),
-              *((("--bdata-dir", args.bdata_dir),) if args.bdata_dir else ())]
+              *((("--bdata-dir", args.bdata_dir),) if args.bdata_dir else ()),
+              *((("--features-dir", args.features_dir),) if args.features_dir else ())]
     check_disjoint([("the output_dir", args.output_dir), ("the work directory (-w)", work_dir)], inputs)
     if args.bids_database_dir:  # may lie in the work dir, as fMRIPrep's does, but not in an input or the output
         check_disjoint([("--bids-database-dir", args.bids_database_dir)],
@@ -95,6 +96,22 @@ def _check_decoders_dir(args):
         raise BidsReconError(f"--decoders-dir applies saved decoders, whose voxels and type were fixed when they "
                              f"were fitted; drop {', '.join(fitting)} (or drop --decoders-dir to fit a new decoder)",
                              EXIT_BAD_ARGUMENTS)
+
+
+def _check_features_dir(args):
+    """``--features-dir`` must be a folder, and trains a decoder: it cannot go with ``--decoders-dir``.
+
+    Its files are checked against the training stimuli and the encoder's layers when the participants
+    are planned (:func:`bidsrecon.preflight.preflight`).
+    """
+    if args.features_dir is None:
+        return
+    if args.decoders_dir is not None:
+        raise BidsReconError("--features-dir gives the training images' features to fit a decoder, and --decoders-dir "
+                             "applies saved decoders without fitting any: drop one of them", EXIT_BAD_ARGUMENTS)
+    if not args.features_dir.is_dir():
+        raise BidsReconError(f"--features-dir {args.features_dir}: no such folder; give a folder of precomputed "
+                             "features in the Kamitani lab's layout (<layer>/<stimulus name>.mat)", EXIT_INPUT_MISSING)
 
 
 def _check_confounds_options(args):
@@ -147,6 +164,7 @@ def parse_args(argv=None):
     if args.jitter < 0:
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
+    _check_features_dir(args)
     _check_confounds_options(args)
     _check_bdata_options(args)
     work_dir = args.work_dir or default_work_dir()

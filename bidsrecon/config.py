@@ -189,6 +189,12 @@ class Config:
     encoder_weights: Path = option(None, '--encoder-weights', group=DECODING,
                 type=Path, metavar='FILE',
                 help="weights file of the encoder (state dict; loaded without executing code)")
+    features_dir: Path = option(None, '--features-dir', group=DECODING,
+                type=Path, metavar='DIR',
+                help="train the decoder on precomputed features of the training images instead of the encoder's: DIR "
+                "in the Kamitani lab's layout (bdpy's Features: DIR/<layer>/<stimulus name>.mat, variable 'feat' of "
+                "shape (1, *layer shape)), each layer's shape the encoder's at --image-size (the lab's VGG19 "
+                "features: --encoder vgg19-caffe --image-size 224); checked before any processing")
     # None on the command line, so that --decoders-dir can refuse a --decoder given explicitly.
     decoder: str = option('kernel', '--decoder', group=DECODING, parser_default=None,
                 choices=('kernel', 'fastl2lir'),

@@ -101,7 +101,8 @@ def _run_participants(config, layout, subjects, validation_warnings, spec, space
         with recording_warnings("inputs") as found:
             plans.append(plan_participant(layout, subject, spec, config, derivatives, space, rois, encoder=encoder))
         plans[-1].warnings = validation_warnings + found.rows
-    preflight(plans)  # every stimulus, bold, trial and output name: all problems at once, nothing written
+    # every stimulus, bold, trial and output name (and --features-dir): all problems at once, nothing written
+    preflight(plans, features=_training_features(config, encoder))
     say(f"every input checked: {sum(len(plan.runs) for plan in plans)} runs of {len(plans)} participant(s)")
     if config.dry_run:
         print(describe_plans(plans, config))
@@ -148,6 +149,16 @@ def _run_plans(plans, config):
         publish_participant(config.output_dir, plan.subject)
         write_participant_report(config.output_dir, plan.subject)
         _report(plan.subject, config.output_dir)
+
+
+def _training_features(config, encoder):
+    """``(folder, layer shapes, fix)`` for :func:`bidsrecon.preflight.preflight` with ``--features-dir``, else None."""
+    if not config.features_dir:
+        return None
+    shapes = encoder.layer_shapes(config.image_size, encoder.check_layers(config.layers or encoder.default_layers))
+    fix = (f"they are not {config.encoder}'s features at --image-size {config.image_size}: pass the --encoder and "
+           "--image-size they were computed with (the lab's VGG19 features: --encoder vgg19-caffe --image-size 224)")
+    return config.features_dir, shapes, fix
 
 
 def write_boilerplate(config):

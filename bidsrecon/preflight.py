@@ -27,6 +27,9 @@ Checked here, on the plans of :func:`bidsrecon.participant_level.plan_participan
   constant or all-NaN reference would silently make every run's motion zero;
 - output names: two stimuli of a participant's test sets whose file names
   (:func:`bidsrecon.bids.derivatives.item_stem`, letters and digits only) are the same.
+- ``--features-dir``: every decoded layer a folder, every training stimulus a file in each, each
+  file's features of the shape the encoder gives (read from the files' headers,
+  :func:`bidsrecon.labformats.features.check_features`).
 
 The error's exit code is 66 (input missing) when any problem is a file that cannot be read, else 64.
 """
@@ -41,6 +44,7 @@ import pandas as pd
 from bidsrecon.bids.derivatives import item_stem
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.images import read_rgb
+from bidsrecon.labformats.features import check_features
 from bidsrecon.preproc.motion_checks import check_reference_volume
 from bidsrecon.spec import TRAINING
 
@@ -57,12 +61,16 @@ _OVERLAP_TOLERANCE_S = 1e-6
 _TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
 
-def preflight(plans):
+def preflight(plans, features=None):
     """Check every input of ``plans`` (see the module docstring); return when all are usable.
 
     Parameters
     ----------
     plans : list of bidsrecon.participant_level.ParticipantPlan
+    features : tuple, optional
+        ``(directory, layer_shapes, fix)`` with ``--features-dir``: the folder, each decoded layer's
+        shape for one image, and what to do when a file's shape differs (see
+        :func:`check_training_features`).
 
     Raises
     ------
@@ -90,6 +98,8 @@ def preflight(plans):
         stimuli.update(pd.read_csv(plan.stimuli_file, sep="\t", dtype=str, keep_default_na=False)["path"])
     for path in sorted(stimuli):
         problems += check_stimulus(path)
+    if features is not None:
+        problems += check_training_features(plans, *features)
     if not problems:
         LOGGER.info("pre-flight: %d bold file(s), %d mask(s) and %d stimulus image(s) checked",
                     len(bolds), len(masks), len(stimuli))
@@ -118,6 +128,19 @@ def check_motion_reference(plan):
     except BidsReconError as problem:
         return [problem]
     return []
+
+
+def check_training_features(plans, directory, layer_shapes, fix=""):
+    """Problems of ``--features-dir`` for the training stimuli of every plan (a list, empty when none)."""
+    names = set()
+    for plan in plans:
+        for trials_file in plan.trials_files:
+            trials = pd.read_csv(trials_file, sep="\t", dtype=str, keep_default_na=False)
+            names.update(trials.loc[trials["set"] == TRAINING, "stimulus"])
+    try:
+        return check_features(directory, sorted(names), layer_shapes, fix)
+    except BidsReconError as problem:  # a stimulus name that cannot be a file name
+        return [problem]
 
 
 def check_stimulus(path):

@@ -102,6 +102,8 @@ def write_provenance(config, subject, started, finished, output_dir=None):
         "Device": devices,
         # Settings a reader cannot see in the command: --normalise's default comes from the specification.
         "Preprocessing": preprocessing_settings(config),
+        # --features-dir: the decoder's training targets were read from this folder, not computed.
+        **({"TrainingFeatures": str(config.features_dir)} if config.features_dir else {}),
         "Versions": versions,
         "Platform": platform.platform(),
     })

@@ -123,12 +123,20 @@ def check_saved_decoder(saved, *, encoder, encoder_weights_sha256, image_size, l
     Raises
     ------
     BidsReconError
-        Exit 64 naming both values and the option to change for an encoder, image size or
+        Exit 64 for a decoder trained on precomputed features (``--features-dir``); naming both
+        values and the option to change for an encoder, image size or
         layers mismatch, a decoder of raw input applied to fMRIPrep input or the reverse, a run
         off the decoder's grid, a mask or reference volume changed since saving, a changed
         training image; exit 66 for a missing training image.
     """
     sidecar_file, description = saved.sidecar_file, saved.description
+    if description.get("TrainingFeatures"):
+        # Applying a kernel decoder weighs its training images' features; they would be the encoder's here.
+        raise BidsReconError(
+            f"The saved decoder {sidecar_file} was trained on precomputed features read from "
+            f"{description['TrainingFeatures']} (--features-dir), which --decoders-dir does not read: applied here "
+            "it would weigh the encoder's features instead. Fit a new decoder with --features-dir on this data "
+            "instead of --decoders-dir.", EXIT_BAD_ARGUMENTS)
     for option, saved_value, given in (("--encoder", description["Encoder"], encoder),
                                        ("--image-size", description["ImageSize"], image_size)):
         if saved_value != given:

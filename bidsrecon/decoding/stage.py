@@ -3,7 +3,9 @@
 Two entry points return the same :class:`DecodedItems`:
 
 - :func:`fit_and_decode` fits a decoder on the training trials (kernel ridge over every unit,
-  streamed; or the lab's per-unit ridge), saves it, and decodes the test items;
+  streamed; or the lab's per-unit ridge), saves it, and decodes the test items. The training
+  images' features are the encoder's, or read from a features folder (``--features-dir``,
+  :mod:`bidsrecon.features.files`) when one is given;
 - :func:`apply_saved` applies a decoder saved by an earlier run (``--decoders-dir``). It was
   checked against this run's data and settings when the participant was planned
   (:func:`bidsrecon.decoding.saved.check_saved_decoder`); here it is only read.
@@ -38,6 +40,7 @@ from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
+from bidsrecon.features.files import FeatureFiles
 from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.images import load_images
 from bidsrecon.labformats.fastl2lir_folders import (
@@ -94,7 +97,8 @@ def average_test_items(samples, trials):
 
 
 def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, stem, mask_file, method="kernel",
-                   cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False):
+                   cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False,
+                   features_dir=None):
     """Fit a decoder on the training trials, save it at ``stem``, and decode every test item.
 
     Parameters
@@ -124,6 +128,11 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
     memory_budget : bidsrecon.decoding.memory budget (budget_within), optional
     with_feature_std : bool
         Also keep the lab's per-channel SD within an image, averaged over training images.
+    features_dir : str or Path, optional
+        A features folder in bdpy's layout (``<layer>/<stimulus name>.mat``) holding every
+        training image's features of ``layers`` in the encoder's shapes (checked before the run,
+        :func:`bidsrecon.labformats.features.check_features`): the decoder is trained on those
+        numbers and the encoder does not run on the training images (``cache`` is not used).
 
     Returns
     -------
@@ -148,9 +157,13 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         voxel_mask_file=mask_file, software_version=__version__, voxel_indices=kept)
     extra = {"EncoderDescription": encoder.description, "TrainingImages": int(len(train_names)),
              "VoxelSelection": selection}
+    feature_files = None
+    if features_dir is not None:
+        feature_files, cache = FeatureFiles(features_dir, train_names), None
+        extra["TrainingFeatures"] = str(features_dir)
     if method == "fastl2lir":
         decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
-            encoder, images, layers, samples[training], image_index, item_samples, counts, cache)
+            encoder, images, layers, samples[training], image_index, item_samples, counts, cache, feature_files)
         paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
         # The same decoders in the Kamitani lab's cookbook layout, for its predict script.
         unit_shapes = {layer: decoded[layer].shape[1:] for layer in decoders}
@@ -160,7 +173,8 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
             extra_fields={"Encoder": encoder.name, "EncoderWeightsSHA256": encoder.weights_sha256,
                           "ImageSize": int(image_size), "SoftwareVersion": __version__})
     else:
-        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache)
+        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache,
+                                             feature_files=feature_files)
         # The pixels pseudo-layer's two parts are two more targets, every value of them
         # (bidsrecon.decoding.pixels).
         pixels = pixel_targets(images, image_size)
@@ -171,7 +185,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
                                                             test_trials=test_trials)
         coefficients = decoder.coefficients(item_samples, test_trials)
         decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
-            encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std)
+            encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
         extra.update({
             "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
             "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]]
@@ -320,7 +334,8 @@ def decoding_accuracy_table(result, encoder, stimuli, image_size, n_units=10000,
     return table[["set", *[c for c in table.columns if c != "set"]]]
 
 
-def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pixels, with_feature_std):
+def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pixels, with_feature_std,
+                        feature_files=None):
     """:func:`decode_features` for the encoder's layers, plus the ``pixels`` pseudo-layer when its
     coefficients are among ``coefficients`` (``pixels``: its training targets).
 
@@ -331,14 +346,16 @@ def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pi
     pixel_coefficients = {part: coefficients.pop(part) for part in PIXEL_PARTS if part in coefficients} or None
     feature_std = {} if with_feature_std else None
     decoded, train_mean, train_spread = decode_features(encoder, images, coefficients, counts, cache=cache,
-                                                        memory_budget=budget, feature_std=feature_std)
+                                                        memory_budget=budget, feature_std=feature_std,
+                                                        feature_files=feature_files)
     if pixel_coefficients is not None:
         decoded[PIXEL_LAYER], train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixel_parts(
             pixel_coefficients, pixels, counts)
     return decoded, train_mean, train_spread, feature_std
 
 
-def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache):
+def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache,
+                     feature_files=None):
     """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
 
     All training features of the layers are held in memory (and each unit fitted on its own),
@@ -352,7 +369,8 @@ def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_s
     """
     from bidsrecon.decoding.per_unit import PerUnitDecoder
 
-    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache)]
+    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache,
+                                                                feature_files=feature_files)]
     weights = counts / counts.sum()
     decoded, train_mean, train_spread, feature_std, decoders = {}, {}, {}, {}, {}
     for layer in layers:

@@ -17,6 +17,11 @@ holds are read instead of computed, and those it lacks are computed (running the
 the images and layers missing) and written, so a second pass or a second subject shown the same
 stimuli reads from disk.
 
+Each also takes an optional :class:`bidsrecon.features.files.FeatureFiles` (``--features-dir``):
+the images' features are then read from its files, by image name, instead of computed; the
+encoder does not run on the images and the cache is not used (``images`` then only gives their
+number; the encoder still names the valid layers).
+
 One batch's forward pass is :mod:`bidsrecon.decoding.forward`'s; the memory that decoding takes,
 and the batch size and layer groups that fit a budget, :mod:`bidsrecon.decoding.memory`'s.
 """
@@ -38,7 +43,7 @@ from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks, task_th
 ACCUMULATED_UNITS = 8192
 
 
-def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False, cache=None):
+def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False, cache=None, feature_files=None):
     """Yield the encoder's features of consecutive batches of images.
 
     Parameters
@@ -55,6 +60,9 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
     cache : FeatureCache, optional
         Read the features it holds and write those it lacks; features of the layers it keeps
         are yielded rounded as stored (see :mod:`bidsrecon.features.cache`).
+    feature_files : FeatureFiles, optional
+        Read the features of the images from these files (in the same order) instead: the
+        encoder does not run and ``cache`` is not used.
 
     Yields
     ------
@@ -69,6 +77,9 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
     n_images = len(images)
     starts = range(0, n_images, batch_size)
     # One image per task (see _forward); the caller's code between batches runs in the block too.
+    if feature_files is not None:
+        yield from _file_batches(feature_files, n_images, layers, starts, batch_size, progress)
+        return
     with task_threads(), tqdm(total=n_images, unit="image", desc="encoder", disable=not progress) as bar:
         if cache is None:
             for start in starts:
@@ -101,9 +112,27 @@ def iter_feature_batches(encoder, images, layers, batch_size=16, progress=False,
                 write.result()  # a failed write is an error of this pass
 
 
+def _file_batches(feature_files, n_images, layers, starts, batch_size, progress):
+    """:func:`iter_feature_batches` from files: one thread reads the next batch while this one is used."""
+    if len(feature_files) != n_images:
+        raise ValueError(f"feature_files names {len(feature_files)} images; there are {n_images}.")
+    with ThreadPoolExecutor(1) as reader, \
+            tqdm(total=n_images, unit="image", desc="features", disable=not progress) as bar:
+        def read(start):
+            return feature_files.batch(start, min(start + batch_size, n_images), layers)
+
+        upcoming = reader.submit(read, starts[0]) if starts else None
+        for position, start in enumerate(starts):
+            features = upcoming.result()
+            if position + 1 < len(starts):
+                upcoming = reader.submit(read, starts[position + 1])
+            yield start, features
+            bar.update(len(next(iter(features.values()))))
+
+
 @in_task_threads
 def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_size=16,
-                         progress=False, cache=None):
+                         progress=False, cache=None, feature_files=None):
     """Features of a random sample of each layer's units, for choosing alpha.
 
     Parameters
@@ -122,6 +151,8 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
     cache : FeatureCache, optional
         See :func:`iter_feature_batches`. Passing the same cache to :func:`decode_features`
         makes its pass read what this pass computed.
+    feature_files : FeatureFiles, optional
+        See :func:`iter_feature_batches`.
 
     Returns
     -------
@@ -134,7 +165,7 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
     layers = _check_layers(encoder, layers)
     features, unit_indices = {}, {}
     for start, batch in iter_feature_batches(encoder, images, layers, batch_size, progress,
-                                             cache):
+                                             cache, feature_files):
         for layer in layers:
             flat = batch[layer].reshape(len(batch[layer]), -1)
             if layer not in unit_indices:
@@ -149,7 +180,7 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
 
 @in_task_threads
 def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True,
-                    cache=None, memory_budget=None, feature_std=None):
+                    cache=None, memory_budget=None, feature_std=None, feature_files=None):
     """Decoded features of every unit of every layer, in one pass over the training images.
 
     Computes ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` per layer, where ``F`` are the training images'
@@ -183,6 +214,8 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         :func:`bidsrecon.recon.correction.correct_features`). Costs two more passes over each
         batch's features (about 0.6 s a batch of 16 VGG19 images on one CPU core) and one
         image's layer as a temporary; not computed when omitted.
+    feature_files : FeatureFiles, optional
+        See :func:`iter_feature_batches`.
 
     Returns
     -------
@@ -200,14 +233,19 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
     if memory_budget is None:
         layer_groups = [list(coefficients)]
     else:
+        # Features from files: only the decoded layers are known (no forward runs through the others),
+        # and a batch is read ahead as with a cache.
+        layer_units = (_layer_units(encoder, images) if feature_files is None else
+                       {layer: feature_files.units(layer) for layer in encoder.layers if layer in coefficients})
         batch_size, layer_groups = plan_decoding(
-            _layer_units(encoder, images), {layer: len(c) for layer, c in coefficients.items()},
-            batch_size, memory_budget, cached=cache is not None)
+            layer_units, {layer: len(c) for layer, c in coefficients.items()},
+            batch_size, memory_budget, cached=cache is not None or feature_files is not None)
     decoded, train_mean, train_spread, channel_std = {}, {}, {}, {}
     for group in layer_groups:
         group_coefficients = {layer: coefficients[layer] for layer in group}
         results = _decode_layer_group(encoder, images, group_coefficients, weights, batch_size,
-                                      progress, cache, with_feature_std=feature_std is not None)
+                                      progress, cache, with_feature_std=feature_std is not None,
+                                      feature_files=feature_files)
         for layer, (layer_decoded, layer_mean, layer_spread, layer_std) in results.items():
             decoded[layer], train_mean[layer], train_spread[layer] = (
                 layer_decoded, layer_mean, layer_spread)
@@ -227,7 +265,7 @@ def _layer_units(encoder, images):
 
 
 def _decode_layer_group(encoder, images, coefficients, weights, batch_size, progress, cache,
-                        with_feature_std=False):
+                        with_feature_std=False, feature_files=None):
     """One pass accumulating the decoded features, mean and spread of a group of layers.
 
     With ``with_feature_std``, also the weighted mean over images of each channel's SD within
@@ -268,7 +306,7 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
 
     # Batches are gathered (copied into one buffer per layer) and accumulated together.
     for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,
-                                             progress, cache):
+                                             progress, cache, feature_files):
         n_batch = len(next(iter(batch.values())))
         if gathered and gathered_count + n_batch > len(next(iter(gathered.values()))):
             accumulate()

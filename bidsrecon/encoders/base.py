@@ -119,6 +119,20 @@ class Encoder:
         normalised = (images.to(self.device) - self._input_mean) / self._input_std
         return extractor(normalised.flip(1) if self._bgr_input else normalised)
 
+    def layer_shapes(self, image_size, layers=None):
+        """Shape of one image's features at each of ``layers``, for images of ``image_size`` pixels.
+
+        From one forward pass of a blank image (no stimulus is read).
+
+        Returns
+        -------
+        dict of str to tuple of int
+            In network order: (C, h, w) for convolutional layers, (U,) for fully connected ones.
+        """
+        with torch.no_grad():
+            features = self.features(torch.zeros(1, 3, image_size, image_size, device=self.device), layers)
+        return {layer: tuple(value.shape[1:]) for layer, value in features.items()}
+
     def prepare(self, layers=None):
         """Trace the feature extractor of ``layers`` now, before threads share the encoder.
 

@@ -42,6 +42,10 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     feature_std = traits.Bool(mandatory=True, desc="also keep each channel's SD within a training image, "
                               "averaged over the images (the lab's feat_std0; for --feature-correction lab2019 "
                               "and cookbook*)")
+    features_dir = traits.Str("", usedefault=True,
+                              desc="folder of the training images' precomputed features, bdpy's layout (--features-dir; "
+                              "'' = the encoder's): the decoder is trained on them, the encoder does not run on "
+                              "those images (its path, not its files, is part of the cache key)")
     decoder_file = File(exists=True, desc="JSON sidecar of a saved kernel ridge decoder (--decoders-dir): applied "
                         "instead of fitting one; its layers, voxel selection and training images are used")
 
@@ -99,7 +103,7 @@ class DecodeFeatures(SimpleInterface):
             result = fit_and_decode(samples, trials, stimuli, encoder, layers=inputs.layers,
                                     stem=f"{runtime.cwd}/{inputs.decoder_name}", mask_file=inputs.mask_file,
                                     method=inputs.method, cv_units=inputs.cv_units, n_voxels=inputs.n_voxels,
-                                    seed=inputs.seed, **options)
+                                    seed=inputs.seed, features_dir=inputs.features_dir or None, **options)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = result.decoder_arrays, result.decoder_sidecar
         self._results["out_device"] = device.type
         self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"
