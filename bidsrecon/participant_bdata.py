@@ -72,6 +72,8 @@ def plan_bdata_participant(subject, files, spec, config):
     mask_file = work / "bdata" / f"sub-{subject}_desc-{config.bdata_roi}_mask.nii.gz"
     if not mask_file.is_file() or not _same_image(mask_file, mask):
         nib.save(mask, mask_file)
+    if config.save_decoded_features == "bdpy":  # they name files written at the very end: checked now
+        _check_bdpy_names(trials)
     names = sorted(set(trials["stimulus"]))
     stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",))
     stimuli_file = work / "stimuli.tsv"
@@ -90,6 +92,17 @@ def _training_task(spec):
     pattern is not one plain label."""
     task = spec.training.entities.get("task", "")
     return task if re.fullmatch(r"[A-Za-z0-9]+", task) else "bdata"
+
+
+def _check_bdpy_names(trials):
+    """Every test set and stimulus name can be a folder or file name of ``--save-decoded-features bdpy``."""
+    from bidsrecon.labformats.decoded_features import check_name
+
+    for (set_name, source), rows in trials[trials["set"] != TRAINING].groupby(["set", "source"], sort=False):
+        check_name(set_name, "test set name", "rename the set in the decoding specification (--spec)")
+        for stimulus in dict.fromkeys(rows["stimulus"]):
+            check_name(stimulus, "stimulus name", f"rename the label in {source}'s value map (and its image), or "
+                       "drop --save-decoded-features bdpy")
 
 
 def _same_image(path, image):

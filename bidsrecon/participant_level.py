@@ -120,13 +120,13 @@ def _run_bdata_participants(config):
     with participant_locks(config.work_dir, list(participants)):
         if config.clean_workdir:
             clean_work_dir(config.work_dir, list(participants))
-        check_networks(config)
+        encoder = check_networks(config)
         plans = []
         for subject, files in participants.items():
             with recording_warnings("inputs") as found:
                 plans.append(plan_bdata_participant(subject, files, spec, config))
             plans[-1].warnings = found.rows
-        preflight(plans)
+        preflight(plans, features=_training_features(config, encoder))
         say(f"every input checked: {sum(len(plan.bdata_files) for plan in plans)} BData files of {len(plans)} "
             "participant(s)")
         if config.dry_run:
