@@ -17,6 +17,7 @@ from bidsrecon.decoding import (
     sample_unit_features,
 )
 from bidsrecon.decoding.cross_validation import out_of_fold_smoothers
+from bidsrecon.decoding.stage import PENALTY_IMAGES_MIN, penalty_images
 from bidsrecon.errors import BidsReconError
 from bidsrecon.features.correlation import profile_correlation
 from bidsrecon.features.spread import spread_from_moments
@@ -86,9 +87,10 @@ def _synthetic_problem(noise, n_images=40, n_voxels=60, n_units=12, seed=0):
     return X, image_index, targets
 
 
-def _reference_cv_scores(X, image_index, targets, folds, alphas, average_repeats=True):
-    """Grouped CV with scikit-learn's Ridge: profile correlation per fold, mean over folds."""
-    Xz = _zscore(X)[0]
+def _reference_cv_scores(X, image_index, targets, folds, alphas, average_repeats=True, zscored=False):
+    """Grouped CV with scikit-learn's Ridge: profile correlation per fold, mean over folds (``X``
+    z-scored here unless ``zscored``)."""
+    Xz = X if zscored else _zscore(X)[0]
     scores = np.zeros((len(alphas), len(folds)))
     for alpha_position, alpha in enumerate(alphas):
         for fold_position, fold in enumerate(folds):
@@ -207,6 +209,38 @@ def test_cv_chooses_the_best_alpha_and_more_shrinkage_for_noisier_data():
         assert scores.max() > 0.3
         chosen[noise] = decoder.alpha_["layer"]
     assert chosen[10.0] > 10 * chosen[0.5]
+
+
+def test_penalty_on_a_subset_of_images_is_the_cross_validation_of_their_samples():
+    X, image_index, targets = _synthetic_problem(noise=3.0, n_images=40, n_voxels=50)
+    subset = np.arange(0, 40, 2)
+    alphas = np.logspace(-2, 2, 5)
+    on_subset = KernelRidgeDecoder(alphas=alphas, n_folds=4).fit(X, image_index, {"layer": targets[subset]},
+                                                                 cv_images=subset)
+    # The cross-validation of those images' samples alone, z-scored with every sample's statistics;
+    # the decoder keeps every sample.
+    kept = np.isin(image_index, subset)
+    renumbered = np.searchsorted(subset, image_index[kept])
+    folds = grouped_folds(renumbered, 4, random_state=0)
+    expected = _reference_cv_scores(_zscore(X)[0][kept], renumbered, targets[subset], folds, on_subset.alphas_,
+                                    zscored=True)
+    np.testing.assert_allclose(on_subset.cv_scores_["layer"], expected, rtol=1e-8)
+    assert on_subset.X_.shape == X.shape and on_subset.n_images_ == 40
+    every = KernelRidgeDecoder(alphas=alphas, n_folds=4).fit(X, image_index, {"layer": targets},
+                                                             cv_images=np.arange(40))
+    today = KernelRidgeDecoder(alphas=alphas, n_folds=4).fit(X, image_index, {"layer": targets})
+    np.testing.assert_array_equal(every.cv_scores_["layer"], today.cv_scores_["layer"])
+    with pytest.raises(ValueError, match="ascending image numbers"):
+        KernelRidgeDecoder().fit(X, image_index, {"layer": targets[subset]}, cv_images=subset[::-1])
+
+
+def test_penalty_images_are_a_seeded_share_of_the_training_images():
+    assert penalty_images(PENALTY_IMAGES_MIN, seed=0) is None  # few images: all of them
+    chosen = penalty_images(1200, seed=0)
+    assert len(chosen) == 180 and np.all(np.diff(chosen) > 0) and chosen[-1] < 1200
+    np.testing.assert_array_equal(chosen, penalty_images(1200, seed=0))
+    assert not np.array_equal(chosen, penalty_images(1200, seed=1))
+    assert len(penalty_images(400, seed=0)) == PENALTY_IMAGES_MIN
 
 
 def test_relative_alphas_are_scaled_by_the_kernel_diagonal():

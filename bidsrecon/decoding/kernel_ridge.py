@@ -98,7 +98,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.random_state = random_state
 
     @in_task_threads
-    def fit(self, X, image_index, cv_targets, test_trials=None):
+    def fit(self, X, image_index, cv_targets, test_trials=None, cv_images=None):
         """Z-score the voxels and choose each layer's alpha by grouped cross-validation.
 
         Parameters
@@ -114,15 +114,19 @@ class KernelRidgeDecoder(BaseEstimator):
             count, scored for predictions from averages of that many trials rather than of the
             held-out images' own trials (see :func:`_scores_for_trial_counts`), and
             :meth:`coefficients` uses each item's.
+        cv_images : array-like of int, optional
+            The training images ``cv_targets``' rows belong to, ascending, when the penalty is
+            chosen on a subset of them: the cross-validation then runs on those images' samples
+            only (the kernel's rows and columns of their samples, z-scored with every sample's
+            statistics), while the decoder keeps every sample. Default: every image, in order.
 
         Returns
         -------
         self : KernelRidgeDecoder
         """
-        X, image_index, cv_targets, n_images = _check_training_data(X, image_index, cv_targets)
+        X, image_index, cv_targets, n_images, cv_images = _check_training_data(X, image_index, cv_targets, cv_images)
         relative_alphas = _check_alphas(self.alphas)
         _check_n_folds(self.n_folds)
-        folds = grouped_folds(image_index, self.n_folds, self.random_state)
 
         self.voxel_mean_, self.voxel_std_ = _voxel_statistics(X)
         self.X_ = (X - self.voxel_mean_) / self.voxel_std_
@@ -138,10 +142,12 @@ class KernelRidgeDecoder(BaseEstimator):
 
         self.trial_counts_ = _check_test_trials(test_trials)
         counts = self.trial_counts_
+        cv_kernel, cv_index, n_cv_images = _cross_validation_part(kernel, image_index, n_images, cv_images)
+        folds = grouped_folds(cv_index, self.n_folds, self.random_state)
         if counts is None:
-            smoothers = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_)
+            smoothers = out_of_fold_smoothers(cv_kernel, cv_index, n_cv_images, folds, self.alphas_)
         else:
-            smoothers, noise = out_of_fold_smoothers(kernel, image_index, n_images, folds, self.alphas_,
+            smoothers, noise = out_of_fold_smoothers(cv_kernel, cv_index, n_cv_images, folds, self.alphas_,
                                                      with_noise=True)
         self.cv_scores_, self.alpha_ = {}, {}
         self.cv_scores_by_trials_, self.alpha_by_trials_ = ({}, {}) if counts is not None else (None, None)
@@ -307,8 +313,19 @@ def _as_finite_2d(array, name):
     return array
 
 
-def _check_training_data(X, image_index, cv_targets):
-    """Check fit's inputs once; return them as float64/int arrays plus n_images."""
+def _cross_validation_part(kernel, image_index, n_images, cv_images):
+    """The kernel, image index and image count the cross-validation runs on: all of them, or the
+    samples of the ``cv_images`` only, their images renumbered ``0 … len(cv_images) − 1``."""
+    if cv_images is None:
+        return kernel, image_index, n_images
+    position = np.full(n_images, -1)
+    position[cv_images] = np.arange(len(cv_images))
+    in_cv = position[image_index] >= 0
+    return kernel[np.ix_(in_cv, in_cv)], position[image_index[in_cv]], len(cv_images)
+
+
+def _check_training_data(X, image_index, cv_targets, cv_images=None):
+    """Check fit's inputs once; return them as float64/int arrays plus n_images and cv_images."""
     X = _as_finite_2d(X, "X")
     image_index = np.asarray(image_index)
     if image_index.ndim != 1 or not np.issubdtype(image_index.dtype, np.integer):
@@ -323,14 +340,25 @@ def _check_training_data(X, image_index, cv_targets):
     cv_targets = {layer: _as_finite_2d(targets, f"cv_targets[{layer!r}]")
                   for layer, targets in cv_targets.items()}
     n_rows = {layer: len(targets) for layer, targets in cv_targets.items()}
-    n_images = next(iter(n_rows.values()))
+    n_targets = next(iter(n_rows.values()))
     if len(set(n_rows.values())) != 1:
         raise ValueError(f"Every layer of cv_targets must have one row per training image; "
                          f"got rows {n_rows}.")
-    if image_index.min() < 0 or image_index.max() >= n_images:
-        raise ValueError(f"image_index must lie in [0, {n_images}) (cv_targets has {n_images} "
-                         f"rows); got values from {image_index.min()} to {image_index.max()}.")
-    return X, image_index.astype(np.intp), cv_targets, n_images
+    if cv_images is None:
+        n_images = n_targets
+        if image_index.min() < 0 or image_index.max() >= n_images:
+            raise ValueError(f"image_index must lie in [0, {n_images}) (cv_targets has {n_images} "
+                             f"rows); got values from {image_index.min()} to {image_index.max()}.")
+        return X, image_index.astype(np.intp), cv_targets, n_images, None
+    if image_index.min() < 0:
+        raise ValueError("image_index must hold non-negative image numbers.")
+    n_images = int(image_index.max()) + 1
+    cv_images = np.asarray(cv_images)
+    if (cv_images.ndim != 1 or len(cv_images) != n_targets or not np.issubdtype(cv_images.dtype, np.integer)
+            or np.any(np.diff(cv_images) <= 0) or cv_images[0] < 0 or cv_images[-1] >= n_images):
+        raise ValueError(f"cv_images must be {n_targets} ascending image numbers in [0, {n_images}), one per "
+                         f"row of cv_targets; got {cv_images!r}.")
+    return X, image_index.astype(np.intp), cv_targets, n_images, cv_images.astype(np.intp)
 
 
 def _check_alphas(alphas):

@@ -17,6 +17,7 @@ the lab's training script.
 Both average the trials of each test item first (the paper's choice, :func:`average_test_items`).
 :func:`decoding_accuracy_table` scores the decoded features against the true ones.
 """
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def average_test_items(samples, trials):
 
 def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, stem, mask_file, method="kernel",
                    cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False,
-                   features_dir=None):
+                   features_dir=None, cv_images=None):
     """Fit a decoder on the training trials, save it at ``stem``, and decode every test item.
 
     Parameters
@@ -133,6 +134,9 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         training image's features of ``layers`` in the encoder's shapes (checked before the run,
         :func:`bidsrecon.labformats.features.check_features`): the decoder is trained on those
         numbers and the encoder does not run on the training images (``cache`` is not used).
+    cv_images : ndarray of int, optional
+        Kernel ridge: the training images (indices into the sorted training stimulus names) the
+        penalty is chosen on; default :func:`penalty_images`.
 
     Returns
     -------
@@ -173,16 +177,22 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
             extra_fields={"Encoder": encoder.name, "EncoderWeightsSHA256": encoder.weights_sha256,
                           "ImageSize": int(image_size), "SoftwareVersion": __version__})
     else:
-        cv_targets, _ = sample_unit_features(encoder, images, layers, n_units=cv_units, seed=seed, cache=cache,
-                                             feature_files=feature_files)
+        # The penalty's pass: a sample of units of the penalty images (penalty_images).
+        cv_images = penalty_images(len(train_names), seed) if cv_images is None else cv_images
+        chosen = slice(None) if cv_images is None else cv_images
+        cv_targets, _ = sample_unit_features(
+            encoder, images[chosen], layers, n_units=cv_units, seed=seed, cache=cache,
+            feature_files=None if feature_files is None else FeatureFiles(features_dir, train_names[chosen]))
         # The pixels pseudo-layer's two parts are two more targets, every value of them
         # (bidsrecon.decoding.pixels).
         pixels = pixel_targets(images, image_size)
-        cv_targets.update({part: values.reshape(len(values), -1) for part, values in pixel_parts(pixels).items()})
+        cv_targets.update({part: values[chosen].reshape(len(values[chosen]), -1)
+                           for part, values in pixel_parts(pixels).items()})
         # Alpha is chosen for each count of trials the test items average (REFERENCE.md §8).
         test_trials = items["n_trials"].to_numpy()
         decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
-                                                            test_trials=test_trials)
+                                                            test_trials=test_trials, cv_images=cv_images)
+        extra["PenaltyImages"] = int(len(train_names) if cv_images is None else len(cv_images))
         coefficients = decoder.coefficients(item_samples, test_trials)
         decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
             encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
@@ -194,6 +204,24 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         paths = save_decoder(stem, decoder, layers=[*layers, *PIXEL_PARTS], **description, extra_fields=extra)
     arrays, sidecar = (str(path) for path in paths)
     return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
+
+
+#: The kernel ridge decoder's penalty is chosen on a random share of the training images, at least
+#: PENALTY_IMAGES_MIN of them (all when there are fewer): see the module docstring.
+PENALTY_IMAGES_SHARE = 0.15
+PENALTY_IMAGES_MIN = 150
+
+
+def penalty_images(n_images, seed):
+    """The training images the penalty's cross-validation runs on: ascending indices, or None for all.
+
+    A random ``PENALTY_IMAGES_SHARE`` of them, at least ``PENALTY_IMAGES_MIN``; drawn from ``seed``
+    alone, so a rerun chooses the same images.
+    """
+    n_chosen = min(n_images, max(PENALTY_IMAGES_MIN, math.ceil(PENALTY_IMAGES_SHARE * n_images)))
+    if n_chosen >= n_images:
+        return None
+    return np.sort(np.random.default_rng([seed, n_images]).choice(n_images, n_chosen, replace=False))
 
 
 def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=None, memory_budget=None,
