@@ -271,3 +271,14 @@ def test_per_unit_decoder_needs_its_folders(trained_per_unit, tiny_dataset, tmp_
     (folders / "fastl2lir_folders.json").unlink()
     assert run_apply(tiny_dataset, decoders, tmp_path) == EXIT_INPUT_MISSING
     assert str(folders / "fastl2lir_folders.json") in capsys.readouterr().err
+
+
+def test_the_labs_folders_alone_are_refused_clearly(tmp_path):
+    from bidsrecon.decoding.saved import find_saved_decoder
+
+    description = tmp_path / "sub-01" / "decoder" / "fastl2lir" / "fastl2lir_folders.json"
+    description.parent.mkdir(parents=True)
+    description.write_text(json.dumps({"Subject": "sub-01", "ROI": "VC", "Layers": {}, "Voxels": 1}))
+    with pytest.raises(BidsReconError, match="apply_fastl2lir_folders") as caught:
+        find_saved_decoder(tmp_path, "01")
+    assert caught.value.exit_code == EXIT_BAD_ARGUMENTS and str(description) in str(caught.value)

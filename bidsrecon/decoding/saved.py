@@ -102,10 +102,22 @@ def find_saved_decoder(decoders_dir, subject):
     BidsReconError
         Exit 66 naming the expected file when the decoder, its mask or its reference volume is
         missing (for a per-unit decoder, its ``fastl2lir/`` folders' description too); exit 64 when
-        the sidecar is not a decoder this version can apply.
+        the sidecar is not a decoder this version can apply, or when the participant's folder holds
+        FastL2LiR folders without a sidecar (the lab's trained decoders, not applied by
+        ``--decoders-dir`` yet).
     """
     stem = decoder_stem(decoders_dir, subject)
     sidecar_file = decoder_paths(stem)[1]
+    folders_description = sidecar_file.parent / FOLDERS_NAME / DESCRIPTION_FILE
+    if not sidecar_file.is_file() and folders_description.is_file():
+        # The lab's trained folders alone: nothing ties them to this run's runs and grid yet.
+        raise BidsReconError(
+            f"--decoders-dir {decoders_dir}: sub-{subject} holds FastL2LiR folders ({folders_description}) but no "
+            f"bidsrecon decoder sidecar ({sidecar_file}); --decoders-dir applies bidsrecon's saved decoders only "
+            "(kernel ridge or per-unit, with their sidecar, voxel mask and motion reference). Apply the lab's "
+            "folders from Python (bidsrecon.decoding.stage.apply_fastl2lir_folders, on samples in the voxel mask "
+            "their description names; see the README), or fit a decoder here (--decoder fastl2lir).",
+            EXIT_BAD_ARGUMENTS)
     if not sidecar_file.is_file():
         raise BidsReconError(
             f"--decoders-dir {decoders_dir}: sub-{subject} has no saved decoder ({sidecar_file} not found). "
