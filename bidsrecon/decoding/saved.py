@@ -189,7 +189,7 @@ def check_saved_decoder(saved, *, encoder, encoder_weights_sha256, image_size, l
         raise BidsReconError(
             f"--feature-correction {feature_std_for} needs each channel's SD within the training images' "
             f"features, which the saved per-unit decoder {sidecar_file} does not hold (its files keep each unit's "
-            "training mean and SD only). Use --feature-correction spread (the default), trainmean or none with it, "
+            "training mean and SD only). Use --feature-correction spread (the default) or none with it, "
             "or fit the decoder in this run (drop --decoders-dir).", EXIT_BAD_ARGUMENTS)
     if description.get("TrainingFeatures") and not saved.per_unit:
         # Applying a kernel decoder weighs its training images' features; they would be the encoder's here.
