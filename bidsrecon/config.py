@@ -203,8 +203,9 @@ class Config:
                 "comparison")
     decoders_dir: Path = option(None, '--decoders-dir', group=DECODING,
                 type=Path, metavar='DIR',
-                help="apply the decoders saved in DIR, a previous bidsrecon output dataset (sub-<label>/decoder/), "
-                "instead of fitting them: no training runs are needed or read, the samples are taken in the saved "
+                help="apply the decoders saved in DIR, a previous bidsrecon output dataset (sub-<label>/decoder/; "
+                "kernel ridge, or per-unit read from their fastl2lir/ folders, which refuse --feature-correction "
+                "lab2019 and cookbook*), instead of fitting them: no training runs are needed or read, the samples are taken in the saved "
                 "voxel mask and raw runs are realigned to the saved reference volume; --encoder, "
                 "--encoder-weights, --image-size and --layers must match the saved decoder (--n-voxels, --roi and --decoder "
                 "are refused)")

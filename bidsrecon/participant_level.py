@@ -46,6 +46,7 @@ from bidsrecon.participant_bdata import BDATA_LINK, bdata_participants, plan_bda
 from bidsrecon.participant_plan import ParticipantPlan, RunInputs, write_if_changed
 from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
+from bidsrecon.recon.correction import correction_statistics
 from bidsrecon.reports import write_participant_report
 from bidsrecon.run_record import ResourceLog, write_provenance
 from bidsrecon.run_warnings import (
@@ -250,7 +251,7 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
         _check_bdpy_names(runs)
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
     # A saved decoder's output is built from its training images' features: they are needed too.
-    names = sorted(set(all_trials["stimulus"]) | set(saved.training_stimuli if saved else ()))
+    names = sorted(set(all_trials["stimulus"]) | set(saved.images_needed if saved else ()))
     stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",),
                            stim_files=stim_file_map(all_trials))
     if saved:
@@ -258,7 +259,9 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                             encoder_weights_sha256=encoder.weights_sha256 if encoder else None,
                             image_size=config.image_size, layers=config.layers,
                             bold_files=[run_inputs.bold for run_inputs in inputs], raw_input=not derivatives,
-                            stimulus_files=stimuli)
+                            stimulus_files=stimuli,
+                            feature_std_for=config.feature_correction
+                            if "feature_std" in correction_statistics(config.feature_correction) else None)
     stimuli_file = work / "stimuli.tsv"
     write_if_changed(stimuli_file, pd.DataFrame({"stimulus": names, "path": [stimuli[n] for n in names]})
                       .to_csv(sep="\t", index=False))

@@ -4,6 +4,7 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import validate
 
@@ -169,10 +170,10 @@ def test_options_of_a_fit_are_refused(tmp_path):
     assert caught.value.exit_code == EXIT_INPUT_MISSING
 
 
-def test_per_unit_decoder_is_refused_clearly(tmp_path):
-    (tmp_path / "sub-01_decoder.json").write_text(json.dumps({"Format": "bidsrecon-per-unit-decoder"}))
+def test_unknown_sidecar_format_is_refused_clearly(tmp_path):
+    (tmp_path / "sub-01_decoder.json").write_text(json.dumps({"Format": "some-other-decoder"}))
     (tmp_path / "sub-01_decoder.safetensors").write_bytes(b"")
-    with pytest.raises(BidsReconError, match="per-unit decoder.*not supported") as caught:
+    with pytest.raises(BidsReconError, match="bidsrecon-per-unit-decoder") as caught:
         read_decoder_description(tmp_path / "sub-01_decoder")
     assert caught.value.exit_code == EXIT_BAD_ARGUMENTS and "sub-01_decoder.json" in str(caught.value)
 
@@ -202,3 +203,82 @@ def test_fmriprep_input(tiny_fmriprep_dataset, tmp_path, capsys):
     # A decoder of fMRIPrep input has no reference volume to realign raw runs to.
     assert run_apply(tiny_fmriprep_dataset, trained, tmp_path / "raw") == EXIT_BAD_ARGUMENTS
     assert "motion reference" in capsys.readouterr().err
+
+
+PER_UNIT = ["--decoder", "fastl2lir", "--layers", "block2"]
+
+
+@pytest.fixture(scope="module")
+def trained_per_unit(tiny_dataset, tmp_path_factory):
+    """A normal run with per-unit decoders (--decoder fastl2lir): its output holds them, and their folders."""
+    root = tmp_path_factory.mktemp("trained_per_unit")
+    out = root / "bidsrecon"
+    assert main([str(tiny_dataset), str(out), "participant", "-w", str(root / "work"), "--save-decoded-features",
+                 "--skip-bids-validation", *FAST, *PER_UNIT]) == 0
+    return out
+
+
+def _same_decoded_features(before_dir, after_dir):
+    features = "sub-01/decoder/sub-01_desc-decoded_features.h5"
+    before, items_before, _ = load_decoded_features(before_dir / features)
+    after, items_after, _ = load_decoded_features(after_dir / features)
+    assert items_after.equals(items_before)
+    assert list(after) == list(before)
+    for layer in before:
+        np.testing.assert_allclose(after[layer], before[layer], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_saved_per_unit_decoder_applied(trained_per_unit, later_sessions, tmp_path):
+    folder = trained_per_unit / "sub-01" / "decoder"
+    assert read_decoder_description(folder / "sub-01_decoder")["Format"] == "bidsrecon-per-unit-decoder"
+    with pytest.raises(BidsReconError, match="per-unit decoder.*FastL2LiR folders"):  # not a kernel decoder
+        load_decoder(folder / "sub-01_decoder")
+    assert run_apply(later_sessions, trained_per_unit, tmp_path, "--save-decoded-features") == 0
+    out, work = tmp_path / "out", tmp_path / "work"
+    decode_dir = next(work.rglob("decode/_report")).parent
+    assert not list(decode_dir.glob("*decoder*"))  # nothing fitted
+    # Same reference volume, same mask, same decoders: the same decoded features as the fit run's.
+    _same_decoded_features(trained_per_unit, out)
+    # The decoding accuracy too (the folders' training mean is the fitted one, to float32 rounding).
+    accuracy = {path: pd.read_csv(path / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
+                for path in (trained_per_unit, out)}
+    pd.testing.assert_frame_equal(accuracy[out], accuracy[trained_per_unit], rtol=1e-4)
+    # The applied decoder is copied byte for byte, folders included: the output is a decoders directory too.
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and "_desc-decoded_features" not in path.name:  # an output of each run, not the decoder
+            assert (out / "sub-01" / "decoder" / path.relative_to(folder)).read_bytes() == path.read_bytes()
+    assert (out / "sub-01" / "decoder" / "fastl2lir" / "block2" / "sub-01" / "voxelmask" / "model" / "W.mat").is_file()
+    recon_sidecar = json.loads(next((out / "sub-01" / "recon").glob("*_recon.json")).read_text())
+    assert recon_sidecar["Decoder"]["FittedInThisRun"] is False
+    assert run_apply(later_sessions, out, tmp_path / "again", "--session-label", "perceptionNaturalImageTest01") == 0
+
+
+@pytest.mark.slow
+def test_per_unit_decoder_refuses_the_lab_corrections(trained_per_unit, tiny_dataset, tmp_path, capsys):
+    assert run_apply(tiny_dataset, trained_per_unit, tmp_path, "--feature-correction", "lab2019") == EXIT_BAD_ARGUMENTS
+    message = capsys.readouterr().err
+    assert "lab2019" in message and "sub-01_decoder.json" in message and "--feature-correction spread" in message
+
+
+@pytest.mark.slow
+def test_per_unit_decoder_needs_its_folders(trained_per_unit, tiny_dataset, tmp_path, capsys):
+    decoders = saved_copy(trained_per_unit, tmp_path / "decoders")
+    folders = decoders / "sub-01" / "decoder" / "fastl2lir"
+    shutil.rmtree(folders / "block2")
+    assert run_apply(tiny_dataset, decoders, tmp_path, "--layers", "block2") == EXIT_INPUT_MISSING
+    assert str(folders / "block2") in capsys.readouterr().err
+    (folders / "fastl2lir_folders.json").unlink()
+    assert run_apply(tiny_dataset, decoders, tmp_path) == EXIT_INPUT_MISSING
+    assert str(folders / "fastl2lir_folders.json") in capsys.readouterr().err
+
+
+def test_the_labs_folders_alone_are_refused_clearly(tmp_path):
+    from bidsrecon.decoding.saved import find_saved_decoder
+
+    description = tmp_path / "sub-01" / "decoder" / "fastl2lir" / "fastl2lir_folders.json"
+    description.parent.mkdir(parents=True)
+    description.write_text(json.dumps({"Subject": "sub-01", "ROI": "VC", "Layers": {}, "Voxels": 1}))
+    with pytest.raises(BidsReconError, match="apply_fastl2lir_folders") as caught:
+        find_saved_decoder(tmp_path, "01")
+    assert caught.value.exit_code == EXIT_BAD_ARGUMENTS and str(description) in str(caught.value)

@@ -229,3 +229,34 @@ def test_stage_applies_folders_to_mask_samples(tmp_path):
     np.testing.assert_allclose(result.train_mean["conv"].reshape(-1), decoders["conv"].feature_mean_, rtol=1e-6)
     with pytest.raises(BidsReconError, match=f"hold {2 * N_VOXELS} voxels.*{N_VOXELS} of the voxel mask's"):
         apply_fastl2lir_folders(samples[:, :-1], trials, tmp_path)
+
+
+def test_stage_applies_the_labs_folders(tmp_path):
+    """The lab's trained folders, with the description a user writes beside them, decoded as the lab's
+    predict script decodes them: the samples in the whole mask, the folders' voxels picked by VoxelIndices."""
+    import pandas as pd
+
+    from bidsrecon.decoding.stage import apply_fastl2lir_folders
+    from bidsrecon.features.spread import spread_from_moments
+
+    x, y, x_test = _data((3, 2, 2))
+    folder = model_folder(tmp_path, "conv", "sub-01", "VC")
+    norm = _train_like_the_cookbook(folder, x, y, None)
+    expected = _predict_like_the_cookbook(folder, x_test)
+    n_mask = N_VOXELS + 10
+    indices = np.arange(N_VOXELS) + 5
+    description = {"Subject": "sub-01", "ROI": "VC", "Layers": {"conv": [3, 2, 2]}, "Voxels": N_VOXELS,
+                   "VoxelIndices": [int(i) for i in indices], "VoxelMask": {"Voxels": n_mask}}
+    (tmp_path / DESCRIPTION_FILE).write_text(json.dumps(description))
+    samples = np.random.default_rng(1).standard_normal((len(x_test), n_mask))
+    samples[:, indices] = x_test
+    trials = pd.DataFrame({"set": "test", "stimulus": [f"im{i}" for i in range(len(x_test))]})
+    result = apply_fastl2lir_folders(samples, trials, tmp_path)
+    np.testing.assert_allclose(result.decoded["conv"], expected, rtol=1e-4, atol=1e-5)
+    assert result.feature_std is None  # the folders do not hold the lab's per-channel SD
+    # Without a recorded spread, it comes from the units' training mean and SD.
+    mean, sd = norm["y_mean"][0], norm["y_norm"][0]
+    assert result.train_spread["conv"] == pytest.approx(spread_from_moments(mean, mean**2 + sd**2), rel=1e-5)
+    # A recorded one (ours: the fitted spread) is used as is.
+    (tmp_path / DESCRIPTION_FILE).write_text(json.dumps({**description, "TrainingSpread": {"conv": 0.25}}))
+    assert apply_fastl2lir_folders(samples, trials, tmp_path).train_spread["conv"] == 0.25

@@ -36,6 +36,7 @@ from bidsrecon.decoding.sidecar import (
     _check_stimulus_files,
     _mask_summary,
     decoder_paths,
+    is_per_unit,
     read_decoder_description,
 )
 from bidsrecon.encoders.base import file_sha256
@@ -137,11 +138,10 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
 
     The arrays are each unit's selected voxels (int32), weights and bias (float32, z-scored
     units), and the voxels' and units' training mean and SD, under ``<layer>/...``. The sidecar
-    says what they apply to, as :func:`save_decoder`'s does. There is no loader of this pair:
-    the fitting stage also writes the decoders in the Kamitani lab's FastL2LiR folders, which
-    :mod:`bidsrecon.labformats.fastl2lir_folders` reads; applying saved decoders
-    (``--decoders-dir``) is for the kernel ridge decoder only, and
-    :func:`read_decoder_description` refuses this format with a message saying so.
+    says what they apply to, as :func:`save_decoder`'s does. There is no loader of the arrays: the fitting
+    stage also writes the same decoders in the Kamitani lab's FastL2LiR folders, which
+    :mod:`bidsrecon.labformats.fastl2lir_folders` reads, and applying a saved per-unit decoder
+    (``--decoders-dir``) reads those, so that one reader serves ours and the lab's.
 
     Parameters
     ----------
@@ -222,6 +222,7 @@ def load_decoder(path_stem, *, expected_mask_file=None, expected_encoder=None,
     """
     sidecar = read_decoder_description(path_stem)
     arrays_path, sidecar_path = decoder_paths(path_stem)
+    _refuse_per_unit(sidecar, sidecar_path)
     if file_sha256(arrays_path) != sidecar.get("ArraysSHA256"):
         raise BidsReconError(
             f"{arrays_path} does not match the sha256 recorded in {sidecar_path}: the file was "
@@ -257,9 +258,18 @@ def load_voxel_indices(path_stem):
     ndarray of int64, shape (n_voxels,), or None
         None when the decoder uses every voxel of its mask.
     """
-    read_decoder_description(path_stem)
-    arrays_path, _ = decoder_paths(path_stem)
+    arrays_path, sidecar_path = decoder_paths(path_stem)
+    _refuse_per_unit(read_decoder_description(path_stem), sidecar_path)
     return load_arrays(arrays_path)["fit"].get("voxel_indices")
+
+
+def _refuse_per_unit(sidecar, sidecar_path):
+    """The kernel ridge loaders do not read per-unit decoders (their folders do)."""
+    if is_per_unit(sidecar):
+        raise BidsReconError(
+            f"{sidecar_path} is a per-unit decoder (--decoder fastl2lir), not a kernel ridge decoder: it is "
+            f"applied from its FastL2LiR folders beside it (bidsrecon.decoding.stage.apply_saved_per_unit).",
+            EXIT_BAD_ARGUMENTS)
 
 
 def _write_pair(arrays_path, arrays, sidecar_path, sidecar):

@@ -4,9 +4,10 @@ checking it against a run.
 A decoder saved under a stem is the pair ``<stem>.safetensors`` (the arrays) and ``<stem>.json``
 (the sidecar, :func:`decoder_paths`); :mod:`bidsrecon.decoding.artifact` writes and loads them.
 :func:`read_decoder_description` reads the sidecar and refuses one of another format, of a newer
-format version, or without its required fields. The ``_check_*`` functions compare what the
-sidecar records (encoder, weights, image size, voxel mask, training stimuli) with what a run
-gives, each raising a :class:`~bidsrecon.errors.BidsReconError` that says what differs and what
+format version, or without its required fields; it reads both the kernel ridge decoder's and
+the per-unit decoders' (``--decoder fastl2lir``), which :func:`is_per_unit` tells apart. The
+``_check_*`` functions compare what the sidecar records (encoder, weights, image size, voxel mask,
+training stimuli) with what a run gives, each raising a :class:`~bidsrecon.errors.BidsReconError` that says what differs and what
 to do. :func:`mask_voxel_set_sha256` is the hash of a mask's voxel set that the sidecar records.
 """
 import hashlib
@@ -57,8 +58,9 @@ def read_decoder_description(path_stem):
     Returns
     -------
     dict
-        Keys include ``Encoder``, ``EncoderWeightsSHA256``, ``ImageSize``, ``Layers``, ``Alpha``,
-        ``TrainingStimuli`` (coefficient-column order), ``TrainingStimulusSHA256``,
+        Keys include ``Format`` (a kernel ridge or a per-unit decoder, :func:`is_per_unit`),
+        ``Encoder``, ``EncoderWeightsSHA256``, ``ImageSize``, ``Layers``, ``Alpha``,
+        ``TrainingStimuli`` (coefficient-column order for a kernel decoder), ``TrainingStimulusSHA256``,
         ``VoxelMask`` and ``SoftwareVersion``.
 
     Raises
@@ -78,14 +80,10 @@ def read_decoder_description(path_stem):
     except (ValueError, RecursionError) as error:
         raise BidsReconError(f"{sidecar_path} is not valid JSON ({error}); it is not a "
                              "decoder sidecar written by bidsrecon.", EXIT_BAD_ARGUMENTS) from None
-    if isinstance(sidecar, dict) and sidecar.get("Format") == _PER_UNIT_FORMAT_NAME:
-        raise BidsReconError(
-            f"{sidecar_path} is a per-unit decoder (--decoder fastl2lir); applying saved per-unit "
-            "decoders is not supported yet. Retrain with the kernel ridge decoder (--decoder kernel, "
-            "the default) to apply it later, or fit again on the training data.", EXIT_BAD_ARGUMENTS)
-    if not isinstance(sidecar, dict) or sidecar.get("Format") != _FORMAT_NAME:
+    if not isinstance(sidecar, dict) or sidecar.get("Format") not in (_FORMAT_NAME, _PER_UNIT_FORMAT_NAME):
         raise BidsReconError(f"{sidecar_path} is not a decoder sidecar written by bidsrecon "
-                             f"(its \"Format\" is not {_FORMAT_NAME!r}).", EXIT_BAD_ARGUMENTS)
+                             f"(its \"Format\" is neither {_FORMAT_NAME!r} nor {_PER_UNIT_FORMAT_NAME!r}).",
+                             EXIT_BAD_ARGUMENTS)
     if sidecar.get("FormatVersion", 0) > ARTIFACT_FORMAT:
         raise BidsReconError(
             f"{sidecar_path} was written by bidsrecon {sidecar.get('SoftwareVersion')} in decoder "
@@ -95,7 +93,12 @@ def read_decoder_description(path_stem):
     return sidecar
 
 
-# The fields a kernel decoder's sidecar must hold, with their JSON types; checked when it is read
+def is_per_unit(description):
+    """True for the sidecar of per-unit decoders (``--decoder fastl2lir``), False for a kernel ridge decoder's."""
+    return description.get("Format") == _PER_UNIT_FORMAT_NAME
+
+
+# The fields a decoder's sidecar must hold (kernel ridge and per-unit alike), with their JSON types; checked when it is read
 # so that a damaged or hand-edited sidecar is one clear error, not a KeyError hours later.
 _REQUIRED_FIELDS = {
     "Encoder": (str,), "EncoderWeightsSHA256": (str, type(None)), "ImageSize": (int,), "Layers": (list,),

@@ -6,8 +6,9 @@ Two entry points return the same :class:`DecodedItems`:
   streamed; or the lab's per-unit ridge), saves it, and decodes the test items. The training
   images' features are the encoder's, or read from a features folder (``--features-dir``,
   :mod:`bidsrecon.features.files`) when one is given;
-- :func:`apply_saved` applies a decoder saved by an earlier run (``--decoders-dir``). It was
-  checked against this run's data and settings when the participant was planned
+- :func:`apply_saved` applies a kernel ridge decoder saved by an earlier run (``--decoders-dir``),
+  :func:`apply_saved_per_unit` saved per-unit decoders. The decoder was checked against this
+  run's data and settings when the participant was planned
   (:func:`bidsrecon.decoding.saved.check_saved_decoder`); here it is only read.
 
 :func:`apply_fastl2lir_folders` decodes with per-unit decoders in the Kamitani lab's cookbook
@@ -175,7 +176,10 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
             Path(stem).parent / FOLDERS_NAME, decoders, unit_shapes, subject=Path(stem).name.split("_")[0],
             voxel_mask=_mask_summary(mask_file), voxel_indices=kept,
             extra_fields={"Encoder": encoder.name, "EncoderWeightsSHA256": encoder.weights_sha256,
-                          "ImageSize": int(image_size), "SoftwareVersion": __version__})
+                          "ImageSize": int(image_size), "SoftwareVersion": __version__,
+                          # The folders keep each unit's SD (ddof 1), not the images' moments: the
+                          # spread as fitted, so that applying them later corrects alike.
+                          "TrainingSpread": {layer: float(train_spread[layer]) for layer in decoders}})
     else:
         # The penalty's pass: a sample of units of the penalty images (penalty_images).
         cv_images = penalty_images(len(train_names), seed) if cv_images is None else cv_images
@@ -265,6 +269,35 @@ def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=No
     return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
 
 
+def apply_saved_per_unit(samples, trials, stem):
+    """Decode every test item with the per-unit decoders saved at ``stem`` (``--decoder fastl2lir``).
+
+    They are read from their cookbook folders beside the sidecar (``fastl2lir/``,
+    :func:`apply_fastl2lir_folders`), which hold the same decoders as the safetensors; the
+    folders and the sidecar were checked to agree when the participant was planned
+    (:func:`bidsrecon.decoding.saved.check_saved_decoder`).
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_trials, n_mask_voxels)
+        Every run's samples in the saved voxel mask.
+    trials : DataFrame
+        ``set`` and ``stimulus`` of each sample.
+    stem : str
+        Path without extension of the saved decoder's files.
+
+    Returns
+    -------
+    DecodedItems
+        ``feature_std`` is None; ``decoder_arrays`` and ``decoder_sidecar`` are the saved
+        decoder's own files.
+    """
+    description = read_decoder_description(stem)
+    result = apply_fastl2lir_folders(samples, trials, Path(stem).parent / FOLDERS_NAME, layers=description["Layers"])
+    result.decoder_arrays, result.decoder_sidecar = (str(path) for path in decoder_paths(stem))
+    return result
+
+
 def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
     """Decode every test item with per-unit decoders in the cookbook's folders (ours or the lab's).
 
@@ -282,9 +315,10 @@ def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
     Returns
     -------
     DecodedItems
-        ``train_mean`` is each unit's training mean (``y_mean``); ``train_spread`` comes from it and
-        the units' training SD (``y_norm``, ddof 1 over training samples, where a fitted decoder uses
-        the images' moments); ``feature_std`` is None (the folders do not hold it);
+        ``train_mean`` is each unit's training mean (``y_mean``); ``train_spread`` is the one the
+        description records (``TrainingSpread``, ours), else comes from ``y_mean`` and the units'
+        training SD (``y_norm``, ddof 1 over training samples, where a fitted decoder uses the
+        images' moments); ``feature_std`` is None (the folders do not hold it);
         ``decoder_arrays`` is the root, ``decoder_sidecar`` the description.
 
     Raises
@@ -310,12 +344,16 @@ def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
         samples = samples[:, indices]
     items, item_samples = average_test_items(samples, trials)
     decoded, train_mean, train_spread = {}, {}, {}
+    recorded = folders.description.get("TrainingSpread") or {}
     for layer, decoder in folders.decoders.items():
         shape = folders.unit_shapes[layer]
         decoded[layer] = decoder.predict(item_samples).reshape((-1, *shape)).astype(np.float32)
         mean = decoder.feature_mean_.reshape(shape)
         train_mean[layer] = mean.astype(np.float32)
-        train_spread[layer] = spread_from_moments(mean, mean**2 + decoder.feature_std_.reshape(shape) ** 2)
+        if isinstance(recorded.get(layer), (int, float)):
+            train_spread[layer] = float(recorded[layer])
+        else:
+            train_spread[layer] = spread_from_moments(mean, mean**2 + decoder.feature_std_.reshape(shape) ** 2)
     encoder_layers = [layer for layer in folders.decoders if layer != PIXEL_LAYER]
     return DecodedItems(encoder_layers, items, decoded, train_mean, train_spread, None, str(root), description_file)
 

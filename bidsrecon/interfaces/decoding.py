@@ -46,8 +46,9 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
                               desc="folder of the training images' precomputed features, bdpy's layout (--features-dir; "
                               "'' = the encoder's): the decoder is trained on them, the encoder does not run on "
                               "those images (its path, not its files, is part of the cache key)")
-    decoder_file = File(exists=True, desc="JSON sidecar of a saved kernel ridge decoder (--decoders-dir): applied "
-                        "instead of fitting one; its layers, voxel selection and training images are used")
+    decoder_file = File(exists=True, desc="JSON sidecar of a saved decoder (--decoders-dir), kernel ridge or per-unit "
+                        "(read from its fastl2lir/ folders): applied instead of fitting one; its layers, voxel "
+                        "selection and (kernel) training images are used")
 
 
 class _DecodeOutputSpec(TraitedSpec):
@@ -63,7 +64,8 @@ class DecodeFeatures(SimpleInterface):
     """Fit the decoder on the training trials (or apply a saved one) and decode each test item.
 
     Reads the samples, trials and stimuli, calls :func:`bidsrecon.decoding.stage.fit_and_decode`
-    or, with ``decoder_file``, :func:`~bidsrecon.decoding.stage.apply_saved`, and writes the
+    or, with ``decoder_file``, :func:`~bidsrecon.decoding.stage.apply_saved` (a kernel ridge
+    decoder) or :func:`~bidsrecon.decoding.stage.apply_saved_per_unit`, and writes the
     decoded features, the items table and the decoding accuracy. ``out_device`` is where the
     encoder ran (``device auto`` resolved on the machine that runs this node).
     """
@@ -80,7 +82,8 @@ class DecodeFeatures(SimpleInterface):
         from pathlib import Path
 
         from bidsrecon.decoding.memory import budget_within
-        from bidsrecon.decoding.stage import apply_saved, decoding_accuracy_table, fit_and_decode
+        from bidsrecon.decoding.sidecar import is_per_unit, read_decoder_description
+        from bidsrecon.decoding.stage import apply_saved, apply_saved_per_unit, decoding_accuracy_table, fit_and_decode
         from bidsrecon.encoders import get_encoder, resolve_device
         from bidsrecon.features.cache import FeatureCache
 
@@ -97,8 +100,11 @@ class DecodeFeatures(SimpleInterface):
         options = dict(image_size=inputs.image_size, cache=cache, with_feature_std=inputs.feature_std,
                        memory_budget=budget_within(inputs.memory_gb * 1e9) if inputs.memory_gb else None)
         if isdefined(inputs.decoder_file):
-            result = apply_saved(samples, trials, stimuli, encoder, str(Path(inputs.decoder_file).with_suffix("")),
-                                 **options)
+            stem = str(Path(inputs.decoder_file).with_suffix(""))
+            if is_per_unit(read_decoder_description(stem)):
+                result = apply_saved_per_unit(samples, trials, stem)
+            else:
+                result = apply_saved(samples, trials, stimuli, encoder, stem, **options)
         else:
             result = fit_and_decode(samples, trials, stimuli, encoder, layers=inputs.layers,
                                     stem=f"{runtime.cwd}/{inputs.decoder_name}", mask_file=inputs.mask_file,

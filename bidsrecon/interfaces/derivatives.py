@@ -311,7 +311,8 @@ class WriteDerivatives(SimpleInterface):
     def _write_fastl2lir_folders(self, folder, mask_name):
         """A per-unit decoder's copy in the Kamitani lab's layout (``fastl2lir/``, beside its arrays), if any.
 
-        Its description names the mask written next to the decoder; an applied decoder's is copied unchanged.
+        Its description names the mask written next to the decoder and its ROIs; an applied decoder's is copied
+        unchanged.
         """
         from bidsrecon.labformats.fastl2lir_folders import DESCRIPTION_FILE, FOLDERS_NAME
 
@@ -326,7 +327,9 @@ class WriteDerivatives(SimpleInterface):
                 written.append(str(target))
         description = json.loads((source / DESCRIPTION_FILE).read_text())
         if not self.inputs.copy_decoder and description.get("VoxelMask"):
+            # The same mask record as the sidecar's: its file beside the decoder, and its ROIs.
             description["VoxelMask"]["File"] = mask_name
+            description["VoxelMask"]["Rois"] = list(self.inputs.rois)
         target = folder / FOLDERS_NAME / DESCRIPTION_FILE
         write_json(target, description)
         return [*written, str(target)]
