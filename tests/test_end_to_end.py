@@ -260,7 +260,7 @@ def test_per_unit_decoder_mode(tiny_dataset, tmp_path):
     accuracy = pd.read_csv(out / "sub-01" / "sub-01_desc-decoding_metrics.tsv", sep="\t")
     assert set(accuracy["layer"]) == {"block2", "block3", "pixels"}
     # The same decoders in the Kamitani lab's cookbook layout, tied to the mask beside them.
-    from bidsrecon.labformats.fastl2lir_folders import read_fastl2lir_folders
+    from bidsrecon.decoding.fastl2lir_folders import read_fastl2lir_folders
 
     folders = read_fastl2lir_folders(out / "sub-01" / "decoder" / "fastl2lir")
     assert list(folders.decoders) == ["block2", "block3", "pixels"]

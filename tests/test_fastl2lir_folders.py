@@ -6,9 +6,7 @@ import pytest
 import scipy.io
 import scipy.sparse
 
-from bidsrecon.decoding.per_unit import PerUnitDecoder
-from bidsrecon.errors import BidsReconError
-from bidsrecon.labformats.fastl2lir_folders import (
+from bidsrecon.decoding.fastl2lir_folders import (
     DESCRIPTION_FILE,
     model_folder,
     read_fastl2lir_folders,
@@ -16,6 +14,8 @@ from bidsrecon.labformats.fastl2lir_folders import (
     write_fastl2lir_folders,
     write_mat_array,
 )
+from bidsrecon.decoding.per_unit import PerUnitDecoder
+from bidsrecon.errors import BidsReconError
 
 bdpy_dataform = pytest.importorskip("bdpy.dataform")
 bdpy_ml = pytest.importorskip("bdpy.ml")

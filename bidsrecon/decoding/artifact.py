@@ -140,7 +140,7 @@ def save_per_unit_decoder(path_stem, decoders, *, encoder_name, encoder_weights_
     units), and the voxels' and units' training mean and SD, under ``<layer>/...``. The sidecar
     says what they apply to, as :func:`save_decoder`'s does. There is no loader of the arrays: the fitting
     stage also writes the same decoders in the Kamitani lab's FastL2LiR folders, which
-    :mod:`bidsrecon.labformats.fastl2lir_folders` reads, and applying a saved per-unit decoder
+    :mod:`bidsrecon.decoding.fastl2lir_folders` reads, and applying a saved per-unit decoder
     (``--decoders-dir``) reads those, so that one reader serves ours and the lab's.
 
     Parameters

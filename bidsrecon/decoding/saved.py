@@ -5,7 +5,7 @@
 
 - ``sub-<label>_decoder.json`` and ``.safetensors``, the decoder (:mod:`bidsrecon.decoding.artifact`);
 - for per-unit decoders (``--decoder fastl2lir``), ``fastl2lir/``: the same decoders in the Kamitani
-  lab's cookbook layout with their description (:mod:`bidsrecon.labformats.fastl2lir_folders`),
+  lab's cookbook layout with their description (:mod:`bidsrecon.decoding.fastl2lir_folders`),
   which is what applying them reads;
 - ``sub-<label>_desc-voxelmask_decoder.nii.gz``, the voxel mask its samples were taken in;
 - ``sub-<label>_desc-reference_boldref.nii.gz`` (raw input only), the mean volume every raw run
@@ -25,6 +25,12 @@ import nibabel as nib
 import numpy as np
 
 from bidsrecon.decoding.artifact import load_decoder
+from bidsrecon.decoding.fastl2lir_folders import (
+    DESCRIPTION_FILE,
+    FOLDERS_NAME,
+    model_folder,
+    read_folders_description,
+)
 from bidsrecon.decoding.pixels import PIXEL_LAYER, PIXEL_PARTS
 from bidsrecon.decoding.sidecar import (
     _check_expected,
@@ -36,12 +42,6 @@ from bidsrecon.decoding.sidecar import (
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.grid import same_grid
-from bidsrecon.labformats.fastl2lir_folders import (
-    DESCRIPTION_FILE,
-    FOLDERS_NAME,
-    model_folder,
-    read_folders_description,
-)
 
 
 @dataclass(frozen=True)

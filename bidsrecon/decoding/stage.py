@@ -12,7 +12,7 @@ Two entry points return the same :class:`DecodedItems`:
   (:func:`bidsrecon.decoding.saved.check_saved_decoder`); here it is only read.
 
 :func:`apply_fastl2lir_folders` decodes with per-unit decoders in the Kamitani lab's cookbook
-layout (:mod:`bidsrecon.labformats.fastl2lir_folders`), written by ``--decoder fastl2lir`` or by
+layout (:mod:`bidsrecon.decoding.fastl2lir_folders`), written by ``--decoder fastl2lir`` or by
 the lab's training script.
 
 Both average the trials of each test item first (the paper's choice, :func:`average_test_items`).
@@ -27,6 +27,12 @@ import pandas as pd
 
 from bidsrecon import __version__
 from bidsrecon.decoding.artifact import load_decoder, load_voxel_indices, save_decoder, save_per_unit_decoder
+from bidsrecon.decoding.fastl2lir_folders import (
+    DESCRIPTION_FILE,
+    FOLDERS_NAME,
+    read_fastl2lir_folders,
+    write_fastl2lir_folders,
+)
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
@@ -45,12 +51,6 @@ from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
 from bidsrecon.features.files import FeatureFiles
 from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.images import load_images
-from bidsrecon.labformats.fastl2lir_folders import (
-    DESCRIPTION_FILE,
-    FOLDERS_NAME,
-    read_fastl2lir_folders,
-    write_fastl2lir_folders,
-)
 from bidsrecon.spec import TRAINING
 
 
@@ -308,7 +308,7 @@ def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
     trials : DataFrame
         ``set`` and ``stimulus`` of each sample; ``trials`` need hold no training rows.
     root : str or Path
-        The folders' root, with :data:`~bidsrecon.labformats.fastl2lir_folders.DESCRIPTION_FILE`.
+        The folders' root, with :data:`~bidsrecon.decoding.fastl2lir_folders.DESCRIPTION_FILE`.
     layers : sequence of str, optional
         Layers to decode (default: all the folders hold).
 

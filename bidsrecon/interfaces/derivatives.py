@@ -314,7 +314,7 @@ class WriteDerivatives(SimpleInterface):
         Its description names the mask written next to the decoder and its ROIs; an applied decoder's is copied
         unchanged.
         """
-        from bidsrecon.labformats.fastl2lir_folders import DESCRIPTION_FILE, FOLDERS_NAME
+        from bidsrecon.decoding.fastl2lir_folders import DESCRIPTION_FILE, FOLDERS_NAME
 
         source = Path(self.inputs.decoder_arrays).parent / FOLDERS_NAME
         if not (source / DESCRIPTION_FILE).is_file():
