@@ -560,3 +560,16 @@ def test_alpha_is_chosen_for_the_test_items_trial_count():
     for row, count in enumerate([2, 16, 16, 2]):
         decoder_at.alpha_ = {"layer": decoder.alpha_by_trials_["layer"][count]}
         np.testing.assert_allclose(both[row], decoder_at.coefficients(X_test[[row]])["layer"][0], rtol=1e-10)
+
+
+def test_decode_pass_keeps_the_sampled_units_of_every_image():
+    encoder, images = TinyEncoder(), _images(10)
+    sampled, indices = sample_unit_features(encoder, images, ["conv1", "fc"], n_units=7)
+    kept = dict(indices)
+    coefficients = {layer: np.full((2, 10), 0.1) for layer in ("conv1", "conv2", "fc")}
+    decode_features(encoder, images, coefficients, np.ones(10, int), batch_size=3, progress=False,
+                    sampled_units=kept)
+    assert set(kept) == {"conv1", "fc"}
+    for layer, (layer_indices, features) in kept.items():
+        np.testing.assert_array_equal(layer_indices, indices[layer])
+        np.testing.assert_array_equal(features, sampled[layer])

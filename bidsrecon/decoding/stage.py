@@ -16,6 +16,17 @@ layout (:mod:`bidsrecon.decoding.fastl2lir_folders`), written by ``--decoder fas
 the lab's training script.
 
 Both average the trials of each test item first (the paper's choice, :func:`average_test_items`).
+
+The kernel ridge decoder's schedule: the penalty of each layer is chosen by cross-validation on the
+sampled units of a seeded share of the training images (:func:`penalty_images`: 15%, at least 150,
+all when there are fewer), which one pass over those images gives; then one pass over every
+training image decodes every unit. ds001506's 1,200 images go through the encoder 1.15 times
+instead of twice (a pass of them is VGG19's floor: 193 s on 2 cores). A ridge penalty estimates
+the ratio of noise to signal variance, which the number of images does not change (the grid is
+relative to the kernel's diagonal, about the number of voxels, not to the number of samples); the
+cross-validation on fewer images is only noisier, and its kernel, of those images' samples, is
+smaller, which also shortens the fit. ``bench/decode_scale.py`` measures the decoding accuracy
+against penalties chosen on every image (the schedule before, which spent a whole pass on them).
 :func:`decoding_accuracy_table` scores the decoded features against the true ones.
 """
 import math

@@ -180,7 +180,7 @@ def sample_unit_features(encoder, images, layers, n_units=1000, seed=0, batch_si
 
 @in_task_threads
 def decode_features(encoder, images, coefficients, counts, batch_size=16, progress=True,
-                    cache=None, memory_budget=None, feature_std=None, feature_files=None):
+                    cache=None, memory_budget=None, feature_std=None, feature_files=None, sampled_units=None):
     """Decoded features of every unit of every layer, in one pass over the training images.
 
     Computes ``A_u F + (1 − Σ_j A_u[:, j]) ȳ`` per layer, where ``F`` are the training images'
@@ -216,6 +216,11 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
         image's layer as a temporary; not computed when omitted.
     feature_files : FeatureFiles, optional
         See :func:`iter_feature_batches`.
+    sampled_units : dict of str to ndarray of int, optional
+        Units (indices into a layer's flattened features) to keep the training images' features
+        of, as :func:`sample_unit_features` returns them for the same pass: each layer's value is
+        replaced in place by ``(indices, ndarray (n_images, len(indices)) float32)``. A layer
+        absent from ``coefficients`` is left as it is.
 
     Returns
     -------
@@ -243,9 +248,12 @@ def decode_features(encoder, images, coefficients, counts, batch_size=16, progre
     decoded, train_mean, train_spread, channel_std = {}, {}, {}, {}
     for group in layer_groups:
         group_coefficients = {layer: coefficients[layer] for layer in group}
+        group_units = {layer: sampled_units[layer] for layer in group if layer in (sampled_units or {})}
         results = _decode_layer_group(encoder, images, group_coefficients, weights, batch_size,
                                       progress, cache, with_feature_std=feature_std is not None,
-                                      feature_files=feature_files)
+                                      feature_files=feature_files, sampled_units=group_units)
+        if sampled_units is not None:
+            sampled_units.update(group_units)
         for layer, (layer_decoded, layer_mean, layer_spread, layer_std) in results.items():
             decoded[layer], train_mean[layer], train_spread[layer] = (
                 layer_decoded, layer_mean, layer_spread)
@@ -265,12 +273,13 @@ def _layer_units(encoder, images):
 
 
 def _decode_layer_group(encoder, images, coefficients, weights, batch_size, progress, cache,
-                        with_feature_std=False, feature_files=None):
+                        with_feature_std=False, feature_files=None, sampled_units=None):
     """One pass accumulating the decoded features, mean and spread of a group of layers.
 
     With ``with_feature_std``, also the weighted mean over images of each channel's SD within
     the image (ddof 1), from the raw features of each batch (an image's own channel mean is
-    needed, so per-unit moments cannot give it).
+    needed, so per-unit moments cannot give it). ``sampled_units`` (layer: unit indices) are
+    replaced in place by ``(indices, features of those units for every image)``.
 
     Returns
     -------
@@ -304,6 +313,8 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
         map_tasks(accumulate_block, [(layer, columns) for layer in coefficients_f32
                                      for columns in fixed_blocks(decoded[layer].shape[1], ACCUMULATED_UNITS)])
 
+    kept_units = {layer: (np.asarray(indices), np.empty((len(images), len(indices)), np.float32))
+                  for layer, indices in (sampled_units or {}).items()}
     # Batches are gathered (copied into one buffer per layer) and accumulated together.
     for start, batch in iter_feature_batches(encoder, images, list(coefficients), batch_size,
                                              progress, cache, feature_files):
@@ -320,6 +331,8 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
                 (centre[layer], decoded[layer], mean_offset[layer], mean_square_offset[layer],
                  gathered[layer]) = _layer_sums(flat, len(coefficients_f32[layer]), batch_size)
             gathered[layer][gathered_count:gathered_count + n_batch] = flat
+            if layer in kept_units:
+                kept_units[layer][1][start:start + n_batch] = flat[:, kept_units[layer][0]]
             if with_feature_std:
                 # Weighted sum over the batch's images of each channel's SD within the image.
                 batch_sd = weights[start:start + n_batch] @ channel_sd(batch[layer], ddof=1)
@@ -327,6 +340,8 @@ def _decode_layer_group(encoder, images, coefficients, weights, batch_size, prog
         gathered_count += n_batch
     if gathered_count:
         accumulate()
+    if sampled_units is not None:
+        sampled_units.update(kept_units)
 
     return {layer: (*_finish_layer(layer_coefficients, decoded[layer], centre[layer], mean_offset[layer],
                                    mean_square_offset[layer], layer_shape[layer]),
