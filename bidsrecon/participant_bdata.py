@@ -81,6 +81,7 @@ def plan_bdata_participant(subject, files, spec, config):
                       .to_csv(sep="\t", index=False))
     say(f"sub-{subject}: {len(files)} BData files, {int((trials['set'] == TRAINING).sum())} training samples, "
         f"{samples.shape[1]} voxels in {config.bdata_roi}")
+    # The lab's files come preprocessed: no normalisation of ours applies ("bdata" names theirs).
     return ParticipantPlan(subject, [], trials_files, str(stimuli_file), [], normalise="bdata",
                            bdata_files=[str(path) for path in files], samples_files=samples_files,
                            mask_file=str(mask_file), bdata_task=_training_task(spec),

@@ -115,8 +115,6 @@ def _run_participants(config, layout, subjects, validation_warnings, spec, space
 def _run_bdata_participants(config):
     """``--bdata-dir``: the lab's preprocessed samples instead of runs (:mod:`bidsrecon.participant_bdata`)."""
     spec = load_spec(config.spec)
-    # The lab's files come preprocessed: no normalisation of ours applies.
-    config = dataclasses.replace(config, normalise="bdata")
     participants = bdata_participants(config.bdata_dir, config.participant_labels)
     with participant_locks(config.work_dir, list(participants)):
         if config.clean_workdir:

@@ -86,6 +86,10 @@ def test_bdata_input_gives_the_decoded_features_of_our_preprocessing(tiny_datase
     assert int(np.asarray(nib.load(mask).dataobj).sum()) == samples.shape[1]
     code, report = validate(theirs)
     assert code == 0, report
+    # The settings the run records run it again (as --config-file).
+    settings = theirs / "sub-01" / "log" / "sub-01_desc-settings_log.toml"
+    assert main([str(tiny_dataset), str(tmp_path / "again"), "participant", "-w", str(tmp_path / "work2"),
+                 "--config-file", str(settings), "--dry-run"]) == 0
 
 
 def test_bdata_dir_refuses_run_options(tiny_dataset, tmp_path, capsys):
