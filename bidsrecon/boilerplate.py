@@ -69,7 +69,12 @@ def methods_text(config):
                "in the Kamitani lab's FastL2LiR")
     decoder += (f"; the training images' features were precomputed ones, read from {config.features_dir} (the "
                 "Kamitani lab's layout), not computed by the encoder" if config.features_dir else "")
-    if config.decoders_dir:
+    if config.decoders_dir and config.bdata_dir:
+        decoder = ("The Kamitani lab's trained FastL2LiR decoders (" + str(config.decoders_dir) + ", the brain-decoding "
+                   "cookbook's layout) were applied as trained, each unit's ridge regression on the voxels of "
+                   f"{config.bdata_roi} in the files' own column order; the training features' mean and SD of each "
+                   "unit came from the decoders' files")
+    elif config.decoders_dir:
         decoder = ("A decoder saved by an earlier run (" + str(config.decoders_dir) + ") was applied; it had been "
                    "fitted as follows. " + decoder)
     layers = ", ".join(config.layers) if config.layers else "its default layers"
@@ -92,8 +97,9 @@ def methods_text(config):
         f"**Preprocessing.** {samples}",
         "",
         f"**Decoding.** The features of {encoder} ({layers}, images at {config.image_size} px) were decoded from "
-        f"the voxels. {decoder}. A 32-pixel image "
-        "(luminance and colour) was decoded in the same way.",
+        f"the voxels. {decoder}."
+        + ("" if config.decoders_dir and config.bdata_dir else " A 32-pixel image (luminance and colour) was decoded "
+           "in the same way."),
         "",
         f"**Reconstruction.** Each image was optimised so that its features matched the decoded ones, by "
         f"{OPTIMISER_TEXT[config.optimiser]}, {config.iterations} iterations, the decoded features corrected "

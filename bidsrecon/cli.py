@@ -87,9 +87,10 @@ def _check_decoders_dir(args):
     if args.decoders_dir is None:
         return
     if not args.decoders_dir.is_dir():
-        raise BidsReconError(f"--decoders-dir {args.decoders_dir}: no such folder; give the output folder of an "
-                             "earlier 'bidsrecon ... participant' run (it holds sub-<label>/decoder/)",
-                             EXIT_INPUT_MISSING)
+        what = ("the Kamitani lab's decoder folder of one network (<layer>/sub-<label>/<roi>/model/, as the "
+                "brain-decoding cookbook trains them)" if args.bdata_dir else
+                "the output folder of an earlier 'bidsrecon ... participant' run (it holds sub-<label>/decoder/)")
+        raise BidsReconError(f"--decoders-dir {args.decoders_dir}: no such folder; give {what}", EXIT_INPUT_MISSING)
     fitting = [option for option, given in (("--n-voxels", args.n_voxels is not None), ("--roi", bool(args.rois)),
                                             ("--decoder", args.decoder is not None)) if given]
     if fitting:
@@ -127,14 +128,17 @@ def _check_confounds_options(args):
 
 
 def _check_bdata_options(args):
-    """``--bdata-dir`` must be a folder, and excludes the options of the runs it replaces."""
+    """``--bdata-dir`` must be a folder, and excludes the options of the runs it replaces.
+
+    With it, ``--decoders-dir`` names the Kamitani lab's trained decoders (the cookbook's tree,
+    :mod:`bidsrecon.decoding.lab_tree`), checked when the participants are planned."""
     if args.bdata_dir is None:
         return
     if not args.bdata_dir.is_dir():
         raise BidsReconError(f"--bdata-dir {args.bdata_dir}: no such folder; give the folder of the lab's "
                              "preprocessed files (sub-<label>_<session>_*.h5)", EXIT_INPUT_MISSING)
     runs_only = [option for option, given in (
-        ("--derivatives", bool(args.derivatives)), ("--decoders-dir", args.decoders_dir is not None),
+        ("--derivatives", bool(args.derivatives)),
         ("--roi", bool(args.rois)), ("--confounds", args.confounds is not None),
         ("--confounds-strategy", args.confounds_strategy is not None), ("--slice-timing", args.slice_timing),
         ("--bids-filter-file", args.bids_filter_file is not None), ("--session-label", bool(args.session_labels)),

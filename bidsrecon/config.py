@@ -143,7 +143,8 @@ class Config:
     bdata_roi: str = option('ROI_VC', '--bdata-roi', group=PREPROCESSING,
                 metavar='KEY',
                 help="with --bdata-dir: the files' metadata key of the voxels to decode from (default: ROI_VC; "
-                "e.g. ROI_V1, ROI_HVC)")
+                "e.g. ROI_V1, ROI_HVC); with --decoders-dir, the key without ROI_ names the ROI folder of the lab's "
+                "decoders (VC)")
     space: str = option('T1w', '--space', group=PREPROCESSING,
                 help="fMRIPrep output space, e.g. T1w (default), MNI152NLin2009cAsym:res-2 or "
                 "MNIPediatricAsym:cohort-1:res-2")
@@ -208,7 +209,10 @@ class Config:
                 "lab2019 and cookbook*), instead of fitting them: no training runs are needed or read, the samples are taken in the saved "
                 "voxel mask and raw runs are realigned to the saved reference volume; --encoder, "
                 "--encoder-weights, --image-size and --layers must match the saved decoder (--n-voxels, --roi and --decoder "
-                "are refused)")
+                "are refused). With --bdata-dir: DIR is the Kamitani lab's trained FastL2LiR decoders of one network, "
+                "as the brain-decoding cookbook writes them (DIR/<layer>/sub-<label>/<roi>/model/, the ROI folder "
+                "--bdata-roi without ROI_, e.g. VC), applied to the BData samples; the lab's VGG19 decoders need "
+                "--encoder vgg19-caffe --image-size 224")
     layers: tuple = option((), '--layers', group=DECODING,
                 nargs='+', metavar='LAYER',
                 help="encoder layers to decode and invert (default: the encoder's default set)")

@@ -42,7 +42,12 @@ from bidsrecon.console import Callbacks, StageConsole, say
 from bidsrecon.decoding.saved import check_saved_decoder, find_saved_decoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
-from bidsrecon.participant_bdata import BDATA_LINK, bdata_participants, plan_bdata_participant
+from bidsrecon.participant_bdata import (
+    BDATA_LINK,
+    LAB_DECODERS_LINK,
+    bdata_participants,
+    plan_bdata_participant,
+)
 from bidsrecon.participant_plan import ParticipantPlan, RunInputs, write_if_changed
 from bidsrecon.preflight import preflight
 from bidsrecon.preproc.signal import baseline_volumes
@@ -120,10 +125,12 @@ def _run_bdata_participants(config):
         if config.clean_workdir:
             clean_work_dir(config.work_dir, list(participants))
         encoder = check_networks(config)
+        # The lab's decoders are checked against every layer's shape at --image-size.
+        shapes = encoder.layer_shapes(config.image_size) if config.decoders_dir else None
         plans = []
         for subject, files in participants.items():
             with recording_warnings("inputs") as found:
-                plans.append(plan_bdata_participant(subject, files, spec, config))
+                plans.append(plan_bdata_participant(subject, files, spec, config, shapes))
             plans[-1].warnings = found.rows
         preflight(plans, features=_training_features(config, encoder))
         say(f"every input checked: {sum(len(plan.bdata_files) for plan in plans)} BData files of {len(plans)} "
@@ -131,7 +138,8 @@ def _run_bdata_participants(config):
         if config.dry_run:
             print(describe_plans(plans, config))
             return
-        init_output_dir(config.output_dir, config.bids_dir, [(BDATA_LINK, config.bdata_dir)])
+        init_output_dir(config.output_dir, config.bids_dir, [(BDATA_LINK, config.bdata_dir)] + (
+            [(LAB_DECODERS_LINK, config.decoders_dir)] if config.decoders_dir else []))
         _run_plans(plans, config)
 
 

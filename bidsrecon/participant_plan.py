@@ -41,6 +41,7 @@ class ParticipantPlan:
     samples_files: list = field(default_factory=list)  # --bdata-dir: per file, its samples (.npy), as trials_files
     mask_file: str = None  # --bdata-dir: the voxels' mask, placed by the files' voxel_x/y/z
     bdata_task: str = None  # --bdata-dir: the training runs' task, for the mask's BIDS name
+    lab_decoders_file: str = None  # --bdata-dir --decoders-dir: the lab's decoder tree described (JSON)
 
     @property
     def input_mode(self):

@@ -53,6 +53,8 @@ def describe_plans(plans, config):
                 "saved_reference": "raw runs, realigned to the saved decoder's reference",
                 "bdata": f"the lab's preprocessed samples in {len(plan.bdata_files)} BData files"}[plan.input_mode]
         decoder = f"apply {plan.saved_decoder.sidecar_file}" if plan.saved_decoder else f"fit ({config.decoder})"
+        if plan.lab_decoders_file:
+            decoder = f"apply the Kamitani lab's decoders in {config.decoders_dir}"
         lines.append(f"sub-{plan.subject}: {len(plan.runs)} runs ({mode}); decoder: {decoder}; "
                      f"encoder {config.encoder} at {config.image_size} px, {config.optimiser} "
                      f"{config.iterations} iterations")

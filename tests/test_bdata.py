@@ -59,7 +59,7 @@ def test_read_bdata_equals_bdpy(participant):
 
 def test_bdata_trials_orders_sets_and_voxels(participant):
     files, flags, positions = participant
-    samples, trials, mask = bdata_trials([files["letters"], files["training"]], SPEC)
+    samples, trials, mask, columns = bdata_trials([files["letters"], files["training"]], SPEC)
     assert samples.shape == (54, int(flags.sum())) and samples.dtype == np.float32
     assert list(trials["set"].unique()) == ["training", "letters"]
     # The columns are the mask's voxels in C order, each where its voxel_x/y/z puts it.
@@ -70,6 +70,7 @@ def test_bdata_trials_orders_sets_and_voxels(participant):
              for ijk in in_mask]
     training = bdpy.BData(str(files["training"]))
     np.testing.assert_array_equal(samples[:48], training.select("ROI_VC")[:, order].astype(np.float32))
+    np.testing.assert_array_equal(columns, order)  # where each column is among the file's ROI columns
     assert list(trials["stimulus"][:48]) == list(training.get_labels("stimulus_name"))
     assert list(trials["run"][48:]) == [1, 1, 2, 2, 3, 3]
 

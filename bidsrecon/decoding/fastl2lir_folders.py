@@ -227,7 +227,7 @@ def _write_cell(group, refs, name, values):
 
 # Reading ---------------------------------------------------------------------------------------
 
-def read_fastl2lir_folders(root, *, layers=None):
+def read_fastl2lir_folders(root, *, layers=None, description=None):
     """The decoders of FastL2LiR folders, as :data:`DESCRIPTION_FILE` at ``root`` describes them.
 
     Parameters
@@ -235,6 +235,9 @@ def read_fastl2lir_folders(root, *, layers=None):
     root : str or Path
     layers : sequence of str, optional
         Layers to read (default: every layer the description lists).
+    description : dict, optional
+        The description's fields, given instead of the file: for a tree that has none (the lab's,
+        described when the participant was planned, :mod:`bidsrecon.decoding.lab_tree`).
 
     Returns
     -------
@@ -247,8 +250,10 @@ def read_fastl2lir_folders(root, *, layers=None):
         others (exit 64). The message names the file.
     """
     root = Path(root)
-    description = read_folders_description(root)
-    path = root / DESCRIPTION_FILE
+    if description is None:
+        description, path = read_folders_description(root), root / DESCRIPTION_FILE
+    else:
+        path = f"the description of {root}"
     recorded = description["Layers"]
     layers = list(recorded) if layers is None else list(layers)
     unknown = [layer for layer in layers if layer not in recorded]

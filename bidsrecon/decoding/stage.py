@@ -29,6 +29,7 @@ smaller, which also shortens the fit. ``bench/decode_scale.py`` measures the dec
 against penalties chosen on every image (the schedule before, which spent a whole pass on them).
 :func:`decoding_accuracy_table` scores the decoded features against the true ones.
 """
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,59 @@ def apply_saved_per_unit(samples, trials, stem):
     return result
 
 
-def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
+def apply_lab_tree(samples, trials, description, *, stem, mask_file, encoder, image_size):
+    """Decode every test item with the Kamitani lab's trained decoders (:mod:`bidsrecon.decoding.lab_tree`).
+
+    Parameters
+    ----------
+    samples : ndarray, shape (n_trials, n_voxels)
+        The BData samples in the voxel mask's C order (:func:`bidsrecon.labformats.bdata.bdata_trials`).
+    trials : DataFrame
+        ``set`` and ``stimulus`` of each sample.
+    description : dict
+        What :func:`bidsrecon.decoding.lab_tree.check_lab_tree` returned when the participant was planned,
+        with ``VoxelIndices``: the tree's rows are the files' ROI columns, which these put the samples back in.
+    stem : str
+        Path without extension of the two files written to describe the decoder applied:
+        ``<stem>.json`` (a decoder sidecar: the tree, its origin, encoder, layers, mask) and
+        ``<stem>.tsv`` (each model file applied and its sha256; ``ArraysSHA256`` is this listing's).
+    mask_file : str
+        The voxel mask the BData files' voxel_x/y/z made.
+    encoder : bidsrecon.encoders.base.Encoder
+        Named in the sidecar (the tree was checked to hold its shapes).
+    image_size : int
+
+    Returns
+    -------
+    DecodedItems
+        ``train_mean`` and ``train_spread`` come from each unit's training mean and SD in the tree
+        (``y_mean``, ``y_norm``), as :func:`apply_fastl2lir_folders` gives them; ``feature_std`` is
+        None; ``decoder_arrays`` is the listing, ``decoder_sidecar`` the sidecar.
+    """
+    from bidsrecon.decoding.lab_tree import ORIGIN, SIDECAR_FORMAT, listing_sha256, tree_files_listing
+
+    result = apply_fastl2lir_folders(samples, trials, description["Tree"], layers=list(description["Layers"]),
+                                     description=description)
+    listing = tree_files_listing(description)
+    arrays, sidecar = Path(f"{stem}.tsv"), Path(f"{stem}.json")
+    arrays.write_text(listing)
+    sidecar.write_text(json.dumps({
+        "Description": f"Not fitted here: {ORIGIN} in {description['Tree']}, applied as trained to the BData "
+                       "samples (their ROI's columns in the files' own order, as the lab trained them).",
+        "Format": SIDECAR_FORMAT, "FormatVersion": 1, "Tree": description["Tree"],
+        "Subject": description["Subject"], "ROI": description["ROI"],
+        "Encoder": encoder.name, "EncoderDescription": encoder.description,
+        "EncoderWeightsSHA256": encoder.weights_sha256, "ImageSize": int(image_size),
+        "Layers": list(result.layers), "LayerShapes": description["Layers"], "Voxels": description["Voxels"],
+        "TrainingStimuli": [], "TrainingStimulusSHA256": [], "VoxelMask": _mask_summary(mask_file),
+        "Files": arrays.name, "ArraysSHA256": listing_sha256(listing),
+        "TrainingSpread": "from each unit's training mean and SD in the tree (y_mean.mat, y_norm.mat)",
+        "SoftwareVersion": __version__}, indent=2) + "\n")
+    result.decoder_arrays, result.decoder_sidecar = str(arrays), str(sidecar)
+    return result
+
+
+def apply_fastl2lir_folders(samples, trials, root, *, layers=None, description=None):
     """Decode every test item with per-unit decoders in the cookbook's folders (ours or the lab's).
 
     Parameters
@@ -322,6 +375,8 @@ def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
         The folders' root, with :data:`~bidsrecon.decoding.fastl2lir_folders.DESCRIPTION_FILE`.
     layers : sequence of str, optional
         Layers to decode (default: all the folders hold).
+    description : dict, optional
+        The description's fields when the folders have no description file (the lab's tree).
 
     Returns
     -------
@@ -337,7 +392,7 @@ def apply_fastl2lir_folders(samples, trials, root, *, layers=None):
     BidsReconError
         The samples' voxel count does not match the description's.
     """
-    folders = read_fastl2lir_folders(root, layers=layers)
+    folders = read_fastl2lir_folders(root, layers=layers, description=description)
     description_file = str(Path(root) / DESCRIPTION_FILE)
     indices, n_voxels = folders.voxel_indices, folders.description["Voxels"]
     # The samples are the mask's voxels; the decoders take all of them, or those at ``indices``.

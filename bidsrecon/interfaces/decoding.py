@@ -49,6 +49,8 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     decoder_file = File(exists=True, desc="JSON sidecar of a saved decoder (--decoders-dir), kernel ridge or per-unit "
                         "(read from its fastl2lir/ folders): applied instead of fitting one; its layers, voxel "
                         "selection and (kernel) training images are used")
+    lab_decoders_file = File(exists=True, desc="with --bdata-dir: the Kamitani lab's decoder tree as the participant's "
+                             "plan described it (bidsrecon.decoding.lab_tree), applied instead of fitting one")
 
 
 class _DecodeOutputSpec(TraitedSpec):
@@ -65,7 +67,8 @@ class DecodeFeatures(SimpleInterface):
 
     Reads the samples, trials and stimuli, calls :func:`bidsrecon.decoding.stage.fit_and_decode`
     or, with ``decoder_file``, :func:`~bidsrecon.decoding.stage.apply_saved` (a kernel ridge
-    decoder) or :func:`~bidsrecon.decoding.stage.apply_saved_per_unit`, and writes the
+    decoder) or :func:`~bidsrecon.decoding.stage.apply_saved_per_unit`, or, with
+    ``lab_decoders_file``, :func:`~bidsrecon.decoding.stage.apply_lab_tree`, and writes the
     decoded features, the items table and the decoding accuracy. ``out_device`` is where the
     encoder ran (``device auto`` resolved on the machine that runs this node).
     """
@@ -83,7 +86,13 @@ class DecodeFeatures(SimpleInterface):
 
         from bidsrecon.decoding.memory import budget_within
         from bidsrecon.decoding.sidecar import is_per_unit, read_decoder_description
-        from bidsrecon.decoding.stage import apply_saved, apply_saved_per_unit, decoding_accuracy_table, fit_and_decode
+        from bidsrecon.decoding.stage import (
+            apply_lab_tree,
+            apply_saved,
+            apply_saved_per_unit,
+            decoding_accuracy_table,
+            fit_and_decode,
+        )
         from bidsrecon.encoders import get_encoder, resolve_device
         from bidsrecon.features.cache import FeatureCache
 
@@ -99,7 +108,11 @@ class DecodeFeatures(SimpleInterface):
             cache = FeatureCache.for_encoder(inputs.feature_cache, encoder, dtype=inputs.feature_cache_dtype)
         options = dict(image_size=inputs.image_size, cache=cache, with_feature_std=inputs.feature_std,
                        memory_budget=budget_within(inputs.memory_gb * 1e9) if inputs.memory_gb else None)
-        if isdefined(inputs.decoder_file):
+        if isdefined(inputs.lab_decoders_file):
+            result = apply_lab_tree(samples, trials, json.loads(Path(inputs.lab_decoders_file).read_text()),
+                                    stem=f"{runtime.cwd}/{inputs.decoder_name}", mask_file=inputs.mask_file,
+                                    encoder=encoder, image_size=inputs.image_size)
+        elif isdefined(inputs.decoder_file):
             stem = str(Path(inputs.decoder_file).with_suffix(""))
             if is_per_unit(read_decoder_description(stem)):
                 result = apply_saved_per_unit(samples, trials, stem)

@@ -212,6 +212,9 @@ class WriteDerivatives(SimpleInterface):
         return written
 
     def _recon_sidecar(self, subject, row, sources, decoder, settings, image_size):
+        from bidsrecon.decoding.lab_tree import SIDECAR_FORMAT
+
+        lab = decoder.get("Format") == SIDECAR_FORMAT
         return {
             "Description": f"Image reconstructed from sub-{subject}'s brain activity for stimulus "
             f"{row.stimulus} ({row.set}); the matching _stimulus.png is the stimulus at this size.",
@@ -231,7 +234,10 @@ class WriteDerivatives(SimpleInterface):
             # Which decoder made it: the arrays' hash identifies it across output datasets.
             "Decoder": {"File": f"bids::sub-{subject}/decoder/{Path(self.inputs.decoder_file).name}",
                         "ArraysSHA256": decoder["ArraysSHA256"],
-                        "FittedInThisRun": not self.inputs.copy_decoder},
+                        "FittedInThisRun": not self.inputs.copy_decoder and not lab,
+                        # --bdata-dir --decoders-dir: the Kamitani lab's trained decoders, applied as they are.
+                        **({"KamitaniLabDecoders": decoder["Tree"], "Description": decoder["Description"]}
+                           if lab else {})},
         }
 
     @staticmethod

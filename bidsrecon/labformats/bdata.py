@@ -243,6 +243,10 @@ def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
         ``source`` (the file's name), one row per sample, training first.
     mask : nibabel.Nifti1Image
         The ROI's voxels, placed by the training file's voxel_x/y/z.
+    columns : ndarray of int, shape (n_voxels,)
+        Where each sample column is among the ROI's columns of the files (:func:`voxel_grid`'s
+        ``order``): column ``k`` of ``samples`` is the files' ROI column ``columns[k]``. Decoders
+        trained on the files themselves (the lab's) take the ROI's columns in the files' order.
 
     Raises
     ------
@@ -286,4 +290,4 @@ def bdata_trials(files, spec, *, roi=DEFAULT_ROI, label_key=DEFAULT_LABEL_KEY):
         samples.append(voxels[keep.to_numpy()].astype(np.float32))
         tables.append(pd.DataFrame({"set": trial_set.name, "stimulus": labels[keep].astype(str).to_numpy(),
                                     "run": runs[keep.to_numpy()].astype(int), "source": Path(data.path).name}))
-    return np.concatenate(samples), pd.concat(tables, ignore_index=True), mask
+    return np.concatenate(samples), pd.concat(tables, ignore_index=True), mask, order

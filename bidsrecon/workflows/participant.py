@@ -125,6 +125,8 @@ def _decode_node(plan, config):
     )
     if plan.saved_decoder:
         decode.inputs.decoder_file = plan.saved_decoder.sidecar_file
+    if plan.lab_decoders_file:  # --bdata-dir with the lab's decoder tree
+        decode.inputs.lab_decoders_file = plan.lab_decoders_file
     return decode
 
 
