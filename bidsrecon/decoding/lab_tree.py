@@ -94,8 +94,9 @@ def check_lab_tree(root, subject, roi, n_voxels, encoder_shapes, layers=()):
     if not chosen:
         raise BidsReconError(
             f"--decoders-dir {root}: none of its folders ({', '.join(in_tree) or 'none'}) is a layer of the encoder "
-            f"({', '.join(encoder_shapes)}). Give the cookbook's decoder folder of one network (it holds "
-            f"<layer>/<subject>/<roi>/model/); {_FIX_ENCODER}.", EXIT_BAD_ARGUMENTS)
+            f"({', '.join(encoder_shapes)}). With --bdata-dir, --decoders-dir is the Kamitani lab's decoder folder of "
+            f"one network (it holds <layer>/<subject>/<roi>/model/), not a bidsrecon output; {_FIX_ENCODER}.",
+            EXIT_BAD_ARGUMENTS)
     subject_folder = _subject_folder(root, chosen, subject)
     missing, wrong, files = [], [], {}
     for layer in chosen:

@@ -103,8 +103,9 @@ def find_saved_decoder(decoders_dir, subject):
         Exit 66 naming the expected file when the decoder, its mask or its reference volume is
         missing (for a per-unit decoder, its ``fastl2lir/`` folders' description too); exit 64 when
         the sidecar is not a decoder this version can apply, or when the participant's folder holds
-        FastL2LiR folders without a sidecar (the lab's trained decoders, not applied by
-        ``--decoders-dir`` yet).
+        FastL2LiR folders without a sidecar (the lab's trained decoders, applied to runs by nothing;
+        to the lab's BData samples by ``--bdata-dir`` with ``--decoders-dir``,
+        :mod:`bidsrecon.decoding.lab_tree`).
     """
     stem = decoder_stem(decoders_dir, subject)
     sidecar_file = decoder_paths(stem)[1]
@@ -116,7 +117,8 @@ def find_saved_decoder(decoders_dir, subject):
             f"bidsrecon decoder sidecar ({sidecar_file}); --decoders-dir applies bidsrecon's saved decoders only "
             "(kernel ridge or per-unit, with their sidecar, voxel mask and motion reference). Apply the lab's "
             "folders from Python (bidsrecon.decoding.stage.apply_fastl2lir_folders, on samples in the voxel mask "
-            "their description names; see the README), or fit a decoder here (--decoder fastl2lir).",
+            "their description names; see the README), apply a tree the lab trained on its BData files with "
+            "--bdata-dir and --decoders-dir TREE, or fit a decoder here (--decoder fastl2lir).",
             EXIT_BAD_ARGUMENTS)
     if not sidecar_file.is_file():
         raise BidsReconError(
