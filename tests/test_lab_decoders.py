@@ -208,3 +208,16 @@ def test_a_missing_subject_folder_lists_what_is_there(tiny_dataset, lab_files, t
     assert _run(tiny_dataset, tmp_path, bdata, other) == 66
     error = capsys.readouterr().err
     assert f"{other / 'block2' / 'sub-01'} not found (its folder holds: sub-02)" in error
+
+
+def test_a_bare_subject_label_folder_is_taken(tiny_dataset, lab_files, tmp_path, capsys):
+    """Configurations that key the subject as 01 give <layer>/01/<roi>/model/."""
+    bdata, tree, _ = lab_files
+    bare = tmp_path / "bare"
+    for layer in LAYERS:
+        (bare / layer / "01").mkdir(parents=True)
+        (bare / layer / "01" / "VC").symlink_to(tree / layer / "sub-01" / "VC")
+    assert _run(tiny_dataset, tmp_path, bdata, bare) == 0
+    description = json.loads((tmp_path / "work" / "sub-01" / "bdata" / "sub-01_desc-lab_decoders.json").read_text())
+    assert description["Subject"] == "01" and list(description["Layers"]) == list(LAYERS)
+    assert sorted(description["VoxelIndices"]) == list(range(N_VOXELS))
