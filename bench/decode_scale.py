@@ -6,9 +6,10 @@ px, the voxels random linear mixes of the patterns plus noise, the test items he
 (``synthesise``); the network is ``vgg19-random`` (the same arithmetic as the ImageNet weights).
 The pipeline is the app's (:func:`bidsrecon.decoding.stage.fit_and_decode`'s schedule):
 
-1. the penalty's pass through the encoder: 1,000 sampled units per layer of the penalty images
-   (:func:`bidsrecon.decoding.stage.penalty_images`: 15% of the training images), with ``--cache``
-   writing their features to a :class:`~bidsrecon.features.cache.FeatureCache` on the way;
+1. the penalty's pass through the encoder: 1,000 sampled units per layer of every training image,
+   or with ``--penalty-share S`` of a seeded share of them
+   (:func:`bidsrecon.decoding.stage.penalty_images`), with ``--cache`` writing their features to a
+   :class:`~bidsrecon.features.cache.FeatureCache` on the way;
 2. fit the kernel ridge decoder (z-scoring, kernel, grouped 5-fold cross-validation of alpha on
    the penalty images' samples);
 3. coefficients of the 50 test items;
@@ -181,7 +182,7 @@ def folder_gb(folder):
     return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 1e9
 
 
-def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
+def run_pipeline(images, samples, image_index, test_items, cache, batch_size, penalty_share=None):
     """The app's decoding (:func:`bidsrecon.decoding.stage.fit_and_decode`'s schedule), timed stage by
     stage: the penalty's pass over the penalty images, the fit, the coefficients, then one pass over
     every training image that decodes every unit and keeps the sampled units for the check."""
@@ -189,7 +190,7 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size):
     layers = list(encoder.layers)
     seconds = {}
     start = time.perf_counter()
-    cv_images = penalty_images(len(images), seed=0)
+    cv_images = None if penalty_share is None else penalty_images(len(images), 0, penalty_share)
     chosen = slice(None) if cv_images is None else cv_images
     cv_targets, unit_indices = sample_unit_features(encoder, images[chosen], layers, n_units=CV_UNITS,
                                                     batch_size=batch_size, cache=cache)
@@ -308,6 +309,9 @@ def main(argv=None):
     parser.add_argument("--baseline-python", metavar="PYTHON",
                         help="interpreter with numpy<2, fastl2lir and himalaya for the baselines' rows "
                         "(see bench/decode_baselines.py)")
+    parser.add_argument("--penalty-share", type=float, default=None,
+                        help="choose the penalty on this share of the training images (at least 150), one "
+                        "pass plus that share, instead of every image (the app's schedule: two passes)")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the baselines (fastl2lir, himalaya, scikit-learn) after the pipeline")
     args = parser.parse_args(argv)
@@ -328,7 +332,7 @@ def main(argv=None):
             layers=layers[layers.index(args.cache_from):])
         start = time.perf_counter()
         seconds, decoded, train_mean, decoder, sampled, counts, encoder, plan = run_pipeline(
-            images, samples, image_index, test_items, cache, args.batch_size)
+            images, samples, image_index, test_items, cache, args.batch_size, args.penalty_share)
         wall = time.perf_counter() - start
         cache_gb = folder_gb(cache_root)
         peak_gb = peak_memory_gb()

@@ -235,12 +235,12 @@ def test_penalty_on_a_subset_of_images_is_the_cross_validation_of_their_samples(
 
 
 def test_penalty_images_are_a_seeded_share_of_the_training_images():
-    assert penalty_images(PENALTY_IMAGES_MIN, seed=0) is None  # few images: all of them
-    chosen = penalty_images(1200, seed=0)
+    assert penalty_images(PENALTY_IMAGES_MIN, seed=0, share=0.15) is None  # few images: all of them
+    chosen = penalty_images(1200, seed=0, share=0.15)
     assert len(chosen) == 180 and np.all(np.diff(chosen) > 0) and chosen[-1] < 1200
-    np.testing.assert_array_equal(chosen, penalty_images(1200, seed=0))
-    assert not np.array_equal(chosen, penalty_images(1200, seed=1))
-    assert len(penalty_images(400, seed=0)) == PENALTY_IMAGES_MIN
+    np.testing.assert_array_equal(chosen, penalty_images(1200, seed=0, share=0.15))
+    assert not np.array_equal(chosen, penalty_images(1200, seed=1, share=0.15))
+    assert len(penalty_images(400, seed=0, share=0.15)) == PENALTY_IMAGES_MIN
 
 
 def test_relative_alphas_are_scaled_by_the_kernel_diagonal():
