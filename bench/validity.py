@@ -144,9 +144,9 @@ def run_seed(root, seed, preset, app_args, tag):
         raise SystemExit("the app failed; see its error above")
     inputs = decode_node_inputs(work)
     data = app_decoding_data(inputs)
-    node = next(Path(work).glob("sub_*_wf/reconstruct"))
+    node = next(Path(work).glob("sub_*_wf/recon_wf/reconstruct"))
     images = np.load(node / "reconstructions.npy", allow_pickle=False)
-    items = pd.read_csv(next(Path(work).glob("sub_*_wf/decode")) / "items.tsv", sep="\t")
+    items = pd.read_csv(next(Path(work).glob("sub_*_wf/decode_wf/decode")) / "items.tsv", sep="\t")
     if list(items["stimulus"]) != list(data["items"]["stimulus"]):
         raise SystemExit(f"{work}: the decode node's items differ from the bench's")
     baseline, alpha = linear_pixel_baseline(data, images.shape[1], seed=seed)
