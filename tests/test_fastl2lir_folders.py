@@ -12,10 +12,10 @@ from bidsrecon.decoding.fastl2lir_folders import (
     read_fastl2lir_folders,
     read_model_folder,
     write_fastl2lir_folders,
-    write_mat_array,
 )
 from bidsrecon.decoding.per_unit import PerUnitDecoder
 from bidsrecon.errors import BidsReconError
+from bidsrecon.labformats.matfile import write_mat_array
 
 bdpy_dataform = pytest.importorskip("bdpy.dataform")
 bdpy_ml = pytest.importorskip("bdpy.ml")
@@ -206,7 +206,7 @@ def test_missing_weights(written):
 def test_wrong_key(written):
     folder = model_folder(written, "conv", "sub-01", "voxelmask")
     write_mat_array(folder / "b.mat", "bias", np.zeros((1, 3, 2, 2)))
-    assert str(folder / "b.mat") in _error(written, "holds no array 'b'")
+    assert str(folder / "b.mat") in _error(written, "holds no 'b' array")
 
 
 def test_stage_applies_folders_to_mask_samples(tmp_path):

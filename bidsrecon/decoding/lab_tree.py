@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bidsrecon.decoding.fastl2lir_folders import FORMAT_NAME, FORMAT_VERSION, model_folder, read_mat_array
+from bidsrecon.decoding.fastl2lir_folders import FORMAT_NAME, FORMAT_VERSION, model_folder
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.labformats.matfile import read_mat_array
 from bidsrecon.names import check_file_name
 
 #: The ``Format`` of the decoder sidecar that describes a tree applied (written into the output's decoder/).

@@ -7,8 +7,8 @@
 ``<label>`` is the image's name (ds001506's ``n01443537_22563``, our stimulus names) and
 ``<layer>`` the network's layer (``conv1_1`` ... ``fc8`` for the lab's VGG19). The files are MATLAB
 v7.3 (HDF5, what bdpy's ``save_feature`` writes through hdf5storage) or MATLAB v5 (scipy); both
-are read here with h5py and scipy only. An HDF5 ``.mat`` holds its arrays in MATLAB's
-column-major order, so h5py sees the axes reversed: they are reversed back.
+are read with h5py and scipy only (:mod:`bidsrecon.labformats.matfile`, which undoes v7.3's
+reversed axes).
 
 Layers and labels are names, never paths: one with ``/``, ``\\``, ``..`` or a leading dot is
 refused. A ``statistics.pkl`` that bdpy keeps in such a folder is ignored (it is a pickle, and
@@ -17,11 +17,10 @@ loading one runs code).
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
-import scipy.io
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon.labformats.matfile import mat_shape, read_mat_array
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -29,9 +28,6 @@ LOGGER = logging.getLogger("bidsrecon")
 FEATURE_KEY = "feat"
 #: bdpy's cache of feature statistics, a pickle: never read.
 STATISTICS_FILE = "statistics.pkl"
-#: What scipy raises on a file that is not MATLAB v5 (truncated, another format, v7.3 without HDF5's signature).
-_NOT_MATLAB = (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, IndexError, TypeError,
-               NotImplementedError)
 #: Problems listed per layer before the rest are counted.
 _SHOWN = 5
 
@@ -83,21 +79,7 @@ def feature_shape(path):
     BidsReconError
         Naming the file when it is not a MATLAB file or holds no ``feat``.
     """
-    path = Path(path)
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as stream:
-            dataset = stream.get(FEATURE_KEY)
-            if not isinstance(dataset, h5py.Dataset):
-                raise _no_feature(path, list(stream))
-            return tuple(reversed(dataset.shape))
-    try:
-        variables = scipy.io.whosmat(path)
-    except _NOT_MATLAB as error:
-        raise _unreadable(path, error) from None
-    shapes = {name: shape for name, shape, _ in variables}
-    if FEATURE_KEY not in shapes:
-        raise _no_feature(path, list(shapes))
-    return tuple(shapes[FEATURE_KEY])
+    return mat_shape(path, FEATURE_KEY)
 
 
 def read_feature(directory, layer, label):
@@ -118,19 +100,7 @@ def read_feature(directory, layer, label):
     if not path.is_file():
         raise BidsReconError(f"{path}: no such file; the features folder {directory} has no features of image "
                              f"{label!r} at layer {layer!r}", EXIT_INPUT_MISSING)
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as stream:
-            dataset = stream.get(FEATURE_KEY)
-            if not isinstance(dataset, h5py.Dataset):
-                raise _no_feature(path, list(stream))
-            return np.ascontiguousarray(dataset[()].T)
-    try:
-        variables = scipy.io.loadmat(path, variable_names=[FEATURE_KEY])
-    except _NOT_MATLAB as error:
-        raise _unreadable(path, error) from None
-    if FEATURE_KEY not in variables:
-        raise _no_feature(path, [])
-    return np.ascontiguousarray(variables[FEATURE_KEY])
+    return np.ascontiguousarray(read_mat_array(path, FEATURE_KEY))
 
 
 def check_features(directory, labels, layer_shapes, fix=""):
@@ -195,14 +165,3 @@ def check_features(directory, labels, layer_shapes, fix=""):
                 f"{named}{f' (and {len(wrong) - _SHOWN} more)' if len(wrong) > _SHOWN else ''}: the encoder's "
                 f"{layer!r} needs {expected}{f'; {fix}' if fix else ''}", EXIT_BAD_ARGUMENTS))
     return problems
-
-
-def _no_feature(path, keys):
-    return BidsReconError(f"{path}: holds no {FEATURE_KEY!r} array (it has {', '.join(keys) or 'nothing'}); a "
-                          f"features file holds one image's features of one layer as {FEATURE_KEY!r}",
-                          EXIT_BAD_ARGUMENTS)
-
-
-def _unreadable(path, error):
-    return BidsReconError(f"{path}: cannot read it as a MATLAB file ({error}); a features file is MATLAB v5 or "
-                          "v7.3 (HDF5)", EXIT_INPUT_MISSING)
