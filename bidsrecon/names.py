@@ -34,3 +34,27 @@ def check_file_name(value, where):
                              "'.', '_', '+', '-'; no '/' and no '..'); the file must lie next to the one that "
                              "names it", EXIT_BAD_ARGUMENTS)
     return value
+
+
+def check_path_name(name, what, fix):
+    """``name`` as it is, if it can be one file or folder name of a layout we write or read (a stimulus,
+    a layer, a test set of the Kamitani lab's layouts), else a one-line error naming it, ``what`` it
+    is and the ``fix``.
+
+    Refused: empty names, a slash or backslash, ``..``, a leading dot (hidden files, ``.`` and
+    ``..``), control characters, and a double quote (bdpy's readers put names between double
+    quotes in their SQL queries). Anything else a file system takes is allowed, unlike
+    :func:`check_file_name`: stimulus names such as ``colorExpStim04_red_+`` stay as they are.
+    """
+    name = str(name)
+    problem = ("is empty" if not name
+               else "contains a slash or backslash" if "/" in name or "\\" in name
+               else "contains '..'" if ".." in name
+               else "starts with a dot" if name.startswith(".")
+               else "contains a double quote" if '"' in name
+               else "contains a control character" if re.search(r"[\x00-\x1f\x7f]", name)
+               else None)
+    if problem:
+        raise BidsReconError(f"the {what} {name!r} {problem}, and it is used as a file name; {fix}",
+                             EXIT_BAD_ARGUMENTS)
+    return name

@@ -26,6 +26,7 @@ from bidsrecon.console import say
 from bidsrecon.decoding.lab_tree import check_lab_tree, columns_to_files, roi_folder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.labformats.bdata import bdata_trials
+from bidsrecon.labformats.decoded_features import check_bdpy_names
 from bidsrecon.participant_plan import ParticipantPlan, write_if_changed
 from bidsrecon.recon.correction import correction_statistics
 from bidsrecon.spec import TRAINING
@@ -99,7 +100,8 @@ def plan_bdata_participant(subject, files, spec, config, encoder_shapes=None):
     if not mask_file.is_file() or not _same_image(mask_file, mask):
         nib.save(mask, mask_file)
     if config.save_decoded_features == "bdpy":  # they name files written at the very end: checked now
-        _check_bdpy_names(trials)
+        check_bdpy_names((set_name, rows["stimulus"], f"{source}'s value map")
+                         for (set_name, source), rows in trials.groupby(["set", "source"], sort=False))
     # The lab's decoders need no training image (their features are in the tree's y_mean, y_norm).
     names = sorted(set(trials.loc[trials["set"] != TRAINING, "stimulus"] if lab_decoders else trials["stimulus"]))
     stimuli = find_stimuli(names, config.stimuli_dirs or (Path(config.bids_dir) / "stimuli",))
@@ -123,17 +125,6 @@ def _training_task(spec):
     pattern is not one plain label."""
     task = spec.training.entities.get("task", "")
     return task if re.fullmatch(r"[A-Za-z0-9]+", task) else "bdata"
-
-
-def _check_bdpy_names(trials):
-    """Every test set and stimulus name can be a folder or file name of ``--save-decoded-features bdpy``."""
-    from bidsrecon.labformats.decoded_features import check_name
-
-    for (set_name, source), rows in trials[trials["set"] != TRAINING].groupby(["set", "source"], sort=False):
-        check_name(set_name, "test set name", "rename the set in the decoding specification (--spec)")
-        for stimulus in dict.fromkeys(rows["stimulus"]):
-            check_name(stimulus, "stimulus name", f"rename the label in {source}'s value map (and its image), or "
-                       "drop --save-decoded-features bdpy")
 
 
 def _same_image(path, image):

@@ -42,6 +42,7 @@ from bidsrecon.console import Callbacks, StageConsole, say
 from bidsrecon.decoding.saved import check_saved_decoder, find_saved_decoder
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED, BidsReconError
 from bidsrecon.folders import participant_locks, prepare_work_dir
+from bidsrecon.labformats.decoded_features import check_bdpy_names
 from bidsrecon.participant_bdata import (
     BDATA_LINK,
     LAB_DECODERS_LINK,
@@ -254,7 +255,7 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
             baseline_files.append(str(path))
 
     if config.save_decoded_features == "bdpy":  # they name files written at the very end: checked now
-        _check_bdpy_names(runs)
+        check_bdpy_names((run.set_name, run.trials["stimulus"], run.events) for run in runs)
     all_trials = pd.concat([run.trials for run in runs], ignore_index=True)
     # A saved decoder's output is built from its training images' features: they are needed too.
     names = sorted(set(all_trials["stimulus"]) | set(saved.images_needed if saved else ()))
@@ -279,19 +280,6 @@ def plan_participant(layout, subject, spec, config, derivatives=None, space=None
                            roi_files(rois, config.bids_dir, subject) if rois else [], saved,
                            normalise, baseline_files, fmriprep=bool(derivatives),
                            simulated=simulation_record(config.bids_dir) is not None, sources=sources)
-
-
-def _check_bdpy_names(runs):
-    """Every test set and stimulus name can be a folder or file name of ``--save-decoded-features bdpy``."""
-    from bidsrecon.labformats.decoded_features import check_name
-
-    for run in runs:
-        if run.set_name == TRAINING:
-            continue
-        check_name(run.set_name, "test set name", "rename the set in the decoding specification (--spec)")
-        for stimulus in dict.fromkeys(run.trials["stimulus"]):
-            check_name(stimulus, "stimulus name", f"rename the stimulus in {run.events} (and its image), or drop "
-                       "--save-decoded-features bdpy")
 
 
 def _source_uri(bids_dir, derivatives, path):

@@ -11,11 +11,12 @@ from bidsrecon.cli import build_parser, main, parse_args
 from bidsrecon.decoding.decoded_features import load_decoded_features
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
 from bidsrecon.labformats.decoded_features import (
-    check_name,
+    check_bdpy_names,
     roi_label,
     write_decoded_feature_sets,
     write_decoded_features,
 )
+from bidsrecon.names import check_path_name
 from bidsrecon.settings_file import config_file_argv, settings_toml
 
 LAYERS = {"conv1_1": (3, 4, 4), "fc7": (16,), "fc8": (10,)}
@@ -81,7 +82,7 @@ def test_bad_set_and_layer_names_and_repeated_stimuli_are_refused(tmp_path):
         write_decoded_features(tmp_path, {"fc8": np.zeros((2, 3))}, ["a", "a"], subject="sub-01", roi="VC")
     with pytest.raises(BidsReconError, match="2 items but an array of shape"):
         write_decoded_features(tmp_path, {"fc8": np.zeros((3, 3))}, ["a", "b"], subject="sub-01", roi="VC")
-    assert check_name("n01443537_22563.JPEG", "stimulus name", "") == "n01443537_22563.JPEG"
+    assert check_path_name("n01443537_22563.JPEG", "stimulus name", "") == "n01443537_22563.JPEG"
 
 
 def test_roi_label():
@@ -170,13 +171,15 @@ def test_names_are_checked_before_any_work():
 
     import pandas as pd
 
-    from bidsrecon.participant_level import _check_bdpy_names
     from bidsrecon.spec import TRAINING
 
     def run(set_name, *stimuli):
         return SimpleNamespace(set_name=set_name, trials=pd.DataFrame({"stimulus": stimuli}),
                                events=f"sub-01_task-{set_name}_events.tsv")
 
-    _check_bdpy_names([run(TRAINING, ".training/only"), run("natural", "n01443537_22563")])  # training: no file
+    def sets(*runs):
+        return [(run.set_name, run.trials["stimulus"], run.events) for run in runs]
+
+    check_bdpy_names(sets(run(TRAINING, ".training/only"), run("natural", "n01443537_22563")))  # training: no file
     with pytest.raises(BidsReconError, match=r"'\.\./x' contains a slash.*rename the stimulus in sub-01_task-imagery_events.tsv"):
-        _check_bdpy_names([run("natural", "n01443537_22563"), run("imagery", "../x")])
+        check_bdpy_names(sets(run("natural", "n01443537_22563"), run("imagery", "../x")))

@@ -22,13 +22,13 @@ from bidsrecon.features.files import FeatureFiles
 from bidsrecon.images import load_images
 from bidsrecon.labformats.features import (
     check_features,
-    check_name,
     feature_file,
     feature_shape,
     list_labels,
     list_layers,
     read_feature,
 )
+from bidsrecon.names import check_path_name
 
 torch.set_num_threads(1)
 SIZE = 32
@@ -69,7 +69,7 @@ def test_matlab_v5_files_are_read_too(tmp_path):
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".hidden", "..", ""])
 def test_names_are_labels_never_paths(name):
     with pytest.raises(BidsReconError, match="file name"):
-        check_name(name)
+        check_path_name(name, "image name", "")
 
 
 def test_a_file_without_feat_or_not_matlab_is_named(tmp_path):

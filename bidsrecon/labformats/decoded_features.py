@@ -21,6 +21,8 @@ import numpy as np
 import scipy.io
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, BidsReconError
+from bidsrecon.names import check_path_name
+from bidsrecon.spec import TRAINING
 
 #: The key of the array in each file, the one bdpy's reader looks up.
 FEATURE_KEY = "feat"
@@ -28,38 +30,24 @@ FEATURE_KEY = "feat"
 BRAIN_ROI = "brain"
 
 
-def check_name(name, what, fix):
-    """``name`` as it is, if it can be one folder or file name in the layout.
-
-    Refused: empty names, a slash or backslash, ``..``, a leading dot (hidden files, ``.`` and
-    ``..``), control characters, and a double quote (bdpy's reader puts names between double
-    quotes in its SQL queries).
+def check_bdpy_names(sets):
+    """Every test set and stimulus name can be a folder or file name of ``--save-decoded-features bdpy``:
+    checked when the participant is planned, since the files are written at the very end.
 
     Parameters
     ----------
-    name : str
-    what : str
-        What the name is, for the message (e.g. "stimulus name").
-    fix : str
-        How to fix it, for the message.
-
-    Raises
-    ------
-    BidsReconError
-        Exit 64, naming the name and the fix.
+    sets : iterable of (str, iterable of str, str)
+        A set's name, its stimulus names, and where they are written (named in the fix: an events
+        file, a BData file's value map). The training set is skipped: nothing is written per
+        training image.
     """
-    name = str(name)
-    problem = ("is empty" if not name
-               else "contains a slash or backslash" if "/" in name or "\\" in name
-               else "contains '..'" if ".." in name
-               else "starts with a dot" if name.startswith(".")
-               else 'contains a double quote' if '"' in name
-               else "contains a control character" if re.search(r"[\x00-\x1f\x7f]", name)
-               else None)
-    if problem:
-        raise BidsReconError(f"cannot write the decoded features in bdpy's layout: the {what} {name!r} {problem}, "
-                             f"and it would be a file or folder name; {fix}", EXIT_BAD_ARGUMENTS)
-    return name
+    for set_name, stimuli, where in sets:
+        if set_name == TRAINING:
+            continue
+        check_path_name(set_name, "test set name", "rename the set in the decoding specification (--spec)")
+        for stimulus in dict.fromkeys(stimuli):
+            check_path_name(stimulus, "stimulus name", f"rename the stimulus in {where} (and its image), or drop "
+                            "--save-decoded-features bdpy")
 
 
 def roi_label(names):
@@ -108,18 +96,18 @@ def write_decoded_features(root, decoded, labels, *, subject, roi):
         Exit 64 for a name that cannot be a file or folder name, a stimulus named twice, or a layer
         without one row per label.
     """
-    labels = [check_name(label, "stimulus name", "rename the stimulus in the events files (and its image)")
+    labels = [check_path_name(label, "stimulus name", "rename the stimulus in the events files (and its image)")
               for label in labels]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise BidsReconError(f"cannot write the decoded features in bdpy's layout: the stimuli {repeated} appear "
                              "twice in one test set, and each item is one file named after its stimulus",
                              EXIT_BAD_ARGUMENTS)
-    subject = check_name(subject, "subject", "use a subject label of letters and digits")
-    roi = check_name(roi, "ROI label", "give the --roi names without slashes")
+    subject = check_path_name(subject, "subject", "use a subject label of letters and digits")
+    roi = check_path_name(roi, "ROI label", "give the --roi names without slashes")
     written = []
     for layer, values in decoded.items():
-        layer = check_name(layer, "layer name", "choose --layers among the encoder's layer names")
+        layer = check_path_name(layer, "layer name", "choose --layers among the encoder's layer names")
         values = np.asarray(values, dtype=np.float32)
         if values.ndim < 1 or len(values) != len(labels):
             raise BidsReconError(f"cannot write the decoded features of layer {layer}: {len(labels)} items but "
@@ -157,7 +145,7 @@ def write_decoded_feature_sets(folder, decoded, sets, labels, *, subject, roi):
         raise ValueError(f"one set per label expected; got {len(sets)} sets and {len(labels)} labels")
     written = {}
     for name in dict.fromkeys(sets):  # the sets in the items' order
-        check_name(name, "test set name", "rename the set in the decoding specification (--spec)")
+        check_path_name(name, "test set name", "rename the set in the decoding specification (--spec)")
         rows = [index for index, item_set in enumerate(sets) if item_set == name]
         written[name] = write_decoded_features(Path(folder) / name,
                                                {layer: np.asarray(values)[rows] for layer, values in decoded.items()},

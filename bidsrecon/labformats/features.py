@@ -21,6 +21,7 @@ import numpy as np
 
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.labformats.matfile import mat_shape, read_mat_array
+from bidsrecon.names import check_path_name
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -30,31 +31,13 @@ FEATURE_KEY = "feat"
 STATISTICS_FILE = "statistics.pkl"
 #: Problems listed per layer before the rest are counted.
 _SHOWN = 5
-
-
-def check_name(name, what="label"):
-    """``name`` if it is a plain file name (a layer or label), else a BidsReconError.
-
-    Parameters
-    ----------
-    name : str
-    what : str
-        "layer" or "label", for the message.
-
-    Returns
-    -------
-    str
-    """
-    # A leading dot refuses ".." too.
-    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
-        raise BidsReconError(f"{name!r} cannot be a {what} of a features folder: a {what} is a file name, without "
-                             "'/', '\\', '..' or a leading dot", EXIT_BAD_ARGUMENTS)
-    return name
+_FIX = "a features folder names its layers and images by their names, never by paths"
 
 
 def feature_file(directory, layer, label):
     """The file of one image's features at one layer: ``<directory>/<layer>/<label>.mat``."""
-    return Path(directory) / check_name(layer, "layer") / f"{check_name(label)}.mat"
+    label = check_path_name(label, "image name", _FIX)
+    return Path(directory) / check_path_name(layer, "layer", _FIX) / f"{label}.mat"
 
 
 def list_layers(directory):
@@ -67,7 +50,7 @@ def list_layers(directory):
 
 def list_labels(directory, layer):
     """The labels (image names) of one layer: the stems of its ``.mat`` files, sorted."""
-    folder = Path(directory) / check_name(layer, "layer")
+    folder = Path(directory) / check_path_name(layer, "layer", _FIX)
     return sorted(path.stem for path in folder.glob("*.mat") if not path.name.startswith("."))
 
 
@@ -129,11 +112,11 @@ def check_features(directory, labels, layer_shapes, fix=""):
     directory = Path(directory)
     if not directory.is_dir():
         return [BidsReconError(f"--features-dir {directory}: no such folder", EXIT_INPUT_MISSING)]
-    labels = [check_name(label) for label in labels]
+    labels = [check_path_name(label, "image name", _FIX) for label in labels]
     present = list_layers(directory)
     problems = []
     for layer, shape in layer_shapes.items():
-        folder = directory / check_name(layer, "layer")
+        folder = directory / check_path_name(layer, "layer", _FIX)
         if not folder.is_dir():
             problems.append(BidsReconError(
                 f"{folder}: no such folder; the features folder has no layer {layer!r} (it has "
