@@ -213,7 +213,7 @@ def test_stage_applies_folders_to_mask_samples(tmp_path):
     """The decoding stage's use: samples in the whole mask, the folders' voxels picked, trials averaged."""
     import pandas as pd
 
-    from bidsrecon.decoding.stage import apply_fastl2lir_folders
+    from bidsrecon.decoding.folders_stage import apply_fastl2lir_folders
 
     decoders, shapes, x_test = _our_decoders()
     indices = np.arange(N_VOXELS) * 2 + 1
@@ -236,7 +236,7 @@ def test_stage_applies_the_labs_folders(tmp_path):
     predict script decodes them: the samples in the whole mask, the folders' voxels picked by VoxelIndices."""
     import pandas as pd
 
-    from bidsrecon.decoding.stage import apply_fastl2lir_folders
+    from bidsrecon.decoding.folders_stage import apply_fastl2lir_folders
     from bidsrecon.features.spread import spread_from_moments
 
     x, y, x_test = _data((3, 2, 2))

@@ -268,7 +268,7 @@ def _refuse_per_unit(sidecar, sidecar_path):
     if is_per_unit(sidecar):
         raise BidsReconError(
             f"{sidecar_path} is a per-unit decoder (--decoder fastl2lir), not a kernel ridge decoder: it is "
-            f"applied from its FastL2LiR folders beside it (bidsrecon.decoding.stage.apply_saved_per_unit).",
+            f"applied from its FastL2LiR folders beside it (bidsrecon.decoding.folders_stage.apply_saved_per_unit).",
             EXIT_BAD_ARGUMENTS)
 
 

@@ -14,7 +14,7 @@ reorders them into the C order of the mask their voxel_x/y/z make
 (:func:`bidsrecon.labformats.bdata.bdata_trials`). :func:`check_lab_tree` checks the tree against
 the participant's files and the encoder when the participant is planned, and returns the
 description (:data:`~bidsrecon.decoding.fastl2lir_folders.DESCRIPTION_FILE`'s fields) that
-:func:`bidsrecon.decoding.stage.apply_fastl2lir_folders` applies it with: ``VoxelIndices`` puts
+:func:`bidsrecon.decoding.folders_stage.apply_fastl2lir_folders` applies it with: ``VoxelIndices`` puts
 the samples back into the files' column order. Nothing is written into the tree.
 """
 import hashlib

@@ -116,7 +116,7 @@ def find_saved_decoder(decoders_dir, subject):
             f"--decoders-dir {decoders_dir}: sub-{subject} holds FastL2LiR folders ({folders_description}) but no "
             f"bidsrecon decoder sidecar ({sidecar_file}); --decoders-dir applies bidsrecon's saved decoders only "
             "(kernel ridge or per-unit, with their sidecar, voxel mask and motion reference). Apply the lab's "
-            "folders from Python (bidsrecon.decoding.stage.apply_fastl2lir_folders, on samples in the voxel mask "
+            "folders from Python (bidsrecon.decoding.folders_stage.apply_fastl2lir_folders, on samples in the voxel mask "
             "their description names; see the README), apply a tree the lab trained on its BData files with "
             "--bdata-dir and --decoders-dir TREE, or fit a decoder here (--decoder fastl2lir).",
             EXIT_BAD_ARGUMENTS)

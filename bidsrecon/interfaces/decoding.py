@@ -67,8 +67,8 @@ class DecodeFeatures(SimpleInterface):
 
     Reads the samples, trials and stimuli, calls :func:`bidsrecon.decoding.stage.fit_and_decode`
     or, with ``decoder_file``, :func:`~bidsrecon.decoding.stage.apply_saved` (a kernel ridge
-    decoder) or :func:`~bidsrecon.decoding.stage.apply_saved_per_unit`, or, with
-    ``lab_decoders_file``, :func:`~bidsrecon.decoding.stage.apply_lab_tree`, and writes the
+    decoder) or :func:`~bidsrecon.decoding.folders_stage.apply_saved_per_unit`, or, with
+    ``lab_decoders_file``, :func:`~bidsrecon.decoding.folders_stage.apply_lab_tree`, and writes the
     decoded features, the items table and the decoding accuracy. ``out_device`` is where the
     encoder ran (``device auto`` resolved on the machine that runs this node).
     """
@@ -84,15 +84,10 @@ class DecodeFeatures(SimpleInterface):
     def _decode(self, runtime):
         from pathlib import Path
 
+        from bidsrecon.decoding.folders_stage import apply_lab_tree, apply_saved_per_unit
         from bidsrecon.decoding.memory import budget_within
         from bidsrecon.decoding.sidecar import is_per_unit, read_decoder_description
-        from bidsrecon.decoding.stage import (
-            apply_lab_tree,
-            apply_saved,
-            apply_saved_per_unit,
-            decoding_accuracy_table,
-            fit_and_decode,
-        )
+        from bidsrecon.decoding.stage import apply_saved, decoding_accuracy_table, fit_and_decode
         from bidsrecon.encoders import get_encoder, resolve_device
         from bidsrecon.features.cache import FeatureCache
 
