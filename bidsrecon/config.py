@@ -179,7 +179,7 @@ class Config:
     normalise: str = option(None, '--normalise', '--normalize', group=PREPROCESSING,
                 choices=('rest', 'zscore'),
                 help="rest: each voxel in percent signal change from the run's rest (the events the specification's "
-                "'baseline' names; ds001506: the opening 32-s rest), outliers clipped at 3 SD in 10 passes (the "
+                "'baseline' names; ds001506: the opening 32-s rest and the rests between letter blocks), outliers clipped at 3 SD in 10 passes (the "
                 "paper's); zscore: each voxel z-scored over the whole run, which shifts runs with another share "
                 "of stimulation (ds001506's letter runs) (default: rest when the specification names the rest, "
                 "else zscore)")

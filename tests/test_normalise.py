@@ -171,7 +171,7 @@ def test_letter_and_training_runs_share_their_offset_under_rest_but_not_under_zs
 
 def test_the_specification_names_the_rest_and_decides_the_default():
     spec = SPECS["ds001506"]
-    assert [str(condition) for condition in spec.baseline] == ["event_type == -1"]
+    assert [str(condition) for condition in spec.baseline] == ["event_type in [-1, -3]"]
     assert default_normalisation(spec) == "rest" and resolve_normalisation(None, spec) == "rest"
     assert resolve_normalisation("zscore", spec) == "zscore"
     without = spec_from_dict({key: value for key, value in SPEC_DS001506.items() if key != "baseline"})
@@ -200,11 +200,23 @@ def _plan(dataset, tmp_path, *options, spec="ds001506"):
 
 
 def test_the_plan_writes_each_runs_rest_for_the_rest_normalisation(tiny_dataset, tmp_path):
+    """ds001506's rest: the opening 32 s of every run, and in letter runs also the 12-s rests between
+    the blocks (event_type -3), which the opening rest alone would leave out."""
     plan = _plan(tiny_dataset, tmp_path)
     assert plan.normalise == "rest" and len(plan.baseline_files) == len(plan.trials_files) == len(plan.runs)
-    for path in plan.baseline_files:
+    letter_runs = 0
+    for path, run in zip(plan.baseline_files, plan.runs):
         table = pd.read_csv(path, sep="\t")
-        assert table.to_dict("list") == {"onset": [0.0], "duration": [32.0]}
+        assert table.iloc[0].to_dict() == {"onset": 0.0, "duration": 32.0}
+        if "perceptionLetterImage" not in str(run.bold):
+            assert len(table) == 1
+            continue
+        letter_runs += 1
+        events = pd.read_csv(str(run.bold).replace("_bold.nii.gz", "_events.tsv"), sep="\t")
+        between = events[events["event_type"] == -3]
+        assert len(between) >= 2 and (between["duration"] == 12.0).all()
+        assert table.iloc[1:].to_dict("list") == {"onset": between["onset"].tolist(), "duration": [12.0] * len(between)}
+    assert letter_runs > 0
     plan = _plan(tiny_dataset, tmp_path, "--normalise", "zscore")
     assert plan.normalise == "zscore" and plan.baseline_files == []
 
