@@ -8,7 +8,8 @@ The pipeline is the app's (:func:`bidsrecon.decoding.stage.fit_and_decode`'s sch
 
 1. the penalty's pass through the encoder: 1,000 sampled units per layer of every training image,
    or with ``--penalty-share S`` of a seeded share of them
-   (:func:`bidsrecon.decoding.stage.penalty_images`), with ``--cache`` writing their features to a
+   (:func:`bidsrecon.decoding.stage.penalty_images`), or with ``--penalty-size P`` of every image
+   resized to P px (112: a quarter of a pass at 224), with ``--cache`` writing their features to a
    :class:`~bidsrecon.features.cache.FeatureCache` on the way;
 2. fit the kernel ridge decoder (z-scoring, kernel, grouped 5-fold cross-validation of alpha on
    the penalty images' samples);
@@ -66,6 +67,7 @@ from bidsrecon.decoding.memory import budget_within, plan_decoding, resident_byt
 from bidsrecon.decoding.stage import penalty_images
 from bidsrecon.encoders import get_encoder
 from bidsrecon.features.cache import FeatureCache
+from bidsrecon.images import resize_images
 from bidsrecon.features.correlation import profile_correlation
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
@@ -84,12 +86,13 @@ M_MMAP_THRESHOLD = -3
 
 
 class TimedEncoder:
-    """Delegates to an encoder and adds up the wall time spent in its forward passes."""
+    """Delegates to an encoder and adds up the wall time spent in its forward passes (and in those of
+    full-size images apart, which give the time of one pass over the training images)."""
 
     def __init__(self, encoder):
         self._encoder = encoder
-        self.seconds = 0.0
-        self.images = 0
+        self.seconds = self.full_size_seconds = 0.0
+        self.images = self.full_size_images = 0
 
     def __getattr__(self, name):
         return getattr(self._encoder, name)
@@ -97,8 +100,12 @@ class TimedEncoder:
     def features(self, images, layers=None):
         start = time.perf_counter()
         features = self._encoder.features(images, layers=layers)
-        self.seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
         self.images += len(images)
+        if images.shape[-1] == IMAGE_SIZE:
+            self.full_size_seconds += seconds
+            self.full_size_images += len(images)
         return features
 
 
@@ -182,7 +189,8 @@ def folder_gb(folder):
     return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 1e9
 
 
-def run_pipeline(images, samples, image_index, test_items, cache, batch_size, penalty_share=None):
+def run_pipeline(images, samples, image_index, test_items, cache, batch_size, penalty_share=None,
+                 penalty_size=None):
     """The app's decoding (:func:`bidsrecon.decoding.stage.fit_and_decode`'s schedule), timed stage by
     stage: the penalty's pass over the penalty images, the fit, the coefficients, then one pass over
     every training image that decodes every unit and keeps the sampled units for the check."""
@@ -192,11 +200,18 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size, pe
     start = time.perf_counter()
     cv_images = None if penalty_share is None else penalty_images(len(images), 0, penalty_share)
     chosen = slice(None) if cv_images is None else cv_images
-    cv_targets, unit_indices = sample_unit_features(encoder, images[chosen], layers, n_units=CV_UNITS,
-                                                    batch_size=batch_size, cache=cache)
+    penalty_pass_images = images[chosen] if penalty_size is None else resize_images(images[chosen], penalty_size)
+    cv_targets, unit_indices = sample_unit_features(
+        encoder, penalty_pass_images, layers, n_units=CV_UNITS, batch_size=batch_size,
+        cache=cache if penalty_size is None else None)
     n_chosen = len(images) if cv_images is None else len(cv_images)
-    seconds[f"penalty pass: units of {n_chosen} images" + (" (+ cache)" if cache else "")] = (
-        time.perf_counter() - start)
+    penalty_side = penalty_pass_images.shape[1]
+    del penalty_pass_images  # not held through the decoding pass
+    seconds[f"penalty pass: units of {n_chosen} images of {penalty_side} px"
+            + (" (+ cache)" if cache and penalty_size is None else "")] = time.perf_counter() - start
+    if penalty_size is not None:
+        # The decoding pass keeps units of the full-size images for the check; draw them there.
+        _, unit_indices = sample_unit_features(encoder, images[:1], layers, n_units=CV_UNITS, batch_size=1)
     _report_stage(seconds)
 
     start = time.perf_counter()
@@ -215,8 +230,10 @@ def run_pipeline(images, samples, image_index, test_items, cache, batch_size, pe
 
     start = time.perf_counter()
     counts = np.bincount(image_index, minlength=len(images))
-    # What decoding may add to what the process already holds, within the 8 GB target.
-    memory_budget = budget_within(TARGET_GB * 1e9)
+    # What decoding may add to what the process already holds, within the 8 GB target, less the sampled
+    # units of every image that the pass keeps for the (untimed) check, which the app does not keep.
+    kept_for_check = 4 * len(images) * sum(len(indices) for indices in unit_indices.values())
+    memory_budget = budget_within(TARGET_GB * 1e9) - kept_for_check
     print(f"  resident before decoding {resident_bytes() / 1e9:.2f} GB; decoding budget "
           f"{memory_budget / 1e9:.2f} GB", flush=True)
     sampled = dict(unit_indices)
@@ -312,6 +329,9 @@ def main(argv=None):
     parser.add_argument("--penalty-share", type=float, default=None,
                         help="choose the penalty on this share of the training images (at least 150), one "
                         "pass plus that share, instead of every image (the app's schedule: two passes)")
+    parser.add_argument("--penalty-size", type=int, default=None,
+                        help="run the penalty's pass on the training images resized to this many pixels a side "
+                        "(e.g. 112: a quarter of a 224-px pass) instead of at 224")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the baselines (fastl2lir, himalaya, scikit-learn) after the pipeline")
     args = parser.parse_args(argv)
@@ -332,7 +352,7 @@ def main(argv=None):
             layers=layers[layers.index(args.cache_from):])
         start = time.perf_counter()
         seconds, decoded, train_mean, decoder, sampled, counts, encoder, plan = run_pipeline(
-            images, samples, image_index, test_items, cache, args.batch_size, args.penalty_share)
+            images, samples, image_index, test_items, cache, args.batch_size, args.penalty_share, args.penalty_size)
         wall = time.perf_counter() - start
         cache_gb = folder_gb(cache_root)
         peak_gb = peak_memory_gb()
@@ -347,7 +367,7 @@ def main(argv=None):
             shutil.rmtree(cache_root, ignore_errors=True)
 
     n_units = sum(mean.size for mean in train_mean.values())
-    one_pass = encoder.seconds * len(images) / encoder.images
+    one_pass = encoder.full_size_seconds * len(images) / encoder.full_size_images
     share = encoder.seconds / wall
     print(f"\n{'stage':<44}{'seconds':>10}")
     for stage, stage_seconds in seconds.items():

@@ -18,6 +18,7 @@ from bidsrecon.errors import (
 )
 from bidsrecon.folders import check_disjoint, check_writable, default_work_dir
 from bidsrecon.interrupt import stop_cleanly_on_signals
+from bidsrecon.encoders.base import MIN_IMAGE_SIZE
 from bidsrecon.spec import builtin_spec_names
 
 ANALYSIS_LEVELS = ("participant", "group")
@@ -115,6 +116,24 @@ def _check_features_dir(args):
                              "features in the Kamitani lab's layout (<layer>/<stimulus name>.mat)", EXIT_INPUT_MISSING)
 
 
+def _check_penalty_image_size(args):
+    """``--penalty-image-size`` shrinks the kernel decoder's penalty pass: it needs that pass."""
+    if args.penalty_image_size is None:
+        return
+    if args.penalty_image_size < MIN_IMAGE_SIZE:
+        raise BidsReconError(f"--penalty-image-size {args.penalty_image_size}: the encoders take images of at least "
+                             f"{MIN_IMAGE_SIZE} pixels", EXIT_BAD_ARGUMENTS)
+    if args.penalty_image_size >= args.image_size:
+        raise BidsReconError(f"--penalty-image-size {args.penalty_image_size} must be smaller than --image-size "
+                             f"{args.image_size} (drop it to choose the penalty at the image size)", EXIT_BAD_ARGUMENTS)
+    other = [option for option, given in (("--decoders-dir", args.decoders_dir is not None),
+                                         ("--features-dir", args.features_dir is not None),
+                                         ("--decoder fastl2lir", args.decoder == "fastl2lir")) if given]
+    if other:
+        raise BidsReconError(f"--penalty-image-size resizes the images of the kernel decoder's penalty pass, which "
+                             f"{other[0]} does not run; drop one of them", EXIT_BAD_ARGUMENTS)
+
+
 def _check_confounds_options(args):
     if args.confounds_strategy is None:
         return
@@ -169,6 +188,7 @@ def parse_args(argv=None):
         raise BidsReconError(f"--jitter must be 0 or more pixels, got {args.jitter}", EXIT_BAD_ARGUMENTS)
     _check_decoders_dir(args)
     _check_features_dir(args)
+    _check_penalty_image_size(args)
     _check_confounds_options(args)
     _check_bdata_options(args)
     work_dir = args.work_dir or default_work_dir()

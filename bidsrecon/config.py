@@ -219,6 +219,12 @@ class Config:
     image_size: int = option(64, '--image-size', group=DECODING,
                 type=positive_int,
                 help="reconstruction size in pixels (default: 64)")
+    penalty_image_size: int = option(None, '--penalty-image-size', group=DECODING,
+                type=positive_int, metavar='PX',
+                help="run the kernel decoder's penalty pass (the cross-validation's sampled units) on the training "
+                "images resized to PX pixels, smaller than --image-size: 112 at 224 makes that pass a quarter of "
+                "one; one of the two passes over the training images (default: --image-size; see the README's "
+                "'Decoding at scale')")
     iterations: int = option(200, '--iterations', group=DECODING,
                 type=positive_int,
                 help="iterations of the reconstruction's optimiser (default: 200, the paper's)")

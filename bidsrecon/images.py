@@ -202,6 +202,28 @@ def load_images(paths, size, dtype=np.float32):
     return np.stack(images)
 
 
+def resize_images(images, size):
+    """Resize square images already in memory (antialiased, Lanczos, as :func:`load_image`).
+
+    Parameters
+    ----------
+    images : ndarray, shape (n_images, side, side, 3), uint8
+    size : int
+
+    Returns
+    -------
+    ndarray, shape (n_images, size, size, 3), uint8
+    """
+    _check_size(size)
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"expected uint8 images of shape (n, side, side, 3); got {images.dtype} {images.shape}")
+    resized = np.empty((len(images), size, size, 3), np.uint8)
+    for index, image in enumerate(images):
+        resized[index] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    return resized
+
+
 def _check_rgb(image):
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:

@@ -9,7 +9,7 @@ from PIL import Image
 from bidsrecon.decoding.stage import apply_saved, average_test_items, decoding_accuracy_table, fit_and_decode
 from bidsrecon.encoders import get_encoder
 from bidsrecon.evaluation.scoring import score_sets
-from bidsrecon.images import load_images
+from bidsrecon.images import load_images, resize_images
 
 torch.set_num_threads(1)
 SIZE = 32
@@ -196,3 +196,65 @@ def test_run_quality_measures_and_carpet(tmp_path):
     assert quality["global_signal"][15] == pytest.approx(1200, abs=5)
     png = carpet(bold, mask, 2.0, quality)
     assert png.startswith(b"\x89PNG") and Image.open(__import__("io").BytesIO(png)).size[0] >= 800
+
+
+class _SizeRecorder:
+    """An encoder that notes the side of every image it runs on."""
+
+    def __init__(self, encoder):
+        self._encoder, self.sides = encoder, []
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def features(self, images, layers=None):
+        self.sides += [images.shape[-1]] * len(images)
+        return self._encoder.features(images, layers=layers)
+
+
+def test_the_penalty_pass_can_run_on_smaller_images(problem, tmp_path):
+    """penalty_size: one pass of the training images at that size for the penalty, one at the image size
+    that decodes; the decoder records the size and still tells the items apart."""
+    samples, trials, stimuli, _ = problem
+    encoder = _SizeRecorder(get_encoder("efficientnet-lite0-random"))
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
+    size = 2 * SIZE  # the encoders' smallest input is 32 px
+    fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], image_size=size, cv_units=200,
+                            stem=str(tmp_path / "sub-01_decoder"), mask_file=str(mask), penalty_size=SIZE)
+    # 20 training images at 32 px for the penalty, then at 64 px (one more first image sizes the layers).
+    assert encoder.sides.count(SIZE) == 20 and encoder.sides.count(size) in (20, 21)
+    sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
+    assert sidecar["PenaltyImageSize"] == SIZE and sidecar["ImageSize"] == size
+    true = encoder.features(torch.from_numpy(load_images(list(stimuli[:5]), size)).permute(0, 3, 1, 2),
+                            layers=["stem"])["stem"].detach().numpy().reshape(5, -1)
+    decoded = fitted.decoded["stem"].reshape(5, -1) - fitted.train_mean["stem"].reshape(1, -1)
+    correlation = np.corrcoef(decoded, true - fitted.train_mean["stem"].reshape(1, -1))[:5, 5:]
+    assert (correlation.argmax(axis=1) == np.arange(5)).all(), correlation
+
+
+def test_resize_images_resizes_as_loading_at_that_size(problem):
+    _, _, stimuli, _ = problem
+    full = load_images(list(stimuli[:3]), SIZE, dtype=np.uint8)
+    np.testing.assert_array_equal(resize_images(full, SIZE // 2), load_images(list(stimuli[:3]), SIZE // 2, dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        resize_images(full.astype(np.float32), 8)
+
+
+def test_penalty_image_size_reaches_the_decode_node_and_is_refused_where_nothing_uses_it(tmp_path):
+    from bidsrecon.cli import parse_args
+    from bidsrecon.errors import BidsReconError
+    from bidsrecon.workflows.participant import init_participant_wf
+
+    common = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]
+    config = parse_args([*common, "--image-size", "224", "--penalty-image-size", "112"])
+    assert config.penalty_image_size == 112
+    workflow = init_participant_wf(_plan(tmp_path), config)
+    assert workflow.get_node("decode_wf.decode").inputs.penalty_image_size == 112
+    assert parse_args(common).penalty_image_size is None
+    for options, message in ((["--penalty-image-size", "64"], "smaller than --image-size 64"),
+                             (["--penalty-image-size", "16"], "at least 32 pixels"),
+                             (["--penalty-image-size", "32", "--decoder", "fastl2lir"], "--decoder fastl2lir"),
+                             (["--penalty-image-size", "32", "--decoders-dir", str(tmp_path)], "--decoders-dir")):
+        with pytest.raises(BidsReconError, match=message):
+            parse_args([*common, *options])

@@ -16,11 +16,20 @@ Both average the trials of each test item first (the paper's choice, :func:`aver
 
 The kernel ridge decoder's schedule: the penalty of each layer is chosen by cross-validation on
 the sampled units of every training image (one pass over them), then one more pass decodes every
-unit. Choosing it on a share of the images instead (``penalty_images(n, seed, share)``, one pass
-plus that share) was measured and is not the default: ``bench/decode_scale.py --penalty-share
-0.15`` at full scale (1,200 images) took 1.20 forward passes instead of about 2.4, but the
-cross-validation on 180 images chose penalties 3 to 1,000 times smaller than on all 1,200, and
-every layer's decoding accuracy fell, by up to 0.030 (conv4_1), against a target of 0.005.
+unit. Two ways to make the first pass cheaper were measured with ``bench/decode_scale.py`` at full
+scale (1,200 images, 19 VGG19 layers at 224 px; the target: within 1.5 passes, each layer's
+decoding accuracy within 0.005 of the penalty chosen as above):
+
+- ``penalty_size`` (``--penalty-image-size``): the first pass runs on every image resized to that
+  size, so every sample still takes part in the cross-validation and only the units are a proxy
+  (the same images' features at a smaller scale). At 112 px for 224 (a quarter of a pass) it took
+  1.37 passes in all, chose the same penalty in 16 of 19 layers and one grid step off in the others,
+  and every layer's accuracy stayed within 0.0024. It is opt-in: the bench's images are enlarged
+  8 x 8 colour patterns, which look alike at half size; natural images have not been measured.
+- ``cv_images`` (``penalty_images(n, seed, share)``): the first pass runs on a share of the images.
+  At 0.15 it took 1.20 passes, but a cross-validation on 180 images chose penalties 3 to 1,000
+  times smaller than on all 1,200 (its folds train on 144 images, against 960), and every layer's
+  accuracy fell, by up to 0.030 (conv4_1). Not offered on the command line.
 """
 import math
 from dataclasses import dataclass
@@ -51,7 +60,7 @@ from bidsrecon.encoders.base import file_sha256
 from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
 from bidsrecon.features.files import FeatureFiles
 from bidsrecon.features.spread import channel_sd, spread_from_moments
-from bidsrecon.images import load_images
+from bidsrecon.images import load_images, resize_images
 from bidsrecon.spec import TRAINING
 
 
@@ -101,7 +110,7 @@ def average_test_items(samples, trials):
 
 def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, stem, mask_file, method="kernel",
                    cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False,
-                   features_dir=None, cv_images=None):
+                   features_dir=None, cv_images=None, penalty_size=None):
     """Fit a decoder on the training trials, save it at ``stem``, and decode every test item.
 
     Parameters
@@ -139,6 +148,10 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
     cv_images : ndarray of int, optional
         Kernel ridge: the training images (indices into the sorted training stimulus names) the
         penalty is chosen on; default every one (see the module docstring).
+    penalty_size : int, optional
+        Kernel ridge: the side, in pixels, of the images the penalty's pass runs the encoder on,
+        when smaller than ``image_size`` (see the module docstring); default ``image_size``. Not
+        with ``features_dir``.
 
     Returns
     -------
@@ -184,8 +197,14 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
     else:
         # The penalty's pass: a sample of units of the penalty images (all by default).
         chosen = slice(None) if cv_images is None else cv_images
+        penalty_pass_images, penalty_cache = images[chosen], cache
+        if penalty_size is not None and penalty_size < image_size:
+            if feature_files is not None:
+                raise ValueError("penalty_size needs the encoder's pass; the features come from files here.")
+            # Features of smaller images are not the cached ones of these images.
+            penalty_pass_images, penalty_cache = resize_images(penalty_pass_images, penalty_size), None
         cv_targets, _ = sample_unit_features(
-            encoder, images[chosen], layers, n_units=cv_units, seed=seed, cache=cache,
+            encoder, penalty_pass_images, layers, n_units=cv_units, seed=seed, cache=penalty_cache,
             feature_files=None if feature_files is None else FeatureFiles(features_dir, train_names[chosen]))
         # The pixels pseudo-layer's two parts are two more targets, every value of them
         # (bidsrecon.decoding.pixels).
@@ -197,6 +216,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
                                                             test_trials=test_trials, cv_images=cv_images)
         extra["PenaltyImages"] = int(len(train_names) if cv_images is None else len(cv_images))
+        extra["PenaltyImageSize"] = int(penalty_pass_images.shape[1])
         coefficients = decoder.coefficients(item_samples, test_trials)
         decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
             encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
