@@ -67,8 +67,8 @@ from bidsrecon.decoding.memory import budget_within, plan_decoding, resident_byt
 from bidsrecon.decoding.stage import penalty_images
 from bidsrecon.encoders import get_encoder
 from bidsrecon.features.cache import FeatureCache
-from bidsrecon.images import resize_images
 from bidsrecon.features.correlation import profile_correlation
+from bidsrecon.images import resize_images
 
 FULL = {"n_images": 1200, "repeats": 5, "n_voxels": 11_700, "n_items": 50}
 QUICK = {"n_images": 120, "repeats": 5, "n_voxels": 1_170, "n_items": 5}

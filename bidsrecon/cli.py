@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bidsrecon import __version__
 from bidsrecon.config import POSITIONAL, Config
+from bidsrecon.encoders.base import MIN_IMAGE_SIZE
 from bidsrecon.errors import (
     EXIT_BAD_ARGUMENTS,
     EXIT_CANNOT_WRITE,
@@ -18,7 +19,6 @@ from bidsrecon.errors import (
 )
 from bidsrecon.folders import check_disjoint, check_writable, default_work_dir
 from bidsrecon.interrupt import stop_cleanly_on_signals
-from bidsrecon.encoders.base import MIN_IMAGE_SIZE
 from bidsrecon.spec import builtin_spec_names
 
 ANALYSIS_LEVELS = ("participant", "group")
