@@ -23,7 +23,7 @@ decoding accuracy within 0.005 of the penalty chosen as above):
 - ``penalty_size`` (``--penalty-image-size``): the first pass runs on every image resized to that
   size, so every sample still takes part in the cross-validation and only the units are a proxy
   (the same images' features at a smaller scale). At 112 px for 224 (a quarter of a pass) it took
-  1.37 passes in all, chose the same penalty in 16 of 19 layers and one grid step off in the others,
+  1.33-1.37 passes in all (two runs), chose the same penalty in 16 of 19 layers and one grid step off in the others,
   and every layer's accuracy stayed within 0.0024. It is opt-in: the bench's images are enlarged
   8 x 8 colour patterns, which look alike at half size; natural images have not been measured.
 - ``cv_images`` (``penalty_images(n, seed, share)``): the first pass runs on a share of the images.
