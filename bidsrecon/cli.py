@@ -134,6 +134,18 @@ def _check_penalty_image_size(args):
                              f"{other[0]} does not run; drop one of them", EXIT_BAD_ARGUMENTS)
 
 
+def _check_pixel_decoder(args):
+    """``--pixel-decoder`` chooses how a kernel decoder is fitted: it needs that fit."""
+    if args.pixel_decoder is None:
+        return
+    other = [option for option, given in (("--decoders-dir", args.decoders_dir is not None),
+                                         ("--decoder fastl2lir", args.decoder == "fastl2lir")) if given]
+    if other:
+        raise BidsReconError(f"--pixel-decoder chooses how the kernel decoder is fitted, which {other[0]} does not do "
+                             "(a saved decoder decodes the pixels as it was fitted to); drop one of them",
+                             EXIT_BAD_ARGUMENTS)
+
+
 def _check_confounds_options(args):
     if args.confounds_strategy is None:
         return
@@ -189,6 +201,7 @@ def parse_args(argv=None):
     _check_decoders_dir(args)
     _check_features_dir(args)
     _check_penalty_image_size(args)
+    _check_pixel_decoder(args)
     _check_confounds_options(args)
     _check_bdata_options(args)
     work_dir = args.work_dir or default_work_dir()
@@ -216,6 +229,7 @@ def parse_args(argv=None):
         "spec": _resolved_if_file(args.spec),
         "generator_latent_max": _resolved_if_file(args.generator_latent_max),
         "decoder": args.decoder or Config.decoder,
+        "pixel_decoder": args.pixel_decoder or Config.pixel_decoder,
         "snapshot_every": args.snapshot_every or 0,
     })
 

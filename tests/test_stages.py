@@ -258,3 +258,43 @@ def test_penalty_image_size_reaches_the_decode_node_and_is_refused_where_nothing
                              (["--penalty-image-size", "32", "--decoders-dir", str(tmp_path)], "--decoders-dir")):
         with pytest.raises(BidsReconError, match=message):
             parse_args([*common, *options])
+
+
+def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_it(problem, tmp_path):
+    samples, trials, stimuli, _ = problem
+    encoder = get_encoder("efficientnet-lite0-random")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
+    options = dict(image_size=SIZE)
+    ridge = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "ridge"),
+                           mask_file=str(mask), cv_units=200, **options)
+    fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
+                            mask_file=str(mask), cv_units=200, pixel_decoder="inversion", **options)
+    sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
+    assert sidecar["Inversion"]["Layer"] == "pixels_luminance" and sidecar["Inversion"]["Share"] == 1.0
+    assert "Inversion" not in pd.read_json(ridge.decoder_sidecar, typ="series")
+    np.testing.assert_array_equal(fitted.decoded["stem"], ridge.decoded["stem"])  # the layers are the ridge's
+    assert not np.array_equal(fitted.decoded["pixels"], ridge.decoded["pixels"])
+    truth = load_images(list(stimuli[:5]), SIZE)[:, ::8, ::8].reshape(5, -1)
+    pixels = fitted.decoded["pixels"][:, :, ::8, ::8].transpose(0, 2, 3, 1).reshape(5, -1)
+    correlation = np.corrcoef(pixels - pixels.mean(axis=0), truth - truth.mean(axis=0))[:5, 5:]
+    assert (correlation.argmax(axis=1) == np.arange(5)).all(), correlation
+    test = trials["set"] != "training"
+    applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
+                          str(tmp_path / "sub-01_decoder"), **options)
+    np.testing.assert_array_equal(applied.decoded["pixels"], fitted.decoded["pixels"])
+
+
+def test_pixel_decoder_reaches_the_decode_node_and_is_refused_where_no_decoder_is_fitted(tmp_path):
+    from bidsrecon.cli import parse_args
+    from bidsrecon.errors import BidsReconError
+    from bidsrecon.workflows.participant import init_participant_wf
+
+    common = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]
+    assert parse_args(common).pixel_decoder == "ridge"
+    config = parse_args([*common, "--pixel-decoder", "both"])
+    assert init_participant_wf(_plan(tmp_path), config).get_node("decode_wf.decode").inputs.pixel_decoder == "both"
+    for options, message in ((["--decoder", "fastl2lir"], "--decoder fastl2lir"),
+                             (["--decoders-dir", str(tmp_path)], "--decoders-dir")):
+        with pytest.raises(BidsReconError, match=message):
+            parse_args([*common, "--pixel-decoder", "inversion", *options])

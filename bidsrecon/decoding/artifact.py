@@ -27,6 +27,7 @@ import numpy as np
 
 from bidsrecon.arrays import load_arrays, save_arrays
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.decoding.pixel_inversion import from_arrays
 from bidsrecon.decoding.sidecar import (
     _FORMAT_NAME,
     _PER_UNIT_FORMAT_NAME,
@@ -128,6 +129,11 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
             for layer in layers}
     if voxel_indices is not None:
         arrays["fit"]["voxel_indices"] = voxel_indices
+    for layer, (inversion, share) in getattr(decoder, "inversions_", {}).items():
+        sidecar["Inversion"] = {"Layer": layer, "Share": float(share), "Threshold": inversion.threshold,
+                                "VoxelsKept": int(np.count_nonzero(np.any(inversion.projection, axis=0))),
+                                "CrossValidationScores": [float(v) for v in inversion.cv_scores]}
+        arrays["inversion"] = inversion.arrays()
     return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 
 
@@ -330,6 +336,12 @@ def _decoder_from_arrays(arrays, sidecar, arrays_path):
             layer: dict(zip(decoder.alpha_by_trials_[layer], arrays["cv_scores_by_trials"][layer]))
             for layer in layers}
         decoder.trial_counts_ = tuple(sorted(decoder.alpha_by_trials_[layers[0]]))
+    if "Inversion" in sidecar:
+        inversion = from_arrays(arrays["inversion"])
+        if inversion.projection.shape[1] != n_voxels or inversion.back.shape[0] != n_images:
+            raise BidsReconError(f"The inversion arrays of {arrays_path} disagree with its decoder; retrain the "
+                                 "decoder.", EXIT_BAD_ARGUMENTS)
+        decoder.inversions_ = {sidecar["Inversion"]["Layer"]: (inversion, float(sidecar["Inversion"]["Share"]))}
     return decoder
 
 

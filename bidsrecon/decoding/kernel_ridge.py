@@ -219,6 +219,12 @@ class KernelRidgeDecoder(BaseEstimator):
             coefficients[layer] = np.empty((len(X_test), self.n_images_))
             for alpha in np.unique(alphas):
                 coefficients[layer][alphas == alpha] = collapsed_by_alpha[alpha][alphas == alpha]
+        # A layer also decoded by inverting an encoding model (bidsrecon.decoding.pixel_inversion)
+        # takes that share of its coefficients from it: decoded values are affine in them.
+        for layer, (inversion, share) in getattr(self, "inversions_", {}).items():
+            trials = np.ones(len(X_test)) if test_trials is None else np.asarray(test_trials).ravel()
+            inverted = inversion.coefficients((X_test - self.voxel_mean_) / self.voxel_std_, trials)
+            coefficients[layer] = (1.0 - share) * coefficients[layer] + share * inverted
         return coefficients
 
     def item_alphas(self, n_items, test_trials=None):

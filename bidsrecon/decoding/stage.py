@@ -45,6 +45,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
     write_fastl2lir_folders,
 )
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
     PIXEL_PARTS,
@@ -110,7 +111,7 @@ def average_test_items(samples, trials):
 
 def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, stem, mask_file, method="kernel",
                    cv_units=1000, n_voxels=0, seed=0, cache=None, memory_budget=None, with_feature_std=False,
-                   features_dir=None, cv_images=None, penalty_size=None):
+                   features_dir=None, cv_images=None, penalty_size=None, pixel_decoder="ridge"):
     """Fit a decoder on the training trials, save it at ``stem``, and decode every test item.
 
     Parameters
@@ -152,6 +153,10 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         Kernel ridge: the side, in pixels, of the images the penalty's pass runs the encoder on,
         when smaller than ``image_size`` (see the module docstring); default ``image_size``. Not
         with ``features_dir``.
+    pixel_decoder : {"ridge", "inversion", "both"}
+        Kernel ridge: how the pixels pseudo-layer's luminance is decoded: by the kernel ridge, by
+        inverting an encoding model (:mod:`bidsrecon.decoding.pixel_inversion`), or the mean of
+        the two (:data:`PIXEL_DECODER_SHARES`).
 
     Returns
     -------
@@ -215,6 +220,12 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         test_trials = items["n_trials"].to_numpy()
         decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
                                                             test_trials=test_trials, cv_images=cv_images)
+        if pixel_decoder != "ridge":
+            # The luminance also by inverting an encoding model (bidsrecon.decoding.pixel_inversion).
+            luminance = pixel_parts(pixels)[PIXEL_PARTS[0]]
+            decoder.inversions_ = {PIXEL_PARTS[0]: (
+                fit_pixel_inversion(decoder.X_, image_index, luminance.reshape(len(luminance), -1), counts, seed),
+                PIXEL_DECODER_SHARES[pixel_decoder])}
         extra["PenaltyImages"] = int(len(train_names) if cv_images is None else len(cv_images))
         extra["PenaltyImageSize"] = int(penalty_pass_images.shape[1])
         coefficients = decoder.coefficients(item_samples, test_trials)

@@ -27,6 +27,8 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     image_size = traits.Int(mandatory=True)
     cv_units = traits.Int(mandatory=True, desc="units per layer sampled to choose alpha")
     penalty_image_size = traits.Int(0, usedefault=True, desc="side of the images of the penalty's pass (0: image_size)")
+    pixel_decoder = traits.Enum("ridge", "inversion", "both", usedefault=True,
+                                desc="how the pixels pseudo-layer's luminance is decoded")
     n_voxels = traits.Int(mandatory=True, desc="keep the K voxels ranked best on the training trials (0: all)")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the samples were taken in (kept with the decoder)")
     decoder_name = traits.Str(mandatory=True, desc="file stem of the saved decoder")
@@ -119,7 +121,8 @@ class DecodeFeatures(SimpleInterface):
                                     stem=f"{runtime.cwd}/{inputs.decoder_name}", mask_file=inputs.mask_file,
                                     method=inputs.method, cv_units=inputs.cv_units, n_voxels=inputs.n_voxels,
                                     seed=inputs.seed, features_dir=inputs.features_dir or None,
-                                    penalty_size=inputs.penalty_image_size or None, **options)
+                                    penalty_size=inputs.penalty_image_size or None,
+                                    pixel_decoder=inputs.pixel_decoder, **options)
         self._results["out_decoder_arrays"], self._results["out_decoder"] = result.decoder_arrays, result.decoder_sidecar
         self._results["out_device"] = device.type
         self._results["out_features"] = f"{runtime.cwd}/decoded_features.safetensors"

@@ -115,6 +115,7 @@ def _decode_node(plan, config):
         DecodeFeatures(trials_files=list(plan.trials_files), stimuli_file=plan.stimuli_file,
                        layers=list(config.layers), cv_units=config.cv_units, n_voxels=config.n_voxels or 0,
                        penalty_image_size=config.penalty_image_size or 0,
+                       pixel_decoder=config.pixel_decoder,
                        decoder_name=f"sub-{plan.subject}_decoder", memory_gb=config.mem_gb or 0.0,
                        method=config.decoder, device=config.device, features_dir=str(config.features_dir or ""),
                        feature_std="feature_std" in correction_statistics(config.feature_correction),
