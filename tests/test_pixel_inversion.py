@@ -35,6 +35,10 @@ def problem():
             "image_index": image_index, "counts": np.full(N_IMAGES, N_TRIALS), "raw": samples, "raw_items": items}
 
 
+def _square(images):
+    return images.reshape(len(images), SIDE, SIDE)
+
+
 def _decoded(inversion, train, counts, z, n_trials):
     """Pixels from coefficients, as the pixels pseudo-layer forms them."""
     coefficients = inversion.coefficients(z, n_trials)
@@ -43,12 +47,12 @@ def _decoded(inversion, train, counts, z, n_trials):
 
 
 def test_the_inversion_identifies_new_images_and_drops_the_silent_voxels(problem):
-    inversion = fit_pixel_inversion(problem["z"], problem["image_index"], problem["train"], problem["counts"])
+    inversion = fit_pixel_inversion(problem["z"], problem["image_index"], _square(problem["train"]), problem["counts"])
     decoded = _decoded(inversion, problem["train"], problem["counts"], problem["items"], np.full(N_ITEMS, N_TRIALS))
     assert np.mean(pairwise_identification(decoded, problem["test"])) > 0.85
     assert inversion.threshold > 0  # silent voxels only add noise: a threshold that keeps them loses
     assert not np.any(inversion.projection[:, 80:])
-    assert inversion.cv_scores.shape == (len(pixel_inversion.THRESHOLDS),)
+    assert inversion.cv_scores.shape == (len(pixel_inversion.THRESHOLDS), len(pixel_inversion.SMOOTHNESS))
 
 
 def test_each_sample_gets_the_prior_of_its_largest_marginal_likelihood():
@@ -83,7 +87,7 @@ def test_a_decoder_with_an_inversion_mixes_its_share_and_saves_it(problem, tmp_p
         decoder = KernelRidgeDecoder(n_folds=4).fit(problem["raw"], problem["image_index"], {"pixels": problem["train"]})
     n_trials = np.full(N_ITEMS, N_TRIALS)
     ridge = decoder.coefficients(problem["raw_items"], n_trials)["pixels"]
-    inversion = fit_pixel_inversion(decoder.X_, problem["image_index"], problem["train"], problem["counts"])
+    inversion = fit_pixel_inversion(decoder.X_, problem["image_index"], _square(problem["train"]), problem["counts"])
     decoder.inversions_ = {"pixels": (inversion, 0.5)}
     inverted = inversion.coefficients((problem["raw_items"] - decoder.voxel_mean_) / decoder.voxel_std_, n_trials)
     mixed = decoder.coefficients(problem["raw_items"], n_trials)["pixels"]

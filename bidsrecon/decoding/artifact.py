@@ -131,8 +131,9 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
         arrays["fit"]["voxel_indices"] = voxel_indices
     for layer, (inversion, share) in getattr(decoder, "inversions_", {}).items():
         sidecar["Inversion"] = {"Layer": layer, "Share": float(share), "Threshold": inversion.threshold,
+                                "Smoothness": inversion.smoothness,
                                 "VoxelsKept": int(np.count_nonzero(np.any(inversion.projection, axis=0))),
-                                "CrossValidationScores": [float(v) for v in inversion.cv_scores]}
+                                "CrossValidationScores": np.asarray(inversion.cv_scores, dtype=float).tolist()}
         arrays["inversion"] = inversion.arrays()
     return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 

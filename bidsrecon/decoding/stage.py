@@ -224,7 +224,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
             # The luminance also by inverting an encoding model (bidsrecon.decoding.pixel_inversion).
             luminance = pixel_parts(pixels)[PIXEL_PARTS[0]]
             decoder.inversions_ = {PIXEL_PARTS[0]: (
-                fit_pixel_inversion(decoder.X_, image_index, luminance.reshape(len(luminance), -1), counts, seed),
+                fit_pixel_inversion(decoder.X_, image_index, luminance[:, 0], counts, seed),
                 PIXEL_DECODER_SHARES[pixel_decoder])}
         extra["PenaltyImages"] = int(len(train_names) if cv_images is None else len(cv_images))
         extra["PenaltyImageSize"] = int(penalty_pass_images.shape[1])
