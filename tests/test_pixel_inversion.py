@@ -103,3 +103,12 @@ def test_a_decoder_with_an_inversion_mixes_its_share_and_saves_it(problem, tmp_p
     assert '"Share": 0.5' in sidecar.read_text()
     loaded = load_decoder(stem)
     np.testing.assert_array_equal(loaded.coefficients(problem["raw_items"], n_trials)["pixels"], mixed)
+
+
+def test_the_smoothest_prior_within_one_standard_error_of_the_best_is_chosen():
+    # 5 folds x 2 thresholds x 4 smoothness values; the best is (1, 0), 0.80 +- 0.01.
+    means = np.array([[0.70, 0.70, 0.70, 0.70], [0.80, 0.795, 0.785, 0.70]])
+    spread = np.array([-2, -1, 0, 1, 2])[:, None, None] * 0.01 / np.std([-2, -1, 0, 1, 2], ddof=1) * np.sqrt(5)
+    fold_table = means[None] + spread
+    # within one standard error (0.01): smoothness 1 (0.795) but not 2 (0.785) nor 3
+    assert pixel_inversion._smoothest_within_one_error(fold_table) == (1, 1)

@@ -28,7 +28,8 @@ steers them.
 Every ``x̂`` lies in the span of the centred training images, so it is written as coefficients
 over them, the form of the kernel decoder's coefficients
 (:meth:`bidsrecon.decoding.KernelRidgeDecoder.coefficients`), and what is kept to apply it to new
-samples (saved with the decoder) is the fitted model in the eigenbasis of ``A W Aᵀ``.
+samples (saved with the decoder) is the fitted model in the basis that makes ``A W Aᵀ`` diagonal and
+``P`` the identity, where each sample's ``lambda`` costs a division.
 """
 import itertools
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ PIXEL_DECODER_SHARES = {"ridge": 0.0, "inversion": 1.0, "both": 0.5}
 
 @dataclass(frozen=True)
 class PixelInversion:
-    """A fitted inversion, in the eigenbasis ``A W Aᵀ = Q diag(h) Qᵀ`` of its voxels' precision.
+    """A fitted inversion, in the basis ``Q`` where one trial's precision ``A W Aᵀ`` is ``diag(h)``
+    and the prior's ``P`` is ``I`` (``A W Aᵀ Q = P Q diag(h)``, ``Qᵀ P Q = I``).
 
     Attributes
     ----------
