@@ -59,3 +59,30 @@ def test_cuda_vgg19_inversion_at_224_px():
         targets = {name: value.cpu().numpy() for name, value in encoder.features(images.cuda()).items()}
     recon = reconstruct(encoder, targets, 224, progress=False, batch_size=4)
     assert _pixel_correlation(recon, images.permute(0, 2, 3, 1).numpy()).min() >= 0.9
+
+
+def test_an_lbfgs_iteration_whose_steps_are_all_accepted_waits_for_the_gpu_once():
+    """The loop's one host synchronisation per iteration (bidsrecon.recon.lbfgs): every other mask
+    is applied on the device. A convex quadratic from a good start accepts every first step."""
+    import warnings
+
+    from bidsrecon.recon.lbfgs import minimise_lbfgs
+
+    scales = torch.linspace(1.0, 2.0, 8, device="cuda")[:, None]
+
+    def objective(x, items):
+        return 0.5 * (scales[items] * x * x).sum(1), scales[items] * x
+
+    start = torch.ones(8, 16, device="cuda")
+    minimise_lbfgs(objective, start, 2)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, evaluations = minimise_lbfgs(objective, start, 5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert evaluations == 6  # no backtracking: the start's evaluation and one per iteration
+    synchronising = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(synchronising) <= 5, [str(w.message) for w in synchronising]
