@@ -132,6 +132,7 @@ class KernelRidgeDecoder(BaseEstimator):
         self.X_ = (X - self.voxel_mean_) / self.voxel_std_
         self.image_index_ = image_index
         self.n_images_ = n_images
+        self.inversions_ = {}  # layers also decoded by an inversion, set after fitting (decoding/stage.py)
 
         kernel = linear_kernel(self.X_)
         kernel_scale = np.mean(np.diag(kernel))
