@@ -131,7 +131,7 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
         arrays["fit"]["voxel_indices"] = voxel_indices
     for layer, (inversion, share) in getattr(decoder, "inversions_", {}).items():
         sidecar["Inversion"] = {"Layer": layer, "Share": float(share), "Threshold": inversion.threshold,
-                                "Smoothness": inversion.smoothness,
+                                "Smoothness": inversion.smoothness, "Contrast": inversion.contrast,
                                 "VoxelsKept": int(np.count_nonzero(np.any(inversion.projection, axis=0))),
                                 "CrossValidationScores": np.asarray(inversion.cv_scores, dtype=float).tolist()}
         arrays["inversion"] = inversion.arrays()
