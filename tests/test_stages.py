@@ -271,8 +271,9 @@ def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_i
     fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
                             mask_file=str(mask), cv_units=200, pixel_decoder="inversion", **options)
     sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
-    assert sidecar["Inversion"]["Layer"] == "pixels_luminance" and sidecar["Inversion"]["Share"] == 1.0
-    assert 0 < sidecar["Inversion"]["Contrast"] <= 2
+    assert list(sidecar["Inversion"]) == ["pixels_luminance"]
+    assert sidecar["Inversion"]["pixels_luminance"]["Share"] == 1.0
+    assert 0 < sidecar["Inversion"]["pixels_luminance"]["Contrast"] <= 2
     assert "Inversion" not in pd.read_json(ridge.decoder_sidecar, typ="series")
     np.testing.assert_array_equal(fitted.decoded["stem"], ridge.decoded["stem"])  # the layers are the ridge's
     assert not np.array_equal(fitted.decoded["pixels"], ridge.decoded["pixels"])

@@ -129,12 +129,16 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
             for layer in layers}
     if voxel_indices is not None:
         arrays["fit"]["voxel_indices"] = voxel_indices
-    for layer, (inversion, share) in getattr(decoder, "inversions_", {}).items():
-        sidecar["Inversion"] = {"Layer": layer, "Share": float(share), "Threshold": inversion.threshold,
-                                "Smoothness": inversion.smoothness, "Contrast": inversion.contrast,
-                                "VoxelsKept": int(np.count_nonzero(np.any(inversion.projection, axis=0))),
-                                "CrossValidationScores": np.asarray(inversion.cv_scores, dtype=float).tolist()}
-        arrays["inversion"] = inversion.arrays()
+    # Layers also decoded by inverting an encoding model (bidsrecon.decoding.pixel_inversion).
+    inversions = getattr(decoder, "inversions_", {})
+    if inversions:
+        sidecar["Inversion"] = {
+            layer: {"Share": float(share), "Threshold": inversion.threshold, "Smoothness": inversion.smoothness,
+                    "Contrast": inversion.contrast,
+                    "VoxelsKept": int(np.count_nonzero(np.any(inversion.projection, axis=0))),
+                    "CrossValidationScores": np.asarray(inversion.cv_scores, dtype=float).tolist()}
+            for layer, (inversion, share) in inversions.items()}
+        arrays.update({f"inversion_{layer}": inversion.arrays() for layer, (inversion, _) in inversions.items()})
     return _write_pair(arrays_path, arrays, sidecar_path, sidecar)
 
 
@@ -337,12 +341,14 @@ def _decoder_from_arrays(arrays, sidecar, arrays_path):
             layer: dict(zip(decoder.alpha_by_trials_[layer], arrays["cv_scores_by_trials"][layer]))
             for layer in layers}
         decoder.trial_counts_ = tuple(sorted(decoder.alpha_by_trials_[layers[0]]))
-    if "Inversion" in sidecar:
-        inversion = from_arrays(arrays["inversion"])
-        if inversion.projection.shape[1] != n_voxels or inversion.back.shape[0] != n_images:
+    decoder.inversions_ = {}
+    for layer, fields in sidecar.get("Inversion", {}).items():
+        group = arrays.get(f"inversion_{layer}", {})
+        inversion = from_arrays(group) if {"projection", "back"} <= set(group) else None
+        if inversion is None or inversion.projection.shape[1] != n_voxels or inversion.back.shape[0] != n_images:
             raise BidsReconError(f"The inversion arrays of {arrays_path} disagree with its decoder; retrain the "
                                  "decoder.", EXIT_BAD_ARGUMENTS)
-        decoder.inversions_ = {sidecar["Inversion"]["Layer"]: (inversion, float(sidecar["Inversion"]["Share"]))}
+        decoder.inversions_[layer] = (inversion, float(fields["Share"]))
     return decoder
 
 

@@ -214,17 +214,16 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         # The pixels pseudo-layer's two parts are two more targets, every value of them
         # (bidsrecon.decoding.pixels).
         pixels = pixel_targets(images, image_size)
-        cv_targets.update({part: values[chosen].reshape(len(values[chosen]), -1)
-                           for part, values in pixel_parts(pixels).items()})
+        parts = pixel_parts(pixels)
+        cv_targets.update({part: values[chosen].reshape(len(values[chosen]), -1) for part, values in parts.items()})
         # Alpha is chosen for each count of trials the test items average (REFERENCE.md §8).
         test_trials = items["n_trials"].to_numpy()
         decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
                                                             test_trials=test_trials, cv_images=cv_images)
         if pixel_decoder != "ridge":
             # The luminance also by inverting an encoding model (bidsrecon.decoding.pixel_inversion).
-            luminance = pixel_parts(pixels)[PIXEL_PARTS[0]]
             decoder.inversions_ = {PIXEL_PARTS[0]: (
-                fit_pixel_inversion(decoder.X_, image_index, luminance[:, 0], counts, seed),
+                fit_pixel_inversion(decoder.X_, image_index, parts[PIXEL_PARTS[0]][:, 0], counts, seed),
                 PIXEL_DECODER_SHARES[pixel_decoder])}
         extra["PenaltyImages"] = int(len(train_names) if cv_images is None else len(cv_images))
         extra["PenaltyImageSize"] = int(penalty_pass_images.shape[1])
