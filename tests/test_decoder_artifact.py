@@ -81,6 +81,8 @@ def test_loaded_decoder_gives_the_same_coefficients(saved):
         np.testing.assert_array_equal(reloaded[layer], original[layer])
     assert loaded.alpha_ == saved["decoder"].alpha_
     assert loaded.get_params()["n_folds"] == 4 and loaded.get_params()["random_state"] == 3
+    assert loaded.get_params()["voxel_weights"] == "reliability"
+    np.testing.assert_array_equal(loaded.voxel_weight_, saved["decoder"].voxel_weight_)  # repeats: not None
     np.testing.assert_array_equal(loaded.get_params()["alphas"], np.logspace(-2, 2, 5))
     np.testing.assert_array_equal(loaded.cv_scores_["fc"], saved["decoder"].cv_scores_["fc"])
 

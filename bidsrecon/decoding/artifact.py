@@ -117,6 +117,8 @@ def save_decoder(path_stem, decoder, *, layers, encoder_name, encoder_weights_sh
         "cv_scores": {layer: np.asarray(decoder.cv_scores_[layer], dtype=np.float64)
                       for layer in layers},
     }
+    if getattr(decoder, "voxel_weight_", None) is not None:
+        arrays["fit"]["voxel_weight"] = np.asarray(decoder.voxel_weight_, dtype=np.float64)
     by_trials = getattr(decoder, "alpha_by_trials_", None)
     if by_trials:
         # Alphas chosen per count of trials a test item averages: rows (count, alpha).
@@ -316,6 +318,7 @@ def _decoder_from_arrays(arrays, sidecar, arrays_path):
     n_images = len(sidecar["TrainingStimuli"])
     image_index = fit["image_index"]
     consistent = (fit["voxel_mean"].shape == (n_voxels,) and fit["voxel_std"].shape == (n_voxels,)
+                  and fit.get("voxel_weight", np.zeros(n_voxels)).shape == (n_voxels,)
                   and image_index.shape == (n_samples,) and n_voxels == sidecar["Voxels"]
                   and image_index.min() >= 0 and image_index.max() < n_images)
     if not consistent:
@@ -324,10 +327,13 @@ def _decoder_from_arrays(arrays, sidecar, arrays_path):
     parameters = sidecar.get("Parameters", {})
     decoder = KernelRidgeDecoder(alphas=parameters.get("alphas"),
                                  n_folds=parameters.get("n_folds", 5),
-                                 random_state=parameters.get("random_state", 0))
+                                 random_state=parameters.get("random_state", 0),
+                                 # A decoder saved before voxel weights existed weighed every voxel the same.
+                                 voxel_weights=parameters.get("voxel_weights", "none"))
     decoder.X_ = fit["X"]
     decoder.voxel_mean_ = fit["voxel_mean"]
     decoder.voxel_std_ = fit["voxel_std"]
+    decoder.voxel_weight_ = fit.get("voxel_weight")
     decoder.image_index_ = image_index.astype(np.intp)
     decoder.n_images_ = n_images
     decoder.alphas_ = fit["alpha_grid"]
@@ -356,7 +362,8 @@ def _parameters_to_json(decoder):
     alphas = decoder.alphas
     return {"alphas": None if alphas is None else [float(a) for a in np.ravel(alphas)],
             "n_folds": int(decoder.n_folds),
-            "random_state": None if decoder.random_state is None else int(decoder.random_state)}
+            "random_state": None if decoder.random_state is None else int(decoder.random_state),
+            "voxel_weights": str(decoder.voxel_weights)}
 
 
 def _check_fitted(decoder):
