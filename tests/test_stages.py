@@ -287,6 +287,28 @@ def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_i
     np.testing.assert_array_equal(applied.decoded["pixels"], fitted.decoded["pixels"])
 
 
+def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_says_it_cannot(problem, tmp_path):
+    samples, trials, stimuli, _ = problem
+    encoder = get_encoder("efficientnet-lite0-random")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
+    options = dict(image_size=SIZE)
+    ridge = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "ridge"),
+                           mask_file=str(mask), cv_units=200, **options)
+    fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
+                            mask_file=str(mask), cv_units=200, pixel_decoder="prf", **options)
+    sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
+    assert sidecar["PixelDecoder"]["Method"] == "prf" and 0 < sidecar["PixelDecoder"]["VoxelsKept"] <= 40
+    np.testing.assert_array_equal(fitted.decoded["stem"], ridge.decoded["stem"])  # the layers are the ridge's
+    assert fitted.decoded["pixels"].shape == ridge.decoded["pixels"].shape
+    assert not np.allclose(fitted.decoded["pixels"], ridge.decoded["pixels"])
+    test = trials["set"] != "training"
+    with pytest.warns(UserWarning, match="pRF models are not saved"):
+        applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
+                              str(tmp_path / "sub-01_decoder"), **options)
+    np.testing.assert_array_equal(applied.decoded["pixels"], ridge.decoded["pixels"])
+
+
 def test_pixel_decoder_reaches_the_decode_node_and_is_refused_where_no_decoder_is_fitted(tmp_path):
     from bidsrecon.cli import parse_args
     from bidsrecon.errors import BidsReconError
@@ -294,9 +316,11 @@ def test_pixel_decoder_reaches_the_decode_node_and_is_refused_where_no_decoder_i
 
     common = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]
     assert parse_args(common).pixel_decoder == "ridge"
-    config = parse_args([*common, "--pixel-decoder", "both"])
-    assert init_participant_wf(_plan(tmp_path), config).get_node("decode_wf.decode").inputs.pixel_decoder == "both"
+    for choice in ("both", "prf"):
+        config = parse_args([*common, "--pixel-decoder", choice])
+        assert init_participant_wf(_plan(tmp_path), config).get_node("decode_wf.decode").inputs.pixel_decoder == choice
     for options, message in ((["--decoder", "fastl2lir"], "--decoder fastl2lir"),
                              (["--decoders-dir", str(tmp_path)], "--decoders-dir")):
-        with pytest.raises(BidsReconError, match=message):
-            parse_args([*common, "--pixel-decoder", "inversion", *options])
+        for choice in ("inversion", "prf"):
+            with pytest.raises(BidsReconError, match=message):
+                parse_args([*common, "--pixel-decoder", choice, *options])

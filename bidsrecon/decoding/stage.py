@@ -32,6 +32,7 @@ decoding accuracy within 0.005 of the penalty chosen as above):
   accuracy fell, by up to 0.030 (conv4_1). Not offered on the command line.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
 )
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
+from bidsrecon.decoding.pixel_prf import fit_prf_decoder
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
     PIXEL_PARTS,
@@ -153,10 +155,11 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         Kernel ridge: the side, in pixels, of the images the penalty's pass runs the encoder on,
         when smaller than ``image_size`` (see the module docstring); default ``image_size``. Not
         with ``features_dir``.
-    pixel_decoder : {"ridge", "inversion", "both"}
-        Kernel ridge: how the pixels pseudo-layer's luminance is decoded: by the kernel ridge, by
+    pixel_decoder : {"ridge", "inversion", "both", "prf"}
+        Kernel ridge: how the pixels pseudo-layer is decoded: by the kernel ridge; its luminance by
         inverting an encoding model (:mod:`bidsrecon.decoding.pixel_inversion`), or the mean of
-        the two (:data:`PIXEL_DECODER_SHARES`).
+        the two (:data:`PIXEL_DECODER_SHARES`); or the whole small image by inverting the voxels'
+        pRF models (:mod:`bidsrecon.decoding.pixel_prf`; the saved decoder keeps the ridge's).
 
     Returns
     -------
@@ -220,7 +223,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         test_trials = items["n_trials"].to_numpy()
         decoder = KernelRidgeDecoder(random_state=seed).fit(samples[training], image_index, cv_targets,
                                                             test_trials=test_trials, cv_images=cv_images)
-        if pixel_decoder != "ridge":
+        if pixel_decoder in ("inversion", "both"):
             # The luminance also by inverting an encoding model (bidsrecon.decoding.pixel_inversion).
             decoder.inversions_ = {PIXEL_PARTS[0]: (
                 fit_pixel_inversion(decoder.X_, image_index, parts[PIXEL_PARTS[0]][:, 0], counts, seed),
@@ -230,6 +233,10 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         coefficients = decoder.coefficients(item_samples, test_trials)
         decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
             encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
+        if pixel_decoder == "prf":
+            prf = fit_prf_decoder(decoder.X_, image_index, pixels, counts)
+            decoded[PIXEL_LAYER] = prf.decode((item_samples - decoder.voxel_mean_) / decoder.voxel_std_, test_trials)
+            extra["PixelDecoder"] = {"Method": "prf", "VoxelsKept": int(len(prf.voxels))}
         extra.update({
             "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
             "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]]
@@ -275,6 +282,9 @@ def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=No
         ``decoder_arrays`` and ``decoder_sidecar`` are the saved decoder's own files.
     """
     description = read_decoder_description(stem)
+    if (description.get("PixelDecoder") or {}).get("Method") == "prf":
+        warnings.warn(f"{stem}: fitted with --pixel-decoder prf, whose pRF models are not saved; this run "
+                      "decodes the small image with the saved kernel ridge", stacklevel=2)
     kept = load_voxel_indices(stem)
     if kept is not None:
         samples = samples[:, kept]
