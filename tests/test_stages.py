@@ -260,16 +260,23 @@ def test_penalty_image_size_reaches_the_decode_node_and_is_refused_where_nothing
             parse_args([*common, *options])
 
 
-def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_it(problem, tmp_path):
+def _ridge_and_pixel_decoder(problem, tmp_path, pixel_decoder):
+    """The problem decoded twice, with the ridge's small image and with ``pixel_decoder``'s (saved
+    at ``tmp_path / "sub-01_decoder"``); returns both and the encoder."""
     samples, trials, stimuli, _ = problem
     encoder = get_encoder("efficientnet-lite0-random")
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
-    options = dict(image_size=SIZE)
     ridge = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "ridge"),
-                           mask_file=str(mask), cv_units=200, **options)
+                           mask_file=str(mask), cv_units=200, image_size=SIZE)
     fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
-                            mask_file=str(mask), cv_units=200, pixel_decoder="inversion", **options)
+                            mask_file=str(mask), cv_units=200, pixel_decoder=pixel_decoder, image_size=SIZE)
+    return ridge, fitted, encoder
+
+
+def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_it(problem, tmp_path):
+    samples, trials, stimuli, _ = problem
+    ridge, fitted, encoder = _ridge_and_pixel_decoder(problem, tmp_path, "inversion")
     sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
     assert list(sidecar["Inversion"]) == ["pixels_luminance"]
     assert sidecar["Inversion"]["pixels_luminance"]["Share"] == 1.0
@@ -283,20 +290,13 @@ def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_i
     assert (correlation.argmax(axis=1) == np.arange(5)).all(), correlation
     test = trials["set"] != "training"
     applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
-                          str(tmp_path / "sub-01_decoder"), **options)
+                          str(tmp_path / "sub-01_decoder"), image_size=SIZE)
     np.testing.assert_array_equal(applied.decoded["pixels"], fitted.decoded["pixels"])
 
 
 def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_says_it_cannot(problem, tmp_path):
     samples, trials, stimuli, _ = problem
-    encoder = get_encoder("efficientnet-lite0-random")
-    mask = tmp_path / "mask.nii.gz"
-    nib.save(nib.Nifti1Image((np.arange(64) < 40).reshape(4, 4, 4).astype(np.uint8), np.eye(4)), mask)
-    options = dict(image_size=SIZE)
-    ridge = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "ridge"),
-                           mask_file=str(mask), cv_units=200, **options)
-    fitted = fit_and_decode(samples, trials, stimuli, encoder, layers=["stem"], stem=str(tmp_path / "sub-01_decoder"),
-                            mask_file=str(mask), cv_units=200, pixel_decoder="prf", **options)
+    ridge, fitted, encoder = _ridge_and_pixel_decoder(problem, tmp_path, "prf")
     sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
     assert sidecar["PixelDecoder"]["Method"] == "prf" and 0 < sidecar["PixelDecoder"]["VoxelsKept"] <= 40
     np.testing.assert_array_equal(fitted.decoded["stem"], ridge.decoded["stem"])  # the layers are the ridge's
@@ -305,7 +305,7 @@ def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_say
     test = trials["set"] != "training"
     with pytest.warns(UserWarning, match="pRF models are not saved"):
         applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
-                              str(tmp_path / "sub-01_decoder"), **options)
+                              str(tmp_path / "sub-01_decoder"), image_size=SIZE)
     np.testing.assert_array_equal(applied.decoded["pixels"], ridge.decoded["pixels"])
 
 
