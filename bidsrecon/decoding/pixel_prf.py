@@ -150,7 +150,9 @@ class PrfDecoder:
         -------
         ndarray, shape (n_items,)
         """
-        whitened = self._whitened(z)
+        return self._most_likely_scales(self._whitened(z), n_trials)
+
+    def _most_likely_scales(self, whitened, n_trials):
         n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None, None]
         scales = np.asarray(PRIOR_SCALES)[None, :, None]
         e = self.eigenvalues[None, None, :]
@@ -173,9 +175,10 @@ class PrfDecoder:
         ndarray, shape (n_items, 3, side, side), float32 RGB (not clipped)
         """
         n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
-        scales = self.prior_scales(z, n_trials)[:, None]
+        whitened = self._whitened(z)
+        scales = self._most_likely_scales(whitened, n_trials)[:, None]
         # In the whitened, rotated pixels the posterior precision is diagonal: n e + 1 / s.
-        rotated = n * self._whitened(z) / (n * self.eigenvalues + 1 / scales)
+        rotated = n * whitened / (n * self.eigenvalues + 1 / scales)
         decoded = (rotated @ self.eigenvectors.T) @ self.prior_factor.T
         return from_channels(decoded + self.channel_mean, self.side).astype(np.float32)
 
