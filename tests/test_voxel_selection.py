@@ -8,6 +8,7 @@ from bidsrecon.decoding.voxel_selection import (
     F_RATIO,
     MIN_WITHIN_DF,
     VARIANCE,
+    reliability_weights,
     select_voxels,
     selection_method,
     voxel_scores,
@@ -133,3 +134,18 @@ def test_misuse_is_a_value_error():
     samples[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         voxel_scores(samples, np.arange(20) % 4)
+
+
+def test_reliability_weights_are_f_minus_one_and_finite_for_a_noiseless_voxel():
+    rng = np.random.default_rng(0)
+    image_index = np.repeat(np.arange(30), 2)
+    samples = rng.standard_normal((60, 5))
+    samples[:, 0] += 3 * rng.standard_normal(30)[image_index]  # a reliable voxel
+    samples[:, 1] = rng.standard_normal(30)[image_index]       # an image effect and no noise: F infinite
+    samples[:, 2] = 1.0                                         # constant
+    weights = reliability_weights(samples, image_index)
+    scores, _ = voxel_scores(samples, image_index)
+    finite = np.clip(scores[[0, 3, 4]] - 1, 0, None)
+    expected = np.array([finite[0], finite.max(), 0.0, finite[1], finite[2]])
+    np.testing.assert_allclose(weights, expected / expected.mean())
+    assert reliability_weights(samples[::2], image_index[::2]) is None  # no repeats: no weights

@@ -252,6 +252,13 @@ def _scores_for_trial_counts(smoothers, noise, targets, folds, trial_counts):
     return scores
 
 
+def image_means(samples, image_index, n_images):
+    """Mean of each image's samples, (n_images, n_columns) float64; an image without samples gets zeros."""
+    indicator = _image_indicator(image_index, n_images)
+    counts = np.asarray(indicator.sum(axis=0)).ravel()
+    return np.asarray(indicator.T @ np.asarray(samples, dtype=np.float64)) / np.maximum(counts, 1)[:, None]
+
+
 def _image_indicator(image_index, n_images):
     """Sparse one-hot matrix (n_samples, n_images): sample s shows image image_index[s]."""
     n_samples = len(image_index)

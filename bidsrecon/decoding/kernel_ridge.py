@@ -7,7 +7,7 @@ intercept is linear in the training targets (DESIGN.md, "The decoding core")::
 
 ``W`` is diagonal: each voxel's weight in the kernel. With repeated training images it is the
 voxel's reliability, ``max(F − 1, 0)`` with ``F`` the one-way ANOVA F ratio of its samples
-grouped by image (:func:`bidsrecon.decoding.voxel_selection.voxel_scores`), which estimates the
+grouped by image (:func:`bidsrecon.decoding.voxel_selection.reliability_weights`), which estimates the
 ratio of its image-driven variance to its trial-to-trial noise variance. A ridge on voxels
 weighted so is a ridge whose prior gives reliable voxels the larger weights, the kernel
 analogue of the lab's per-unit selection of the voxels that correlate best with the unit
@@ -55,7 +55,7 @@ from bidsrecon.decoding.cross_validation import (
     grouped_folds,
     out_of_fold_smoothers,
 )
-from bidsrecon.decoding.voxel_selection import F_RATIO, voxel_scores
+from bidsrecon.decoding.voxel_selection import reliability_weights
 from bidsrecon.parallel import fixed_blocks, in_task_threads, map_tasks
 
 #: Default alpha grid, relative to the kernel's scale (the mean of diag(K), i.e. about the
@@ -326,32 +326,6 @@ def linear_kernel(X, Y=None, weights=None):
         for rows in blocks:
             kernel[rows, rows.stop:] = kernel[rows.stop:, rows].T
     return kernel
-
-
-def reliability_weights(X, image_index):
-    """Each voxel's kernel weight, ``max(F − 1, 0)`` scaled to mean 1 (the module docstring).
-
-    Parameters
-    ----------
-    X : ndarray, shape (n_samples, n_voxels)
-        Training samples.
-    image_index : ndarray of int, shape (n_samples,)
-
-    Returns
-    -------
-    ndarray, shape (n_voxels,), or None
-        None when the training images are not repeated enough to tell a voxel's noise from its
-        signal, and (with a warning) when no voxel is more reliable than noise.
-    """
-    scores, method = voxel_scores(X, image_index)
-    if method != F_RATIO:
-        return None
-    weights = np.clip(scores - 1.0, 0.0, None)  # constant voxels score -inf: weight 0
-    if not weights.any():
-        warnings.warn("No voxel responds to the training images more reliably than noise (every "
-                      "F ratio <= 1); all voxels weigh the same in the decoder.", stacklevel=3)
-        return None
-    return weights / weights.mean()
 
 
 def _voxel_statistics(X):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from bidsrecon.decoding.cross_validation import image_means
 from bidsrecon.evaluation.identification import pairwise_identification
 from bidsrecon.parallel import in_task_threads, map_tasks
 
@@ -146,19 +147,17 @@ def fit_pixel_inversion(z, image_index, targets, counts, seed=0):
     targets = np.asarray(targets, dtype=np.float64)
     laplacian = _grid_laplacian(targets.shape[-1])
     targets = targets.reshape(len(counts), -1)
-    image_means = np.zeros((len(counts), z.shape[1]))
-    np.add.at(image_means, image_index, z)
-    image_means /= np.asarray(counts, dtype=np.float64)[:, None]
+    means = image_means(z, image_index, len(counts))
     folds = np.random.default_rng([seed, len(counts)]).permutation(len(counts)) % N_FOLDS
 
     def fold_scores(fold):
         """Held-out identification, and the two sums of the held-out least-squares contrast."""
-        fitted = _fit(z, image_index, targets, image_means, counts, np.flatnonzero(folds != fold), seed)
+        fitted = _fit(z, image_index, targets, means, counts, np.flatnonzero(folds != fold), seed)
         held = np.flatnonzero(folds == fold)
         scores = np.empty((3, len(THRESHOLDS), len(SMOOTHNESS)))
         for (i, threshold), (j, smoothness) in itertools.product(enumerate(THRESHOLDS), enumerate(SMOOTHNESS)):
             projection, eigenvalues, prior_scale, rotation = _eigenbasis(fitted, laplacian, threshold, smoothness)
-            coordinates = _posterior(projection, eigenvalues, prior_scale, image_means[held] - fitted["voxel_mean"],
+            coordinates = _posterior(projection, eigenvalues, prior_scale, means[held] - fitted["voxel_mean"],
                                      counts[held])
             deviation = (coordinates @ rotation.T) @ fitted["vt"]
             scores[0, i, j] = np.nanmean(pairwise_identification(fitted["pixel_mean"] + deviation, targets[held]))
@@ -175,7 +174,7 @@ def fit_pixel_inversion(z, image_index, targets, counts, seed=0):
     # held-out images (0.4-0.5 on the validity bench's subjects), which identification ignores.
     product, energy = folds_out[:, 1:, i, j].sum(axis=0)
     contrast = float(product / energy) if energy > 0 and product > 0 else 1.0
-    fitted = _fit(z, image_index, targets, image_means, counts, np.arange(len(counts)), seed)
+    fitted = _fit(z, image_index, targets, means, counts, np.arange(len(counts)), seed)
     projection, eigenvalues, prior_scale, rotation = _eigenbasis(fitted, laplacian, THRESHOLDS[i], SMOOTHNESS[j])
     # Coordinates x in the singular basis give pixels x vt = c (u s vt): c = x s⁻¹ uᵀ.
     back = contrast * (fitted["u"] / fitted["s"]) @ rotation

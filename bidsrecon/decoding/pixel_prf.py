@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from bidsrecon.decoding.cross_validation import image_means
 from bidsrecon.parallel import in_task_threads
 
 #: pRF widths (Gaussian SD) searched, in pixels of a 32-px image (scaled for other sizes).
@@ -211,9 +212,7 @@ def fit_prf_decoder(z, image_index, pixels, counts):
     channels = to_channels(pixels)
     n_images = len(channels)
     seen = counts > 0
-    means = np.zeros((n_images, z.shape[1]))
-    np.add.at(means, image_index, z)
-    means[seen] /= counts[seen, None]
+    means = image_means(z, image_index, n_images)
     responses = means[seen] - means[seen].mean(axis=0)
     total = (responses ** 2).sum(axis=0)
     total[total == 0] = np.inf  # a constant voxel explains nothing

@@ -21,6 +21,8 @@ runs z-scored per voxel, and averaging over a block shrinks fast measurement noi
 slow, haemodynamically smoothed evoked response survives, so voxels with more stimulus-driven
 signal have more variable samples.
 """
+import warnings
+
 import numpy as np
 from scipy import sparse
 
@@ -120,6 +122,40 @@ def voxel_scores(train_samples, train_image_index):
             variance = chunk.var(axis=0, ddof=1)
             scores[start:start + CHUNK_VOXELS] = np.where(variance > 0, variance, -np.inf)
     return scores, method
+
+
+def reliability_weights(train_samples, train_image_index):
+    """Each voxel's weight in the kernel decoder: its F ratio minus 1, floored at 0, scaled to mean 1.
+
+    ``F − 1`` estimates the ratio of the voxel's image-driven variance to its trial-to-trial noise
+    (see :mod:`bidsrecon.decoding.kernel_ridge` for how the decoder uses it).
+
+    Parameters
+    ----------
+    train_samples : array-like, shape (n_samples, n_voxels)
+        Training samples only.
+    train_image_index : array-like, shape (n_samples,)
+
+    Returns
+    -------
+    ndarray, shape (n_voxels,), or None
+        None when the training images are not repeated enough to tell a voxel's noise from its
+        signal (:func:`selection_method`), and (with a warning) when no voxel is more reliable
+        than noise.
+    """
+    scores, method = voxel_scores(train_samples, train_image_index)
+    if method != F_RATIO:
+        return None
+    weights = np.clip(scores - 1.0, 0.0, None)  # constant voxels score -inf: weight 0
+    # A voxel with an image effect and no trial-to-trial noise (F infinite) weighs as much as the most
+    # reliable noisy one (or 1 when every voxel is so).
+    finite = weights[np.isfinite(weights)]
+    weights[np.isinf(weights)] = finite.max() if finite.size and finite.max() > 0 else 1.0
+    if not weights.any():
+        warnings.warn("No voxel responds to the training images more reliably than noise (every "
+                      "F ratio <= 1); all voxels weigh the same in the decoder.", stacklevel=3)
+        return None
+    return weights / weights.mean()
 
 
 def select_voxels(train_samples, train_image_index, n_voxels):
