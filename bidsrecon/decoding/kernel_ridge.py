@@ -5,21 +5,9 @@ intercept is linear in the training targets (DESIGN.md, "The decoding core")::
 
     ŷ(x) = ȳ + k(x, X) (K + αI)⁻¹ (Y − ȳ),      K = X W Xᵀ over centred, z-scored voxels.
 
-``W`` is diagonal: each voxel's weight in the kernel. With repeated training images it is the
-voxel's reliability, ``max(F − 1, 0)`` with ``F`` the one-way ANOVA F ratio of its samples
-grouped by image (:func:`bidsrecon.decoding.voxel_selection.reliability_weights`), which estimates the
-ratio of its image-driven variance to its trial-to-trial noise variance. A ridge on voxels
-weighted so is a ridge whose prior gives reliable voxels the larger weights, the kernel
-analogue of the lab's per-unit selection of the voxels that correlate best with the unit
-(Shen et al. 2019 select 500 per unit): a voxel that tells no training image from another
-adds only noise to every image's kernel row. It is measured on the training samples alone
-(no test sample takes part) and costs one pass over them. ``bench/decoder_agreement.py``
-(demo preset, seed 0, 2,304 voxels): the natural test set's profile correlation on ``stem`` rose
-from 0.470 to 0.496 (the per-unit mode's is 0.499) and on the other layers by 0.005-0.010;
-imagery's fell by 0.005-0.010 (imagery drives the early areas, the most reliable in perception,
-weakly). Keeping the best 500, 1,000 or 2,000 voxels by ``F`` instead (``--n-voxels``) gave
-``stem`` 0.491, 0.492 and 0.475. Without enough repeats to estimate the noise
-(``voxel_selection.MIN_WITHIN_DF``) every voxel weighs the same, as with ``voxel_weights="none"``.
+``W`` is diagonal: each voxel's weight in the kernel, with repeated training images its
+reliability (:func:`bidsrecon.decoding.voxel_selection.reliability_weights`, which says why and
+what it measured); without enough repeats, or with ``voxel_weights="none"``, every voxel's is 1.
 
 Training samples are trials and each trial shows one of ``n_images`` training images, so the
 coefficients over samples collapse onto unique images,
