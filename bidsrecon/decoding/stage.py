@@ -48,6 +48,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder
+from bidsrecon.decoding.prf_energy import fit_energy_model, refine
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
     PIXEL_PARTS,
@@ -235,7 +236,9 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
             encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
         if pixel_decoder == "prf":
             prf = fit_prf_decoder(decoder.X_, image_index, pixels, counts)
-            decoded[PIXEL_LAYER] = prf.decode((item_samples - decoder.voxel_mean_) / decoder.voxel_std_, test_trials)
+            energy = fit_energy_model(prf, decoder.X_, image_index, pixels, counts)
+            decoded[PIXEL_LAYER] = refine(prf, energy, (item_samples - decoder.voxel_mean_) / decoder.voxel_std_,
+                                          test_trials)
             extra["PixelDecoder"] = {"Method": "prf", "VoxelsKept": int(len(prf.voxels))}
         extra.update({
             "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
