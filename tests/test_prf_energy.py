@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
+from test_pixel_prf import _shapes
 
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder, prf_grid, to_channels
 from bidsrecon.decoding.prf_energy import (
@@ -15,7 +16,6 @@ from bidsrecon.decoding.prf_energy import (
 )
 from bidsrecon.evaluation.identification import pairwise_identification
 from bidsrecon.parallel import task_threads
-from test_pixel_prf import _shapes
 
 SIDE = 16
 N_VOXELS = 300

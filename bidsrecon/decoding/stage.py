@@ -48,7 +48,6 @@ from bidsrecon.decoding.fastl2lir_folders import (
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder
-from bidsrecon.decoding.prf_energy import fit_energy_model, refine
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
     PIXEL_PARTS,
@@ -57,6 +56,7 @@ from bidsrecon.decoding.pixels import (
     pixel_statistics,
     pixel_targets,
 )
+from bidsrecon.decoding.prf_energy import fit_energy_model, refine
 from bidsrecon.decoding.sidecar import _mask_summary, decoder_paths, read_decoder_description
 from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
 from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
