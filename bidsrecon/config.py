@@ -225,13 +225,13 @@ class Config:
                 "images resized to PX pixels, smaller than --image-size: 112 at 224 makes that pass a quarter of "
                 "one; one of the two passes over the training images (default: --image-size; see the README's "
                 "'Decoding at scale')")
-    pixel_decoder: str = option('ridge', '--pixel-decoder', group=DECODING, parser_default=None,
-                choices=('ridge', 'inversion', 'both', 'prf'),
+    pixel_decoder: str = option('prf', '--pixel-decoder', group=DECODING, parser_default=None,
+                choices=('prf', 'ridge', 'inversion', 'both'),
                 help="how the kernel decoder decodes the small image (the reconstruction's start and pixel term): "
-                "ridge, as every layer (default); inversion, its luminance by inverting a voxel encoding model "
-                "fitted on the training images; both, the mean of the two; prf, the whole small image by inverting "
-                "each voxel's population receptive field fitted on the training images (see the README's "
-                "'The pixel stage')")
+                "prf, the whole small image by inverting each voxel's population receptive field and contrast "
+                "energy model fitted on the training images (default; the ridge's where no voxel's model beats "
+                "chance); ridge, as every layer; inversion, its luminance by inverting a voxel encoding model "
+                "fitted on the training images; both, the mean of the two (see the README's 'The pixel stage')")
     iterations: int = option(200, '--iterations', group=DECODING,
                 type=positive_int,
                 help="iterations of the reconstruction's optimiser (default: 200, the paper's)")

@@ -309,14 +309,30 @@ def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_say
     np.testing.assert_array_equal(applied.decoded["pixels"], ridge.decoded["pixels"])
 
 
+def test_prf_without_a_responsive_voxel_keeps_the_ridges_small_image_and_says_why(problem, tmp_path, monkeypatch):
+    """The pRF fit's refusal (tests/test_pixel_prf.py) falls back to the ridge, warned and recorded."""
+    from bidsrecon.decoding import stage
+    from bidsrecon.decoding.pixel_prf import NoResponsiveVoxels
+
+    def refuse(*args):
+        raise NoResponsiveVoxels("No voxel's pRF explains more than 0.050 of its responses.")
+
+    monkeypatch.setattr(stage, "fit_prf_decoder", refuse)
+    with pytest.warns(UserWarning, match="No voxel's pRF explains .* the kernel ridge's instead"):
+        ridge, fitted, _ = _ridge_and_pixel_decoder(problem, tmp_path, "prf")
+    record = pd.read_json(fitted.decoder_sidecar, typ="series")["PixelDecoder"]
+    assert record["Method"] == "ridge" and record["Requested"] == "prf" and "No voxel" in record["Reason"]
+    np.testing.assert_array_equal(fitted.decoded["pixels"], ridge.decoded["pixels"])
+
+
 def test_pixel_decoder_reaches_the_decode_node_and_is_refused_where_no_decoder_is_fitted(tmp_path):
     from bidsrecon.cli import parse_args
     from bidsrecon.errors import BidsReconError
     from bidsrecon.workflows.participant import init_participant_wf
 
     common = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work")]
-    assert parse_args(common).pixel_decoder == "ridge"
-    for choice in ("both", "prf"):
+    assert parse_args(common).pixel_decoder == "prf"
+    for choice in ("both", "ridge"):
         config = parse_args([*common, "--pixel-decoder", choice])
         assert init_participant_wf(_plan(tmp_path), config).get_node("decode_wf.decode").inputs.pixel_decoder == choice
     for options, message in ((["--decoder", "fastl2lir"], "--decoder fastl2lir"),

@@ -94,6 +94,10 @@ def local_contrast(channels, side):
     return np.abs(luminance - gaussian_filter(luminance, (0, side / 32, side / 32))).reshape(len(channels), -1)
 
 
+class NoResponsiveVoxels(ValueError):
+    """No voxel's pRF explains its training responses better than chance."""
+
+
 @dataclass(frozen=True)
 class PrfDecoder:
     """A fitted pRF inversion.
@@ -204,7 +208,7 @@ def fit_prf_decoder(z, image_index, pixels, counts):
 
     Raises
     ------
-    ValueError
+    NoResponsiveVoxels
         When no voxel's pRF explains more of its responses than the threshold.
     """
     z = np.asarray(z, dtype=np.float64)
@@ -228,7 +232,7 @@ def fit_prf_decoder(z, image_index, pixels, counts):
 
     voxels = np.flatnonzero(best_r2 > threshold)
     if len(voxels) == 0:
-        raise ValueError(f"No voxel's pRF explains more than {threshold:.3f} of its responses to the "
+        raise NoResponsiveVoxels(f"No voxel's pRF explains more than {threshold:.3f} of its responses to the "
                          "training images; the pRF decoder has nothing to invert.")
     fields = grid[best[voxels]]
     encoding = np.concatenate([best_weights[voxels, channel, None] * fields for channel in range(3)], axis=1)

@@ -51,8 +51,6 @@ ITERATIONS = 100
 #: Items refined together (one task each: the bits do not depend on the thread count).
 ITEM_BLOCK = 8
 _FLOOR = 1e-6
-TV_WEIGHT = 0.0
-TV_EPSILON = 0.01
 
 
 def gabor_pairs(side):
@@ -215,13 +213,8 @@ class _Shared:
             channels = self.channel_mean + whitened @ self.factor.T
             regressors = design(channels, self.side, self.factors, self.pairs, self.candidates) - self.design_mean
             predicted = torch.einsum("nkv,vk->nv", regressors, self.weights)
-            value = (0.5 * (n * (responses - predicted) ** 2 / self.noise).sum()
-                     + 0.5 * (inverse_scale * whitened ** 2).sum())
-            if TV_WEIGHT:
-                images = channels.reshape(len(channels), 3, self.side, self.side)
-                dx, dy = images[..., :-1, 1:] - images[..., :-1, :-1], images[..., 1:, :-1] - images[..., :-1, :-1]
-                value = value + TV_WEIGHT * torch.sqrt(dx ** 2 + dy ** 2 + TV_EPSILON ** 2).sum()
-            return value
+            return (0.5 * (n * (responses - predicted) ** 2 / self.noise).sum()
+                    + 0.5 * (inverse_scale * whitened ** 2).sum())
 
         optimiser = torch.optim.LBFGS([whitened], max_iter=ITERATIONS, history_size=20, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-9, tolerance_change=1e-12)

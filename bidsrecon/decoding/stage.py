@@ -47,7 +47,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
 )
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
-from bidsrecon.decoding.pixel_prf import fit_prf_decoder
+from bidsrecon.decoding.pixel_prf import NoResponsiveVoxels, fit_prf_decoder
 from bidsrecon.decoding.pixels import (
     PIXEL_LAYER,
     PIXEL_PARTS,
@@ -235,11 +235,8 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
             encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std, feature_files)
         if pixel_decoder == "prf":
-            prf = fit_prf_decoder(decoder.X_, image_index, pixels, counts)
-            energy = fit_energy_model(prf, decoder.X_, image_index, pixels, counts)
-            decoded[PIXEL_LAYER] = refine(prf, energy, (item_samples - decoder.voxel_mean_) / decoder.voxel_std_,
-                                          test_trials)
-            extra["PixelDecoder"] = {"Method": "prf", "VoxelsKept": int(len(prf.voxels))}
+            extra["PixelDecoder"] = _decode_pixels_by_prf(decoded, decoder, image_index, pixels, counts,
+                                                          item_samples, test_trials)
         extra.update({
             "CrossValidationAlphas": [float(a) for a in decoder.alphas_],
             "CrossValidationScores": {layer: [float(v) for v in decoder.cv_scores_[layer]]
@@ -248,6 +245,22 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         paths = save_decoder(stem, decoder, layers=[*layers, *PIXEL_PARTS], **description, extra_fields=extra)
     arrays, sidecar = (str(path) for path in paths)
     return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
+
+
+def _decode_pixels_by_prf(decoded, decoder, image_index, pixels, counts, item_samples, test_trials):
+    """Replace the ridge's small image in ``decoded`` by the pRF decoder's; return the sidecar's record.
+
+    Where no voxel's pRF beats chance (too few or too noisy voxels) the ridge's image stays, with
+    a warning and the reason in the record.
+    """
+    try:
+        prf = fit_prf_decoder(decoder.X_, image_index, pixels, counts)
+    except NoResponsiveVoxels as error:
+        warnings.warn(f"--pixel-decoder prf: {error} The small image is the kernel ridge's instead.", stacklevel=2)
+        return {"Method": "ridge", "Requested": "prf", "Reason": str(error)}
+    energy = fit_energy_model(prf, decoder.X_, image_index, pixels, counts)
+    decoded[PIXEL_LAYER] = refine(prf, energy, (item_samples - decoder.voxel_mean_) / decoder.voxel_std_, test_trials)
+    return {"Method": "prf", "VoxelsKept": int(len(prf.voxels))}
 
 
 #: With a share (``penalty_images``), at least this many images choose the penalty.

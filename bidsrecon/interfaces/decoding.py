@@ -27,7 +27,7 @@ class _DecodeInputSpec(BaseInterfaceInputSpec):
     image_size = traits.Int(mandatory=True)
     cv_units = traits.Int(mandatory=True, desc="units per layer sampled to choose alpha")
     penalty_image_size = traits.Int(0, usedefault=True, desc="side of the images of the penalty's pass (0: image_size)")
-    pixel_decoder = traits.Enum("ridge", "inversion", "both", "prf", usedefault=True,
+    pixel_decoder = traits.Enum("prf", "ridge", "inversion", "both", usedefault=True,
                                 desc="how the pixels pseudo-layer is decoded")
     n_voxels = traits.Int(mandatory=True, desc="keep the K voxels ranked best on the training trials (0: all)")
     mask_file = File(exists=True, mandatory=True, desc="the voxel mask the samples were taken in (kept with the decoder)")
