@@ -32,6 +32,10 @@ REFERENCES = {
            "networks. NeurIPS 29",
     "lbfgs": "Liu DC, Nocedal J (1989). On the limited memory BFGS method for large scale optimization. Math "
              "Program 45: 503-528. doi:10.1007/BF01589116",
+    "dumoulin2008": "Dumoulin SO, Wandell BA (2008). Population receptive field estimates in human visual cortex. "
+                    "NeuroImage 39(2): 647-660",
+    "kay2013": "Kay KN, Winawer J, Mezer A, Wandell BA (2013). Compressive spatial summation in human visual "
+               "cortex. J Neurophysiol 110(2): 481-494",
     "ssim": "Wang Z, Bovik AC, Sheikh HR, Simoncelli EP (2004). Image quality assessment: from error visibility "
             "to structural similarity. IEEE Trans Image Process 13(4): 600-612. doi:10.1109/TIP.2003.819861",
 }
@@ -98,8 +102,7 @@ def methods_text(config):
         "",
         f"**Decoding.** The features of {encoder} ({layers}, images at {config.image_size} px) were decoded from "
         f"the voxels. {decoder}."
-        + ("" if config.decoders_dir and config.bdata_dir else " A 32-pixel image (luminance and colour) was decoded "
-           "in the same way."),
+        + _small_image_text(config),
         "",
         f"**Reconstruction.** Each image was optimised so that its features matched the decoded ones, by "
         f"{OPTIMISER_TEXT[config.optimiser]}, {config.iterations} iterations, the decoded features corrected "
@@ -119,7 +122,25 @@ def methods_text(config):
     return "\n".join(lines)
 
 
+def _small_image_text(config):
+    """What the decoding paragraph says of the 32-px image (a saved decoder decodes it as the ridge)."""
+    if config.decoders_dir and config.bdata_dir:
+        return ""
+    if _prf_small_image(config):
+        return (" A 32-pixel image (luminance and colour) was decoded by inverting a model of each voxel fitted on "
+                "the training images: a Gaussian population receptive field [dumoulin2008] pooling the image's "
+                "luminance, colour opponency and compressed contrast energy [kay2013]; the image was the most "
+                "probable under that model and a Gaussian prior fitted on the training images.")
+    return " A 32-pixel image (luminance and colour) was decoded in the same way."
+
+
+def _prf_small_image(config):
+    return config.pixel_decoder == "prf" and not config.decoders_dir and config.decoder != "fastl2lir"
+
+
 def _cited(key, config):
+    if key in ("dumoulin2008", "kay2013"):
+        return _prf_small_image(config)
     if key == "fmriprep":
         return bool(config.derivatives)
     if key == "baker2004":

@@ -89,6 +89,18 @@ def test_boilerplate_only_writes_the_methods_and_nothing_else(tmp_path, capsys):
     assert "methods boilerplate written" in capsys.readouterr().out
 
 
+def test_boilerplate_says_how_the_small_image_was_decoded(tmp_path):
+    texts = {}
+    for choice in ("prf", "ridge"):
+        out = tmp_path / choice
+        assert main([str(tmp_path / "bids"), str(out), "participant", "--boilerplate-only",
+                     "--pixel-decoder", choice]) == 0
+        texts[choice] = (out / "logs" / "CITATION.md").read_text()
+    assert "population receptive field [dumoulin2008]" in texts["prf"] and "Kay KN, Winawer J" in texts["prf"]
+    assert "decoded in the same way" in texts["ridge"] and "[dumoulin2008]" not in texts["ridge"]
+    assert "Dumoulin SO" not in texts["ridge"]
+
+
 def test_boilerplate_as_html():
     from bidsrecon.reports.html import markdown
 
