@@ -22,11 +22,14 @@ DECODER_FILES = ("sub-01_decoder.json", "sub-01_decoder.safetensors", "sub-01_de
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
-    """A normal run (training included) on the tiny dataset: its output holds the decoder."""
+    """A normal run (training included) on the tiny dataset: its output holds the decoder.
+
+    Its small image is the ridge's (``--pixel-decoder ridge``), the one a saved decoder decodes, so
+    that applying the decoder gives the same decoded features, pixels included."""
     root = tmp_path_factory.mktemp("trained")
     out = root / "bidsrecon"
     assert main([str(tiny_dataset), str(out), "participant", "-w", str(root / "work"), "--save-decoded-features",
-                 "--skip-bids-validation", *FAST]) == 0
+                 "--skip-bids-validation", "--pixel-decoder", "ridge", *FAST]) == 0
     return out
 
 
@@ -182,8 +185,10 @@ def test_unknown_sidecar_format_is_refused_clearly(tmp_path):
 def test_fmriprep_input(tiny_fmriprep_dataset, tmp_path, capsys):
     derivatives = ["--derivatives", f"fmriprep={tiny_fmriprep_dataset / 'derivatives' / 'fmriprep'}"]
     trained = tmp_path / "trained"
+    # The ridge's small image, the one the saved decoder decodes (see ``trained``).
     assert main([str(tiny_fmriprep_dataset), str(trained), "participant", "-w", str(tmp_path / "work"),
-                 "--save-decoded-features", "--skip-bids-validation", *derivatives, *FAST]) == 0
+                 "--save-decoded-features", "--skip-bids-validation", "--pixel-decoder", "ridge", *derivatives,
+                 *FAST]) == 0
     sidecar = json.loads((trained / "sub-01" / "decoder" / "sub-01_decoder.json").read_text())
     assert "MotionReference" not in sidecar  # no realignment here: fMRIPrep's runs share its grid
 
