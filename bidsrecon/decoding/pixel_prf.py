@@ -233,7 +233,7 @@ def fit_prf_decoder(z, image_index, pixels, counts):
     voxels = np.flatnonzero(best_r2 > threshold)
     if len(voxels) == 0:
         raise NoResponsiveVoxels(f"No voxel's pRF explains more than {threshold:.3f} of its responses to the "
-                         "training images; the pRF decoder has nothing to invert.")
+                                 "training images; the pRF decoder has nothing to invert.")
     fields = grid[best[voxels]]
     encoding = np.concatenate([best_weights[voxels, channel, None] * fields for channel in range(3)], axis=1)
     # Single-trial residuals: each trial against its image's predicted response (contrast included).
