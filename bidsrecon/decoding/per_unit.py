@@ -23,6 +23,9 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from bidsrecon.decoding.kernel_ridge import _as_finite_2d, _voxel_statistics
+from bidsrecon.decoding.pixels import PIXEL_LAYER, pixel_statistics, pixel_targets
+from bidsrecon.decoding.stream import iter_feature_batches
+from bidsrecon.features.spread import channel_sd, spread_from_moments
 
 #: Voxels kept per unit and ridge penalty: the lab's defaults (REFERENCE.md §1).
 DEFAULT_N_VOXELS = 500
@@ -244,3 +247,38 @@ def _check_alpha(alpha):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) \
             or not np.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive finite number; got {alpha!r}.")
+
+
+def decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache,
+                    feature_files=None):
+    """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
+
+    All training features of the layers are held in memory (and each unit fitted on its own),
+    so this mode is meant for layer subsets; the kernel ridge decoder streams every unit.
+
+    Returns
+    -------
+    decoded, train_mean, train_spread : as :func:`bidsrecon.decoding.decode_features`
+    feature_std : dict of str to ndarray, each channel's SD within an image, averaged over images
+    decoders : dict of str to PerUnitDecoder
+    """
+    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache,
+                                                                feature_files=feature_files)]
+    weights = counts / counts.sum()
+    decoded, train_mean, train_spread, feature_std, decoders = {}, {}, {}, {}, {}
+    for layer in layers:
+        features = np.concatenate([batch[layer] for batch in batches])
+        shape = features.shape[1:]
+        feature_std[layer] = weights @ channel_sd(features, ddof=1)
+        features = features.reshape(len(features), -1)
+        mean, mean_square = weights @ features, weights @ features.astype(np.float64) ** 2
+        train_mean[layer] = mean.reshape(shape).astype(np.float32)
+        train_spread[layer] = spread_from_moments(mean.reshape(shape), mean_square.reshape(shape))
+        decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
+        decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
+    # The pixels pseudo-layer, each value by its own ridge too (bidsrecon.decoding.pixels).
+    pixels = pixel_targets(images, images.shape[1])
+    decoders[PIXEL_LAYER] = PerUnitDecoder().fit(train_samples, pixels.reshape(len(pixels), -1)[image_index])
+    decoded[PIXEL_LAYER] = decoders[PIXEL_LAYER].predict(item_samples).reshape((-1,) + pixels.shape[1:])
+    train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = pixel_statistics(pixels, counts)
+    return decoded, train_mean, train_spread, feature_std, decoders

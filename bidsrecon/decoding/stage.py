@@ -46,6 +46,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
     write_fastl2lir_folders,
 )
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
+from bidsrecon.decoding.per_unit import decode_per_unit
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
 from bidsrecon.decoding.pixel_prf import NoResponsiveVoxels, fit_prf_decoder
 from bidsrecon.decoding.pixels import (
@@ -53,17 +54,15 @@ from bidsrecon.decoding.pixels import (
     PIXEL_PARTS,
     decode_pixel_parts,
     pixel_parts,
-    pixel_statistics,
     pixel_targets,
 )
 from bidsrecon.decoding.prf_energy import fit_energy_model, refine
 from bidsrecon.decoding.sidecar import _mask_summary, decoder_paths, read_decoder_description
-from bidsrecon.decoding.stream import decode_features, iter_feature_batches, sample_unit_features
+from bidsrecon.decoding.stream import decode_features, sample_unit_features
 from bidsrecon.decoding.voxel_selection import select_voxels, selection_method
 from bidsrecon.encoders.base import file_sha256
 from bidsrecon.evaluation.decoding_accuracy import decoding_accuracy
 from bidsrecon.features.files import FeatureFiles
-from bidsrecon.features.spread import channel_sd, spread_from_moments
 from bidsrecon.images import load_images, resize_images
 from bidsrecon.spec import TRAINING
 
@@ -190,7 +189,7 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         feature_files, cache = FeatureFiles(features_dir, train_names), None
         extra["TrainingFeatures"] = str(features_dir)
     if method == "fastl2lir":
-        decoded, train_mean, train_spread, feature_std, decoders = _decode_per_unit(
+        decoded, train_mean, train_spread, feature_std, decoders = decode_per_unit(
             encoder, images, layers, samples[training], image_index, item_samples, counts, cache, feature_files)
         paths = save_per_unit_decoder(stem, decoders, **description, extra_fields=extra)
         # The same decoders in the Kamitani lab's cookbook layout, for its predict script.
@@ -380,40 +379,3 @@ def _decode_with_pixels(encoder, images, coefficients, counts, cache, budget, pi
         decoded[PIXEL_LAYER], train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = decode_pixel_parts(
             pixel_coefficients, pixels, counts)
     return decoded, train_mean, train_spread, feature_std
-
-
-def _decode_per_unit(encoder, images, layers, train_samples, image_index, item_samples, counts, cache,
-                     feature_files=None):
-    """The lab's per-unit mode: every unit of ``layers`` decoded by its own ridge on its own voxels.
-
-    All training features of the layers are held in memory (and each unit fitted on its own),
-    so this mode is meant for layer subsets; the kernel ridge decoder streams every unit.
-
-    Returns
-    -------
-    decoded, train_mean, train_spread : as :func:`bidsrecon.decoding.decode_features`
-    feature_std : dict of str to ndarray, each channel's SD within an image, averaged over images
-    decoders : dict of str to PerUnitDecoder
-    """
-    from bidsrecon.decoding.per_unit import PerUnitDecoder
-
-    batches = [features for _, features in iter_feature_batches(encoder, images, layers, progress=True, cache=cache,
-                                                                feature_files=feature_files)]
-    weights = counts / counts.sum()
-    decoded, train_mean, train_spread, feature_std, decoders = {}, {}, {}, {}, {}
-    for layer in layers:
-        features = np.concatenate([batch[layer] for batch in batches])
-        shape = features.shape[1:]
-        feature_std[layer] = weights @ channel_sd(features, ddof=1)
-        features = features.reshape(len(features), -1)
-        mean, mean_square = weights @ features, weights @ features.astype(np.float64) ** 2
-        train_mean[layer] = mean.reshape(shape).astype(np.float32)
-        train_spread[layer] = spread_from_moments(mean.reshape(shape), mean_square.reshape(shape))
-        decoders[layer] = PerUnitDecoder().fit(train_samples, features[image_index])
-        decoded[layer] = decoders[layer].predict(item_samples).reshape((-1,) + shape).astype(np.float32)
-    # The pixels pseudo-layer, each value by its own ridge too (bidsrecon.decoding.pixels).
-    pixels = pixel_targets(images, images.shape[1])
-    decoders[PIXEL_LAYER] = PerUnitDecoder().fit(train_samples, pixels.reshape(len(pixels), -1)[image_index])
-    decoded[PIXEL_LAYER] = decoders[PIXEL_LAYER].predict(item_samples).reshape((-1,) + pixels.shape[1:])
-    train_mean[PIXEL_LAYER], train_spread[PIXEL_LAYER] = pixel_statistics(pixels, counts)
-    return decoded, train_mean, train_spread, feature_std, decoders
