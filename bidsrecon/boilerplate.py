@@ -36,6 +36,8 @@ REFERENCES = {
                     "NeuroImage 39(2): 647-660",
     "kay2013": "Kay KN, Winawer J, Mezer A, Wandell BA (2013). Compressive spatial summation in human visual "
                "cortex. J Neurophysiol 110(2): 481-494",
+    "lee1980": "Lee JS (1980). Digital image enhancement and noise filtering by use of local statistics. IEEE "
+               "Trans Pattern Anal Mach Intell 2(2): 165-168. doi:10.1109/TPAMI.1980.4766994",
     "ssim": "Wang Z, Bovik AC, Sheikh HR, Simoncelli EP (2004). Image quality assessment: from error visibility "
             "to structural similarity. IEEE Trans Image Process 13(4): 600-612. doi:10.1109/TIP.2003.819861",
 }
@@ -130,7 +132,9 @@ def _small_image_text(config):
         return (" A 32-pixel image (luminance and colour) was decoded by inverting a model of each voxel fitted on "
                 "the training images: a Gaussian population receptive field [dumoulin2008] pooling the image's "
                 "luminance, colour opponency and compressed contrast energy [kay2013]; the image was the most "
-                "probable under that model and a Gaussian prior fitted on the training images.")
+                "probable under that model and a Gaussian prior fitted on the training images. Its luminance was "
+                "then passed through a local Wiener filter [lee1980] with the variance that measurement noise alone "
+                "gives each pixel under the model, which sets what noise alone would paint back to the prior mean.")
     return " A 32-pixel image (luminance and colour) was decoded in the same way."
 
 
@@ -139,7 +143,7 @@ def _prf_small_image(config):
 
 
 def _cited(key, config):
-    if key in ("dumoulin2008", "kay2013"):
+    if key in ("dumoulin2008", "kay2013", "lee1980"):
         return _prf_small_image(config)
     if key == "fmriprep":
         return bool(config.derivatives)

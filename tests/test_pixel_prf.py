@@ -14,6 +14,7 @@ from bidsrecon.decoding.pixel_prf import (
     to_channels,
 )
 from bidsrecon.evaluation.identification import pairwise_identification
+from bidsrecon.parallel import task_threads
 
 SIDE = 16
 
@@ -124,6 +125,28 @@ def test_the_decoded_image_is_the_posterior_mean_under_the_most_likely_prior_sca
         gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + np.diag(decoder.noise / count))
         expected.append(decoder.channel_mean + gain @ centred)
     np.testing.assert_allclose(decoded, from_channels(np.array(expected), SIDE), atol=1e-5)
+
+
+def test_noise_variance_is_that_of_the_decoded_image_under_noise_alone(fitted):
+    """The variance of the posterior mean's values when ``z − z̄`` is noise of covariance ``N / n``,
+    ``diag(G (N / n) Gᵀ)`` with the gain ``G = sΣAᵀ (A sΣ Aᵀ + N / n)⁻¹`` written out, per channel."""
+    decoder, rng = fitted["decoder"], fitted["rng"]
+    shapes = _shapes(rng)[:3]
+    z = (fitted["respond"](shapes) + rng.standard_normal((3, 400)) - fitted["mean"]) / fitted["std"]
+    n_trials = np.array([1, 3, 3])
+    variance = decoder.noise_variance(z, n_trials)
+    assert variance.shape == (3, 3, SIDE * SIDE)
+    covariance = decoder.prior_factor @ decoder.prior_factor.T
+    A = decoder.encoding
+    for item, (count, scale) in enumerate(zip(n_trials, decoder.prior_scales(z, n_trials))):
+        noise = np.diag(decoder.noise / count)
+        gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + noise)
+        np.testing.assert_allclose(variance[item].ravel(), np.diag(gain @ noise @ gain.T), rtol=1e-6, atol=1e-12)
+    with task_threads(1):
+        one = decoder.noise_variance(z, n_trials)
+    with task_threads(2):
+        two = decoder.noise_variance(z, n_trials)
+    assert np.array_equal(one, two)
 
 
 def test_weakly_driven_samples_are_shrunk_more(fitted):

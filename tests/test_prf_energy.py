@@ -5,6 +5,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from test_pixel_prf import _shapes
 
+from bidsrecon.decoding.pixel_denoise import suppress_noise
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder, prf_grid, to_channels
 from bidsrecon.decoding.prf_energy import (
     design,
@@ -104,6 +105,23 @@ def test_refining_tells_squares_from_rings_better_than_the_linear_decoder(brain)
     scores = [pairwise_identification(images.reshape(len(shapes), -1), flat).mean() for images in (linear, refined)]
     assert scores[1] > 0.9 and scores[1] > scores[0] + 0.05
     assert np.abs(refined - shapes).mean() < 0.8 * np.abs(linear - shapes).mean()
+
+
+def test_suppressing_noise_greys_the_background_and_keeps_the_shapes(brain):
+    """After refining, the local Wiener filter (bidsrecon.decoding.pixel_denoise) brings the grey
+    background of every shape closer to grey and keeps what tells the shapes apart."""
+    prf, rng = brain["prf"], brain["rng"]
+    shapes = _shapes(rng)
+    n_trials = np.full(len(shapes), 4)
+    z = (brain["respond"](shapes) + rng.standard_normal((len(shapes), N_VOXELS)) / 2 - brain["mean"]) / brain["std"]
+    refined = refine(prf, brain["model"], z, n_trials)
+    cleaned = suppress_noise(refined, prf.noise_variance(z, n_trials), prf.channel_mean)
+    background = (shapes == 0.5).all(axis=1)
+    luminance = [to_channels(images)[:, 0].reshape(background.shape) for images in (refined, cleaned)]
+    residue = [np.abs(image[background]).mean() for image in luminance]   # grey is luminance 0
+    assert residue[1] < 0.7 * residue[0], residue
+    flat = shapes.reshape(len(shapes), -1)
+    assert pairwise_identification(cleaned.reshape(len(shapes), -1), flat).mean() > 0.9
 
 
 def test_the_refined_bits_do_not_depend_on_the_thread_count(brain):

@@ -97,6 +97,8 @@ def test_boilerplate_says_how_the_small_image_was_decoded(tmp_path):
                      "--pixel-decoder", choice]) == 0
         texts[choice] = (out / "logs" / "CITATION.md").read_text()
     assert "population receptive field [dumoulin2008]" in texts["prf"] and "Kay KN, Winawer J" in texts["prf"]
+    assert "local Wiener filter [lee1980]" in texts["prf"] and "Lee JS (1980)" in texts["prf"]
+    assert "Lee JS (1980)" not in texts["ridge"]
     assert "decoded in the same way" in texts["ridge"] and "[dumoulin2008]" not in texts["ridge"]
     assert "Dumoulin SO" not in texts["ridge"]
 

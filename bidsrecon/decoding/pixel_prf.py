@@ -166,6 +166,31 @@ class PrfDecoder:
         return np.asarray(PRIOR_SCALES)[evidence.argmax(axis=1)]
 
     @in_task_threads
+    def noise_variance(self, z, n_trials):
+        """How much of :meth:`decode`'s output measurement noise alone would put there: its variance.
+
+        A sample that is the mean of ``n`` trials carries noise of covariance ``N / n``, so its
+        whitened, rotated form ``c`` has covariance ``diag(e) / n`` and the decoded ``r_k = n c_k /
+        (n e_k + 1/s)`` the variance ``n e_k / (n e_k + 1/s)²``; the channels ``x = x̄ + L U r``
+        then have the variance ``Σ_k (L U)_ik² n e_k / (n e_k + 1/s)²`` at each value ``i``.
+
+        Parameters
+        ----------
+        z, n_trials :
+            As for :meth:`decode` (the prior scale of each sample depends on it).
+
+        Returns
+        -------
+        ndarray, shape (n_items, 3, side * side)
+            Per channel (luminance, red-green, blue-yellow) and pixel, as :func:`to_channels` has them.
+        """
+        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
+        scales = self._most_likely_scales(self._whitened(z), n_trials)[:, None]
+        rotated = n * self.eigenvalues / (n * self.eigenvalues + 1 / scales) ** 2
+        loadings = (self.prior_factor @ self.eigenvectors) ** 2
+        return (rotated @ loadings.T).reshape(len(n), 3, -1)
+
+    @in_task_threads
     def decode(self, z, n_trials):
         """Posterior-mean small images of test samples, each under its own prior scale.
 

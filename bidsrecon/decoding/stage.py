@@ -47,6 +47,7 @@ from bidsrecon.decoding.fastl2lir_folders import (
 )
 from bidsrecon.decoding.kernel_ridge import KernelRidgeDecoder
 from bidsrecon.decoding.per_unit import decode_per_unit
+from bidsrecon.decoding.pixel_denoise import suppress_noise
 from bidsrecon.decoding.pixel_inversion import PIXEL_DECODER_SHARES, fit_pixel_inversion
 from bidsrecon.decoding.pixel_prf import NoResponsiveVoxels, fit_prf_decoder
 from bidsrecon.decoding.pixels import (
@@ -258,7 +259,9 @@ def _decode_pixels_by_prf(decoded, decoder, image_index, pixels, counts, item_sa
         warnings.warn(f"--pixel-decoder prf: {error} The small image is the kernel ridge's instead.", stacklevel=2)
         return {"Method": "ridge", "Requested": "prf", "Reason": str(error)}
     energy = fit_energy_model(prf, decoder.X_, image_index, pixels, counts)
-    decoded[PIXEL_LAYER] = refine(prf, energy, (item_samples - decoder.voxel_mean_) / decoder.voxel_std_, test_trials)
+    z = (item_samples - decoder.voxel_mean_) / decoder.voxel_std_
+    decoded[PIXEL_LAYER] = suppress_noise(refine(prf, energy, z, test_trials), prf.noise_variance(z, test_trials),
+                                          prf.channel_mean)
     return {"Method": "prf", "VoxelsKept": int(len(prf.voxels))}
 
 
