@@ -5,6 +5,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import multivariate_normal
 
 from bidsrecon.decoding.pixel_prf import (
+    PRIOR_SCALE_FACTOR,
     PRIOR_SCALES,
     R2_THRESHOLD,
     fit_prf_decoder,
@@ -107,8 +108,9 @@ def test_shapes_unlike_the_training_images_are_identified(fitted):
 
 
 def test_the_decoded_image_is_the_posterior_mean_under_the_most_likely_prior_scale(fitted):
-    """As decoded equals the voxel-space form x̄ + sΣAᵀ (A sΣ Aᵀ + N / n)⁻¹ (z − z̄), with s the scale
-    of the grid under which z − z̄ is most likely, computed here from the Gaussian density itself."""
+    """As decoded equals the voxel-space form x̄ + sΣAᵀ (A sΣ Aᵀ + N / n)⁻¹ (z − z̄), with s the factor
+    times the scale of the grid under which z − z̄ is most likely, computed here from the Gaussian
+    density itself."""
     decoder, rng = fitted["decoder"], fitted["rng"]
     shapes = _shapes(rng)[:3]
     z = (fitted["respond"](shapes) + rng.standard_normal((3, 400)) - fitted["mean"]) / fitted["std"]
@@ -121,7 +123,7 @@ def test_the_decoded_image_is_the_posterior_mean_under_the_most_likely_prior_sca
         centred = row[decoder.voxels] - decoder.response_mean
         evidence = [multivariate_normal(cov=s * A @ covariance @ A.T + np.diag(decoder.noise / count)).logpdf(centred)
                     for s in PRIOR_SCALES]
-        assert scale == PRIOR_SCALES[int(np.argmax(evidence))]
+        assert scale == PRIOR_SCALE_FACTOR * PRIOR_SCALES[int(np.argmax(evidence))]
         gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + np.diag(decoder.noise / count))
         expected.append(decoder.channel_mean + gain @ centred)
     np.testing.assert_allclose(decoded, from_channels(np.array(expected), SIDE), atol=1e-5)

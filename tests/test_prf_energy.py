@@ -103,7 +103,7 @@ def test_refining_tells_squares_from_rings_better_than_the_linear_decoder(brain)
     linear = prf.decode(z, n_trials)
     flat = shapes.reshape(len(shapes), -1)
     scores = [pairwise_identification(images.reshape(len(shapes), -1), flat).mean() for images in (linear, refined)]
-    assert scores[1] > 0.9 and scores[1] > scores[0] + 0.05
+    assert scores[1] > 0.85 and scores[1] > scores[0] + 0.05
     assert np.abs(refined - shapes).mean() < 0.8 * np.abs(linear - shapes).mean()
 
 

@@ -24,8 +24,8 @@ averages), ``x`` the image's channels, with a Gaussian prior whose covariance is
 images' own plus :data:`ISOTROPIC_SHARE` times a smooth isotropic one (white noise blurred by
 :data:`PRIOR_BLUR_PX`, each channel at its training variance), which covers what a few hundred
 images do not span; each test sample scales that covariance by the factor ``s`` under which it is
-most likely (its evidence, MacKay 1992), so an item that drives the voxels weakly, a letter on
-grey, is shrunk more towards the mean than a photograph::
+most likely (its evidence, MacKay 1992), times :data:`PRIOR_SCALE_FACTOR`, so an item that drives
+the voxels weakly, a letter on grey, is shrunk more towards the mean than a photograph::
 
     x̂ = x̄ + (Aᵀ N⁻¹ A + Σ⁻¹ / s)⁻¹ Aᵀ N⁻¹ (z − z̄)
 
@@ -54,6 +54,12 @@ ISOTROPIC_SHARE = 1.0
 PRIOR_BLUR_PX = 1.0
 #: Scales of the prior covariance each test sample chooses from by its evidence (1: as fitted).
 PRIOR_SCALES = tuple(np.logspace(-2.5, 1, 15))
+#: Each sample's prior scale is this times the one its evidence chooses. The evidence puts one scale
+#: on the whole image, so a shape on grey gets a compromise between its grey background (no
+#: signal) and the shape; once :mod:`bidsrecon.decoding.pixel_denoise` sets the background back to
+#: grey where it holds only noise, the shape's own, larger scale is what matters. Chosen by
+#: ``bench/validity.py`` among 1, 2 and 3 (see the README's "The pixel stage by inverting pRF models").
+PRIOR_SCALE_FACTOR = 2.0
 #: Candidates whose fits are computed at once (bounds the memory of the search).
 CANDIDATE_CHUNK = 128
 #: Luminance (Rec. 601 luma, centred on the grey background), red-green and blue-yellow of RGB.
@@ -145,7 +151,8 @@ class PrfDecoder:
 
     @in_task_threads
     def prior_scales(self, z, n_trials):
-        """Each sample's prior scale: the one of :data:`PRIOR_SCALES` under which it is most likely.
+        """Each sample's prior scale: :data:`PRIOR_SCALE_FACTOR` times the one of :data:`PRIOR_SCALES`
+        under which it is most likely.
 
         The evidence of ``z − z̄ ~ N(0, s A Σ Aᵀ + N / n)`` is, up to terms without ``s``,
         ``−½ Σ_i log(1 + s n e_i) + ½ n² Σ_i c_i² / (1/s + n e_i)`` with ``c`` the whitened
@@ -155,7 +162,10 @@ class PrfDecoder:
         -------
         ndarray, shape (n_items,)
         """
-        return self._most_likely_scales(self._whitened(z), n_trials)
+        return self._scales(self._whitened(z), n_trials)
+
+    def _scales(self, whitened, n_trials):
+        return PRIOR_SCALE_FACTOR * self._most_likely_scales(whitened, n_trials)
 
     def _most_likely_scales(self, whitened, n_trials):
         n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None, None]
@@ -185,7 +195,7 @@ class PrfDecoder:
             Per channel (luminance, red-green, blue-yellow) and pixel, as :func:`to_channels` has them.
         """
         n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
-        scales = self._most_likely_scales(self._whitened(z), n_trials)[:, None]
+        scales = self._scales(self._whitened(z), n_trials)[:, None]
         rotated = n * self.eigenvalues / (n * self.eigenvalues + 1 / scales) ** 2
         loadings = (self.prior_factor @ self.eigenvectors) ** 2
         return (rotated @ loadings.T).reshape(len(n), 3, -1)
@@ -206,7 +216,7 @@ class PrfDecoder:
         """
         n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
         whitened = self._whitened(z)
-        scales = self._most_likely_scales(whitened, n_trials)[:, None]
+        scales = self._scales(whitened, n_trials)[:, None]
         # In the whitened, rotated pixels the posterior precision is diagonal: n e + 1 / s.
         rotated = n * whitened / (n * self.eigenvalues + 1 / scales)
         decoded = (rotated @ self.eigenvectors.T) @ self.prior_factor.T

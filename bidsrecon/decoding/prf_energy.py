@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bidsrecon.decoding.cross_validation import image_means
 from bidsrecon.decoding.pixel_prf import PRF_CENTRES, PRF_SIGMAS, from_channels, to_channels
@@ -181,7 +182,13 @@ def refine(prf, model, z, n_trials):
     scales = prf.prior_scales(z, n_trials)
     blocks = [slice(begin, begin + ITEM_BLOCK) for begin in range(0, len(z), ITEM_BLOCK)]
     shared = _Shared(prf, model)
-    refined = map_tasks(lambda block: shared.solve(z[block], n_trials[block], scales[block], start[block]), blocks)
+    with tqdm(total=len(z), unit="item", desc="small image (pRF)") as bar:
+        def solve(block):
+            channels = shared.solve(z[block], n_trials[block], scales[block], start[block])
+            bar.update(len(channels))
+            return channels
+
+        refined = map_tasks(solve, blocks)
     channels = np.concatenate(refined) if refined else start
     return from_channels(channels, prf.side).astype(np.float32)
 
