@@ -165,6 +165,7 @@ class PrfDecoder:
         return self._scales(self._whitened(z), n_trials)
 
     def _scales(self, whitened, n_trials):
+        """The prior scale every step of the decoder uses (see :meth:`prior_scales`)."""
         return PRIOR_SCALE_FACTOR * self._most_likely_scales(whitened, n_trials)
 
     def _most_likely_scales(self, whitened, n_trials):
