@@ -24,12 +24,12 @@ DECODER_FILES = ("sub-01_decoder.json", "sub-01_decoder.safetensors", "sub-01_de
 def trained(tiny_dataset, tmp_path_factory):
     """A normal run (training included) on the tiny dataset: its output holds the decoder.
 
-    Its small image is the ridge's (``--pixel-decoder ridge``), the one a saved decoder decodes, so
-    that applying the decoder gives the same decoded features, pixels included."""
+    Its small image is the pRF decoder's (the default), whose models a saved decoder fits again when
+    it is applied: the same decoded features, pixels included."""
     root = tmp_path_factory.mktemp("trained")
     out = root / "bidsrecon"
     assert main([str(tiny_dataset), str(out), "participant", "-w", str(root / "work"), "--save-decoded-features",
-                 "--skip-bids-validation", "--pixel-decoder", "ridge", *FAST]) == 0
+                 "--skip-bids-validation", *FAST]) == 0
     return out
 
 
@@ -91,7 +91,9 @@ def test_saved_decoder_applied_to_later_sessions(trained, later_sessions, tmp_pa
     assert recon_sidecar["Decoder"]["ArraysSHA256"] == file_sha256(out / "sub-01" / "decoder" /
                                                                    "sub-01_decoder.safetensors")
 
-    # Same reference volume, same mask, same decoder: the same decoded features as the normal run.
+    # Same reference volume, same mask, same decoder: the same decoded features as the normal run,
+    # the small image included (its pRF models fitted again from the saved training samples).
+    assert read_decoder_description(trained / "sub-01" / "decoder" / "sub-01_decoder")["PixelDecoder"]["Method"] == "prf"
     features = "sub-01/decoder/sub-01_desc-decoded_features.h5"
     before, items_before, _ = load_decoded_features(trained / features)
     after, items_after, _ = load_decoded_features(out / features)

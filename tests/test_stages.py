@@ -294,7 +294,8 @@ def test_the_luminance_can_be_decoded_by_inversion_and_a_saved_decoder_applies_i
     np.testing.assert_array_equal(applied.decoded["pixels"], fitted.decoded["pixels"])
 
 
-def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_says_it_cannot(problem, tmp_path):
+def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_decodes_it_alike(problem, tmp_path):
+    """The pRF models are not saved; applying the saved decoder fits them again, to the same bits."""
     samples, trials, stimuli, _ = problem
     ridge, fitted, encoder = _ridge_and_pixel_decoder(problem, tmp_path, "prf")
     sidecar = pd.read_json(fitted.decoder_sidecar, typ="series")
@@ -303,10 +304,10 @@ def test_the_small_image_can_be_decoded_by_prf_inversion_and_a_saved_decoder_say
     assert fitted.decoded["pixels"].shape == ridge.decoded["pixels"].shape
     assert not np.allclose(fitted.decoded["pixels"], ridge.decoded["pixels"])
     test = trials["set"] != "training"
-    with pytest.warns(UserWarning, match="pRF models are not saved"):
-        applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
-                              str(tmp_path / "sub-01_decoder"), image_size=SIZE)
-    np.testing.assert_array_equal(applied.decoded["pixels"], ridge.decoded["pixels"])
+    applied = apply_saved(samples[test.to_numpy()], trials[test].reset_index(drop=True), stimuli, encoder,
+                          str(tmp_path / "sub-01_decoder"), image_size=SIZE)
+    np.testing.assert_array_equal(applied.decoded["pixels"], fitted.decoded["pixels"])
+    np.testing.assert_array_equal(applied.decoded["stem"], fitted.decoded["stem"])
 
 
 def test_prf_without_a_responsive_voxel_keeps_the_ridges_small_image_and_says_why(problem, tmp_path, monkeypatch):

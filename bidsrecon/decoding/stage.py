@@ -160,7 +160,8 @@ def fit_and_decode(samples, trials, stimuli, encoder, *, layers, image_size, ste
         Kernel ridge: how the pixels pseudo-layer is decoded: by the kernel ridge; its luminance by
         inverting an encoding model (:mod:`bidsrecon.decoding.pixel_inversion`), or the mean of
         the two (:data:`PIXEL_DECODER_SHARES`); or the whole small image by inverting the voxels'
-        pRF models (:mod:`bidsrecon.decoding.pixel_prf`; the saved decoder keeps the ridge's).
+        pRF models (:mod:`bidsrecon.decoding.pixel_prf`; not saved: :func:`apply_saved` fits them
+        again from the saved training samples).
 
     Returns
     -------
@@ -300,9 +301,6 @@ def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=No
         ``decoder_arrays`` and ``decoder_sidecar`` are the saved decoder's own files.
     """
     description = read_decoder_description(stem)
-    if (description.get("PixelDecoder") or {}).get("Method") == "prf":
-        warnings.warn(f"{stem}: fitted with --pixel-decoder prf, whose pRF models are not saved; this run "
-                      "decodes the small image with the saved kernel ridge", stacklevel=2)
     kept = load_voxel_indices(stem)
     if kept is not None:
         samples = samples[:, kept]
@@ -317,6 +315,12 @@ def apply_saved(samples, trials, stimuli, encoder, stem, *, image_size, cache=No
     pixels = pixel_targets(images, image_size) if PIXEL_PARTS[0] in coefficients else None
     decoded, train_mean, train_spread, feature_std = _decode_with_pixels(
         encoder, images, coefficients, counts, cache, memory_budget, pixels, with_feature_std)
+    if pixels is not None and (description.get("PixelDecoder") or {}).get("Method") == "prf":
+        # The pRF and energy models are not saved: they are fitted again from what is, the
+        # training samples and images, by the same deterministic code, so the small image is
+        # the one the training run decoded (a minute at full scale).
+        _decode_pixels_by_prf(decoded, decoder, decoder.image_index_, pixels, counts, item_samples,
+                              items["n_trials"].to_numpy())
     layers = [layer for layer in description["Layers"] if layer not in PIXEL_PARTS]
     arrays, sidecar = (str(path) for path in decoder_paths(stem))
     return DecodedItems(layers, items, decoded, train_mean, train_spread, feature_std, arrays, sidecar)
