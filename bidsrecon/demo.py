@@ -1,14 +1,17 @@
 """``make demo``: simulate the demo dataset, run the participant and group levels, say where results are.
 
 Usage: ``python -m bidsrecon.demo [DEMO_DIR]`` (default ``demo``). A second run reuses the dataset
-and the work directory, so it only redoes what changed.
+and the work directory, so it only redoes what changed; a work directory of another bidsrecon
+version, which the app refuses, is started afresh (``--clean-workdir``).
 """
 import sys
 import time
 from pathlib import Path
 
 from bidsrecon.cli import main as bidsrecon_main
+from bidsrecon.errors import BidsReconError
 from bidsrecon.simulate import simulate_dataset
+from bidsrecon.workflow_control import check_work_version
 
 
 def main(argv=None):
@@ -19,9 +22,15 @@ def main(argv=None):
     if not (bids_dir / "dataset_description.json").is_file():
         print(f"simulating the demo dataset in {bids_dir} ...", flush=True)
         simulate_dataset(bids_dir, n_subjects=1, preset="demo", seed=0)
+    options = {"participant": [], "group": []}
+    try:
+        check_work_version(work_dir, ["01"])
+    except BidsReconError:
+        print(f"{work_dir} holds another bidsrecon version's results: starting it afresh", flush=True)
+        options["participant"] = ["--clean-workdir"]
     for level in ("participant", "group"):
         print(f"running the {level} level ...", flush=True)
-        code = bidsrecon_main([str(bids_dir), str(output_dir), level, "-w", str(work_dir)])
+        code = bidsrecon_main([str(bids_dir), str(output_dir), level, "-w", str(work_dir), *options[level]])
         if code:
             return code
     minutes = (time.perf_counter() - started) / 60

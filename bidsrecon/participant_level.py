@@ -64,7 +64,14 @@ from bidsrecon.run_warnings import (
 )
 from bidsrecon.settings_file import settings_toml
 from bidsrecon.spec import TRAINING, load_spec, resolve_normalisation
-from bidsrecon.workflow_control import clean_work_dir, describe_plans, write_graph, write_reports_only
+from bidsrecon.workflow_control import (
+    check_work_version,
+    clean_work_dir,
+    describe_plans,
+    stamp_work_version,
+    write_graph,
+    write_reports_only,
+)
 
 LOGGER = logging.getLogger("bidsrecon")
 
@@ -94,6 +101,7 @@ def run_participant_level(config):
     with participant_locks(config.work_dir, subjects):
         if config.clean_workdir:
             clean_work_dir(config.work_dir, subjects)
+        check_work_version(config.work_dir, subjects)
         _run_participants(config, layout, subjects, validation.rows, **options)
 
 
@@ -125,6 +133,7 @@ def _run_bdata_participants(config):
     with participant_locks(config.work_dir, list(participants)):
         if config.clean_workdir:
             clean_work_dir(config.work_dir, list(participants))
+        check_work_version(config.work_dir, list(participants))
         encoder = check_networks(config)
         # The lab's decoders are checked against every layer's shape at --image-size.
         shapes = encoder.layer_shapes(config.image_size) if config.decoders_dir else None
@@ -149,6 +158,7 @@ def _run_plans(plans, config):
     write_boilerplate(config)
     for plan in plans:
         started = datetime.now(timezone.utc)
+        stamp_work_version(config.work_dir, plan.subject)
         _run_workflow(plan, config)
         write_provenance(config, plan.subject, started, datetime.now(timezone.utc),
                          staging_dir(config.output_dir))

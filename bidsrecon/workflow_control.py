@@ -1,13 +1,15 @@
 """fMRIPrep's workflow-control options of the participant level: ``--reports-only``,
-``--clean-workdir``, ``--dry-run`` and ``--write-graph``."""
+``--clean-workdir``, ``--dry-run`` and ``--write-graph``; and the version stamp of the work dir's
+cached results."""
 import logging
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon.bids.derivatives import set_metrics_file
-from bidsrecon.errors import EXIT_INPUT_MISSING, BidsReconError
+from bidsrecon._version import __version__
+from bidsrecon.bids.derivatives import atomic_write_text, set_metrics_file
+from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.reports import write_participant_report
 from bidsrecon.spec import TRAINING
 
@@ -42,6 +44,39 @@ def clean_work_dir(work_dir, subjects):
             if folder.is_dir():
                 LOGGER.warning("--clean-workdir: removing %s", folder)
                 shutil.rmtree(folder)
+
+
+#: In each participant's workflow folder of the work dir: the version whose results it caches.
+VERSION_STAMP = "bidsrecon_version.txt"
+
+
+def check_work_version(work_dir, subjects):
+    """Refuse to reuse a participant's cached results that another bidsrecon version wrote.
+
+    Nipype reuses a step's cached result whenever the step's inputs are unchanged, whatever code
+    computed it: after an upgrade, a rerun in the same work dir would take the old version's
+    decoded features or images as this version's, without a word. A folder that holds results but
+    no stamp was written before stamps were.
+    """
+    for subject in subjects:
+        folder = Path(work_dir) / f"sub_{subject}_wf"
+        if not folder.is_dir() or not any(folder.iterdir()):
+            continue
+        stamp = folder / VERSION_STAMP
+        found = stamp.read_text().strip() if stamp.is_file() else None
+        if found != __version__:
+            raise BidsReconError(
+                f"{folder} holds results cached by {'bidsrecon ' + found if found else 'an earlier bidsrecon'}, "
+                f"and this is bidsrecon {__version__}, whose steps may compute them differently; rerun with "
+                "--clean-workdir (it removes this participant's cached results) or give a new --work-dir",
+                EXIT_BAD_ARGUMENTS)
+
+
+def stamp_work_version(work_dir, subject):
+    """Mark the participant's workflow folder as caching this version's results."""
+    folder = Path(work_dir) / f"sub_{subject}_wf"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / VERSION_STAMP, __version__ + "\n")
 
 
 def describe_plans(plans, config):

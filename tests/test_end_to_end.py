@@ -269,3 +269,24 @@ def test_per_unit_decoder_mode(tiny_dataset, tmp_path):
     assert folders.description["Voxels"] == decoder["Voxels"]
     code, report = validate(out)
     assert code == 0, report
+
+
+def test_demo_starts_a_work_dir_of_another_version_afresh(tmp_path, monkeypatch):
+    """The app refuses another version's cached results; `make demo` must still run: it cleans them."""
+    from bidsrecon import demo
+    from bidsrecon.workflow_control import stamp_work_version
+
+    calls = []
+    monkeypatch.setattr(demo, "bidsrecon_main", lambda argv: calls.append(argv) or 0)
+    bids = tmp_path / "demo" / "bids"
+    bids.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text("{}")  # simulated already
+    work = tmp_path / "demo" / "work"
+    (work / "sub_01_wf" / "decode_wf").mkdir(parents=True)
+    (work / "sub_01_wf" / "decode_wf" / "result").write_text("an older version's")
+    assert demo.main([str(tmp_path / "demo")]) == 0
+    assert calls[0][2] == "participant" and "--clean-workdir" in calls[0] and "--clean-workdir" not in calls[1]
+    calls.clear()
+    stamp_work_version(work, "01")  # as the participant level does: this version's, reused
+    assert demo.main([str(tmp_path / "demo")]) == 0
+    assert not any("--clean-workdir" in argv for argv in calls)

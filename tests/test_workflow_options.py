@@ -43,6 +43,33 @@ def test_clean_workdir_removes_only_the_selected_participants_results(tmp_path):
     assert sorted(path.name for path in work.iterdir()) == ["feature_cache", "sub_02_wf"]
 
 
+def test_cached_results_of_another_version_are_refused_until_cleaned(tiny_dataset, tmp_path, capsys):
+    """Nipype would reuse them unchanged; --clean-workdir (or a new work dir) is the way on."""
+    from bidsrecon._version import __version__
+    from bidsrecon.workflow_control import VERSION_STAMP, check_work_version, stamp_work_version
+
+    work = tmp_path / "work"
+    cached = work / "sub_01_wf" / "decode_wf" / "decode"
+    cached.mkdir(parents=True)
+    (cached / "result_decode.pklz").write_bytes(b"an old version's result")
+    before = checksums(tiny_dataset)
+    one_line_error(run_cli(tiny_dataset, tmp_path / "out", "participant", "-w", work, *FAST), 64,
+                   str(work / "sub_01_wf"), "an earlier bidsrecon", f"this is bidsrecon {__version__}", "--clean-workdir")
+    (work / "sub_01_wf" / VERSION_STAMP).write_text("0.0.1\n")
+    one_line_error(run_cli(tiny_dataset, tmp_path / "out", "participant", "-w", work, *FAST), 64,
+                   "cached by bidsrecon 0.0.1")
+    assert not (tmp_path / "out").exists() and checksums(tiny_dataset) == before
+    assert (cached / "result_decode.pklz").exists()  # refused, not removed
+
+    assert main([str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(work), "--clean-workdir",
+                 "--dry-run", *FAST]) == 0
+    assert not (work / "sub_01_wf").exists()
+    stamp_work_version(work, "01")
+    (cached / "result_decode.pklz").parent.mkdir(parents=True)
+    (cached / "result_decode.pklz").write_bytes(b"this version's result")
+    check_work_version(work, ["01", "02"])  # this version's results, and a participant with none
+
+
 def test_write_graph(tmp_path):
     from test_stages import _plan
 
