@@ -30,8 +30,8 @@ the voxels weakly, a letter on grey, is shrunk more towards the mean than a phot
     x̂ = x̄ + (Aᵀ N⁻¹ A + Σ⁻¹ / s)⁻¹ Aᵀ N⁻¹ (z − z̄)
 
 The model is fitted on the training samples only. It is not saved with the decoder: applying a
-saved decoder fits it again from the decoder's training samples, to the same bits. Measured on the demo preset by ``bench/validity.py``
-(see the README's "Validity").
+saved decoder fits it again from the decoder's training samples, to the same bits. Measured on the
+demo preset by ``bench/validity.py`` (see the README's "Validity").
 """
 from dataclasses import dataclass
 
