@@ -8,7 +8,7 @@ exit 1; and a header TR that disagrees with the JSON sidecar (the validator catc
 skipped) or overlapping trials passed without a word. Here they are found in seconds, all together:
 one line per problem naming the file, what is wrong and the fix, nothing written to the output.
 
-Checked here, on the plans of :func:`bidsrecon.participant_level.plan_participant`:
+Checked here, on the plans of :func:`bidsrecon.participant_plan.plan_participant`:
 
 - every stimulus file: decoded whole, at most :data:`bidsrecon.images.MAX_IMAGE_PIXELS`, a mode
   with a known conversion to RGB (:func:`bidsrecon.images.read_rgb`, the very function the workflow
@@ -66,7 +66,7 @@ def preflight(plans, features=None):
 
     Parameters
     ----------
-    plans : list of bidsrecon.participant_level.ParticipantPlan
+    plans : list of bidsrecon.participant_plan.ParticipantPlan
     features : tuple, optional
         ``(directory, layer_shapes, fix)`` with ``--features-dir``: the folder, each decoded layer's
         shape for one image, and what to do when a file's shape differs (see

@@ -72,6 +72,14 @@ def check_work_version(work_dir, subjects):
                 EXIT_BAD_ARGUMENTS)
 
 
+def prepare_cached_results(work_dir, subjects, clean):
+    """Before the participants' runs: their cached results removed (``clean``, ``--clean-workdir``),
+    and what remains checked to be this version's."""
+    if clean:
+        clean_work_dir(work_dir, subjects)
+    check_work_version(work_dir, subjects)
+
+
 def stamp_work_version(work_dir, subject):
     """Mark the participant's workflow folder as caching this version's results."""
     folder = Path(work_dir) / f"sub_{subject}_wf"

@@ -393,7 +393,7 @@ def test_events_inherited_from_a_parent_folder(toy):
 
 def test_a_multi_echo_raw_run_is_refused_without_fmriprep(toy, tmp_path):
     from bidsrecon.cli import parse_args
-    from bidsrecon.participant_level import _run_inputs
+    from bidsrecon.participant_plan import _run_inputs
 
     _multi_echo(toy)
     run = next(run for run in collect(toy) if run.set_name == "heldout")

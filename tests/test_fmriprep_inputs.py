@@ -453,7 +453,7 @@ def test_confounds_and_a_strategy_together_are_refused(indexed):
 def test_scrubbing_leaves_the_censored_trials_out_of_the_plan(dataset, tmp_path, caplog):
     from bidsrecon.bids.collect import load_layout
     from bidsrecon.cli import parse_args
-    from bidsrecon.participant_level import plan_participant
+    from bidsrecon.participant_plan import plan_participant
     from bidsrecon.spec import load_spec
 
     bids = Path(shutil.copytree(dataset, tmp_path / "bids"))

@@ -12,7 +12,7 @@ from bidsrecon.bids.collect import load_layout
 from bidsrecon.cli import main, parse_args
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.paper import CLIP_SD, DELAY_SECONDS, DISCARD_SECONDS
-from bidsrecon.participant_level import plan_participant
+from bidsrecon.participant_plan import plan_participant
 from bidsrecon.preproc import baseline_volumes, block_samples, clean_run, normalise_run, reduce_outliers
 from bidsrecon.spec import SPECS, default_normalisation, load_spec, resolve_normalisation, spec_from_dict
 

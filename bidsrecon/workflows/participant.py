@@ -30,7 +30,7 @@ def init_participant_wf(plan, config, name=None):
 
     Parameters
     ----------
-    plan : `bidsrecon.participant_level.ParticipantPlan`
+    plan : `bidsrecon.participant_plan.ParticipantPlan`
         The participant's runs (`RunInputs`, training first), per-run trials tables, the stimulus
         table, the ROI files, and the input mode.
     config : `bidsrecon.config.Config`
