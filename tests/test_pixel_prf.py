@@ -5,6 +5,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import multivariate_normal
 
 from bidsrecon.decoding.pixel_prf import (
+    OFFSET_VARIANCES,
     PRIOR_SCALE_FACTOR,
     PRIOR_SCALES,
     R2_THRESHOLD,
@@ -107,41 +108,71 @@ def test_shapes_unlike_the_training_images_are_identified(fitted):
         assert own > other
 
 
-def test_the_decoded_image_is_the_posterior_mean_under_the_most_likely_prior_scale(fitted):
-    """As decoded equals the voxel-space form x̄ + sΣAᵀ (A sΣ Aᵀ + N / n)⁻¹ (z − z̄), with s the factor
-    times the scale of the grid under which z − z̄ is most likely, computed here from the Gaussian
-    density itself."""
+def _noise_and_offset(decoder, count, offset_variance):
+    """``M = N / n + τ² 1 1ᵀ`` over the kept voxels."""
+    return np.diag(decoder.noise / count) + offset_variance * np.ones((len(decoder.noise),) * 2)
+
+
+def test_the_decoded_image_is_the_posterior_mean_under_the_most_likely_scale_and_offset(fitted):
+    """As decoded equals the voxel-space form x̄ + sΣAᵀ (A sΣ Aᵀ + M)⁻¹ (z − z̄), M = N / n + τ² 1 1ᵀ, with
+    s the factor times the scale and τ² the offset variance of the grids under which z − z̄ is most
+    likely, computed here from the Gaussian density itself. The second and third items carry an
+    offset on every voxel, as a run normalised as a whole gives."""
     decoder, rng = fitted["decoder"], fitted["rng"]
     shapes = _shapes(rng)[:3]
     z = (fitted["respond"](shapes) + rng.standard_normal((3, 400)) - fitted["mean"]) / fitted["std"]
+    z[1:, :] += np.array([[0.3], [-0.2]])
     n_trials = np.array([1, 3, 3])
     decoded = decoder.decode(z, n_trials).astype(np.float64)
     covariance = decoder.prior_factor @ decoder.prior_factor.T
     A = decoder.encoding
-    expected, scales = [], decoder.prior_scales(z, n_trials)
-    for row, count, scale in zip(z, n_trials, scales):
+    expected = []
+    scales, offsets = decoder.hyperparameters(z, n_trials)
+    for row, count, scale, offset in zip(z, n_trials, scales, offsets):
         centred = row[decoder.voxels] - decoder.response_mean
-        evidence = [multivariate_normal(cov=s * A @ covariance @ A.T + np.diag(decoder.noise / count)).logpdf(centred)
-                    for s in PRIOR_SCALES]
-        assert scale == PRIOR_SCALE_FACTOR * PRIOR_SCALES[int(np.argmax(evidence))]
-        gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + np.diag(decoder.noise / count))
+        evidence = [[multivariate_normal(cov=s * A @ covariance @ A.T + _noise_and_offset(decoder, count, t))
+                     .logpdf(centred) for t in OFFSET_VARIANCES] for s in PRIOR_SCALES]
+        best_scale, best_offset = np.unravel_index(np.argmax(evidence), np.shape(evidence))
+        assert scale == PRIOR_SCALE_FACTOR * PRIOR_SCALES[best_scale] and offset == OFFSET_VARIANCES[best_offset]
+        noise = _noise_and_offset(decoder, count, offset)
+        gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + noise)
         expected.append(decoder.channel_mean + gain @ centred)
+    assert min(offsets[1:]) > 0
     np.testing.assert_allclose(decoded, from_channels(np.array(expected), SIDE), atol=1e-5)
 
 
-def test_noise_variance_is_that_of_the_decoded_image_under_noise_alone(fitted):
-    """The variance of the posterior mean's values when ``z − z̄`` is noise of covariance ``N / n``,
-    ``diag(G (N / n) Gᵀ)`` with the gain ``G = sΣAᵀ (A sΣ Aᵀ + N / n)⁻¹`` written out, per channel."""
+def test_an_offset_on_every_voxel_is_not_read_as_the_image(fitted):
+    """Shapes whose samples all sit 0.3 SD above the training samples' decode much as without it."""
+    decoder, rng = fitted["decoder"], fitted["rng"]
+    shapes = _shapes(rng)
+    n_trials = np.full(len(shapes), 4)
+    z = (fitted["respond"](shapes) + rng.standard_normal((len(shapes), 400)) / 2 - fitted["mean"]) / fitted["std"]
+    plain, shifted = decoder.decode(z, n_trials), decoder.decode(z + 0.3, n_trials)
+    # The model's misfit of these shapes is partly shared by the voxels: without the shift, the
+    # evidence finds at most the smallest offset variances; with it, a larger one for every item.
+    plain_offsets, shifted_offsets = (decoder.hyperparameters(samples, n_trials)[1] for samples in (z, z + 0.3))
+    assert np.all(plain_offsets <= OFFSET_VARIANCES[1]) and np.all(shifted_offsets > plain_offsets)
+    error = np.abs(shifted - plain).mean()
+    assert error < 0.2 * np.abs(plain - 0.5).mean()
+
+
+def test_noise_variance_is_that_of_the_decoded_image_under_noise_and_offset_alone(fitted):
+    """The variance of the posterior mean's values when ``z − z̄`` is noise and offset of covariance
+    ``M = N / n + τ² 1 1ᵀ``, ``diag(G M Gᵀ)`` with the gain ``G = sΣAᵀ (A sΣ Aᵀ + M)⁻¹`` written out,
+    per channel (the third item with an offset, so τ² > 0)."""
     decoder, rng = fitted["decoder"], fitted["rng"]
     shapes = _shapes(rng)[:3]
     z = (fitted["respond"](shapes) + rng.standard_normal((3, 400)) - fitted["mean"]) / fitted["std"]
+    z[2] += 0.3
     n_trials = np.array([1, 3, 3])
     variance = decoder.noise_variance(z, n_trials)
     assert variance.shape == (3, 3, SIDE * SIDE)
     covariance = decoder.prior_factor @ decoder.prior_factor.T
     A = decoder.encoding
-    for item, (count, scale) in enumerate(zip(n_trials, decoder.prior_scales(z, n_trials))):
-        noise = np.diag(decoder.noise / count)
+    scales, offsets = decoder.hyperparameters(z, n_trials)
+    assert offsets[2] > 0
+    for item, (count, scale, offset) in enumerate(zip(n_trials, scales, offsets)):
+        noise = _noise_and_offset(decoder, count, offset)
         gain = scale * covariance @ A.T @ np.linalg.inv(scale * A @ covariance @ A.T + noise)
         np.testing.assert_allclose(variance[item].ravel(), np.diag(gain @ noise @ gain.T), rtol=1e-6, atol=1e-12)
     with task_threads(1):
@@ -157,8 +188,8 @@ def test_weakly_driven_samples_are_shrunk_more(fitted):
     shapes = _shapes(rng)
     faint = 0.5 + 0.2 * (shapes - 0.5)
     n_trials = np.full(len(shapes), 4)
-    scales = [decoder.prior_scales((fitted["respond"](images) + rng.standard_normal((len(images), 400)) / 2
-                                    - fitted["mean"]) / fitted["std"], n_trials) for images in (shapes, faint)]
+    scales = [decoder.hyperparameters((fitted["respond"](images) + rng.standard_normal((len(images), 400)) / 2
+                                       - fitted["mean"]) / fitted["std"], n_trials)[0] for images in (shapes, faint)]
     assert np.median(scales[1]) < np.median(scales[0])
 
 

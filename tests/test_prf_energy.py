@@ -121,7 +121,8 @@ def test_suppressing_noise_greys_the_background_and_keeps_the_shapes(brain):
     residue = [np.abs(image[background]).mean() for image in luminance]   # grey is luminance 0
     assert residue[1] < 0.7 * residue[0], residue
     flat = shapes.reshape(len(shapes), -1)
-    assert pairwise_identification(cleaned.reshape(len(shapes), -1), flat).mean() > 0.9
+    scores = [pairwise_identification(images.reshape(len(shapes), -1), flat).mean() for images in (refined, cleaned)]
+    assert scores[1] > 0.85 and scores[1] >= scores[0] - 0.02, scores
 
 
 def test_the_refined_bits_do_not_depend_on_the_thread_count(brain):

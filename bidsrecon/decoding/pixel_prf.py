@@ -27,7 +27,16 @@ images do not span; each test sample scales that covariance by the factor ``s`` 
 most likely (its evidence, MacKay 1992), times :data:`PRIOR_SCALE_FACTOR`, so an item that drives
 the voxels weakly, a letter on grey, is shrunk more towards the mean than a photograph::
 
-    x̂ = x̄ + (Aᵀ N⁻¹ A + Σ⁻¹ / s)⁻¹ Aᵀ N⁻¹ (z − z̄)
+    x̂ = x̄ + (Aᵀ M⁻¹ A + Σ⁻¹ / s)⁻¹ Aᵀ M⁻¹ (z − z̄),    M = N / n + τ² 1 1ᵀ
+
+``τ²`` is the variance of an offset that every voxel of a sample shares, chosen with ``s`` from
+:data:`OFFSET_VARIANCES` by the same evidence. Each run is normalised as a whole, so a test
+sample can sit above or below the training samples everywhere at once: a letter run's 12-s
+blocks and rests balance otherwise than a training run's (a mean offset over voxels of 0.11-0.29
+SD per item on the ds001506 preset). Unmodelled, the offset reads as a bright or dark image, or
+as the largest prior scale with saturated colour; marginalised, it is a nuisance the item's
+evidence sizes (0 where there is none). ``M`` is diagonal plus rank one, so every step stays O(3 s²)
+per item and prior scale in the prior's eigenbasis (Sherman-Morrison, the determinant lemma).
 
 The model is fitted on the training samples only. It is not saved with the decoder: applying a
 saved decoder fits it again from the decoder's training samples, to the same bits. Measured on the
@@ -60,6 +69,10 @@ PRIOR_SCALES = tuple(np.logspace(-2.5, 1, 15))
 #: grey where it holds only noise, the shape's own, larger scale is what matters. Chosen by
 #: ``bench/validity.py`` among 1, 2 and 3 (see the README's "The pixel stage by inverting pRF models").
 PRIOR_SCALE_FACTOR = 2.0
+#: Variances of the offset shared by all of a sample's voxels (z units), each sample choosing one with
+#: its prior scale by their joint evidence (0: none). Measured by ``bench/validity.py``: see the README's
+#: "The pixel stage by inverting pRF models".
+OFFSET_VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1)
 #: Candidates whose fits are computed at once (bounds the memory of the search).
 CANDIDATE_CHUNK = 128
 #: Luminance (Rec. 601 luma, centred on the grey background), red-green and blue-yellow of RGB.
@@ -127,6 +140,10 @@ class PrfDecoder:
     eigenvalues, eigenvectors : ndarray, shapes (3 * side * side,) and (3 * side * side,) * 2
         ``e``, ``U`` of one trial's data precision in the prior's whitened pixels,
         ``Lᵀ Aᵀ N⁻¹ A L = U diag(e) Uᵀ``, where each item's prior scale costs a division.
+    offset_loading : ndarray, shape (3 * side * side,)
+        ``b = Uᵀ Lᵀ Aᵀ N⁻¹ 1``: how an offset on every voxel reads in those pixels.
+    offset_precision : float
+        ``κ = 1ᵀ N⁻¹ 1``.
     side : int
     r2 : ndarray, shape (n_voxels,)
         Every voxel's variance explained by its best pRF.
@@ -141,69 +158,98 @@ class PrfDecoder:
     prior_factor: np.ndarray
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
+    offset_loading: np.ndarray
+    offset_precision: float
     side: int
     r2: np.ndarray
 
-    def _whitened(self, z):
-        """``Uᵀ Lᵀ Aᵀ N⁻¹ (z − z̄)`` of each sample, (n_items, 3 s²)."""
-        centred = np.asarray(z, dtype=np.float64)[:, self.voxels] - self.response_mean
-        return ((centred / self.noise) @ self.encoding @ self.prior_factor) @ self.eigenvectors
+    def _projections(self, z):
+        """Each sample's ``c = Uᵀ Lᵀ Aᵀ N⁻¹ (z − z̄)``, (n_items, 3 s²), and ``w = 1ᵀ N⁻¹ (z − z̄)``, (n_items,)."""
+        centred = (np.asarray(z, dtype=np.float64)[:, self.voxels] - self.response_mean) / self.noise
+        return (centred @ self.encoding @ self.prior_factor) @ self.eigenvectors, centred.sum(axis=1)
 
     @in_task_threads
-    def prior_scales(self, z, n_trials):
-        """Each sample's prior scale: :data:`PRIOR_SCALE_FACTOR` times the one of :data:`PRIOR_SCALES`
-        under which it is most likely.
+    def hyperparameters(self, z, n_trials):
+        """Each sample's prior scale and offset variance: :data:`PRIOR_SCALE_FACTOR` times the scale of
+        :data:`PRIOR_SCALES`, and the variance of :data:`OFFSET_VARIANCES`, under which it is most likely.
 
-        The evidence of ``z − z̄ ~ N(0, s A Σ Aᵀ + N / n)`` is, up to terms without ``s``,
-        ``−½ Σ_i log(1 + s n e_i) + ½ n² Σ_i c_i² / (1/s + n e_i)`` with ``c`` the whitened
-        sample (MacKay 1992, "Bayesian interpolation", Neural Computation 4: 415-447).
+        With ``C₀ = s A Σ Aᵀ + N / n`` the evidence of ``y = z − z̄ ~ N(0, C₀ + τ² 1 1ᵀ)`` is, up to
+        terms without ``s`` or ``τ²``, ``−½ Σ_i log(1 + s n e_i) + ½ n² Σ_i c_i² / (1/s + n e_i)
+        − ½ log(1 + τ² q) + ½ τ² p² / (1 + τ² q)``, with ``q = 1ᵀ C₀⁻¹ 1 = n κ − n² Σ_i b_i² / (1/s + n e_i)``
+        and ``p = 1ᵀ C₀⁻¹ y = n w − n² Σ_i b_i c_i / (1/s + n e_i)`` (Woodbury and the determinant lemma;
+        MacKay 1992, "Bayesian interpolation", Neural Computation 4: 415-447, for the scale).
 
         Returns
         -------
-        ndarray, shape (n_items,)
+        scales, offset_variances : ndarray, shape (n_items,) each
         """
-        return self._scales(self._whitened(z), n_trials)
+        return self._hyperparameters(*self._projections(z), n_trials)
 
-    def _scales(self, whitened, n_trials):
-        """The prior scale every step of the decoder uses (see :meth:`prior_scales`)."""
-        return PRIOR_SCALE_FACTOR * self._most_likely_scales(whitened, n_trials)
+    def _hyperparameters(self, whitened, total, n_trials):
+        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
+        scales, offsets = np.asarray(PRIOR_SCALES), np.asarray(OFFSET_VARIANCES)
+        inverse = 1 / (1 / scales[None, :, None] + n[:, :, None] * self.eigenvalues)      # (items, S, K)
+        fit = -0.5 * np.log1p(scales[None, :, None] * n[:, :, None] * self.eigenvalues).sum(axis=2)
+        fit += 0.5 * n ** 2 * (whitened[:, None, :] ** 2 * inverse).sum(axis=2)
+        q = n * self.offset_precision - n ** 2 * (inverse @ self.offset_loading ** 2)
+        p = n * total[:, None] - n ** 2 * (inverse * (whitened * self.offset_loading)[:, None, :]).sum(axis=2)
+        t, q, p = offsets[None, None, :], q[..., None], p[..., None]
+        evidence = fit[..., None] - 0.5 * np.log1p(t * q) + 0.5 * t * p ** 2 / (1 + t * q)   # (items, S, T)
+        best = evidence.reshape(len(n), -1).argmax(axis=1)
+        return PRIOR_SCALE_FACTOR * scales[best // len(offsets)], offsets[best % len(offsets)]
 
-    def _most_likely_scales(self, whitened, n_trials):
-        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None, None]
-        scales = np.asarray(PRIOR_SCALES)[None, :, None]
-        e = self.eigenvalues[None, None, :]
-        evidence = (-0.5 * np.log1p(scales * n * e).sum(axis=2)
-                    + 0.5 * (n[:, :, 0] ** 2) * (whitened[:, None, :] ** 2 / (1 / scales + n * e)).sum(axis=2))
-        return np.asarray(PRIOR_SCALES)[evidence.argmax(axis=1)]
+    def _posterior(self, z, n_trials):
+        """What :meth:`decode` and :meth:`noise_variance` share.
+
+        In the whitened, rotated pixels the posterior precision is ``diag(D) − γ b bᵀ`` with
+        ``D = n e + 1/s`` and ``γ = n² τ² / (1 + n τ² κ)``, whose inverse is ``diag(1/D) + β v vᵀ``
+        with ``v = b / D`` and ``β = γ / (1 − γ bᵀ v)`` (Sherman-Morrison).
+
+        Returns
+        -------
+        n, scales, D, v, beta, rhs : the trials (n_items, 1), the prior scales (n_items, 1), ``D``,
+        ``v`` (n_items, 3 s²), ``β`` (n_items, 1), and ``Uᵀ Lᵀ Aᵀ M⁻¹ (z − z̄) = n c − γ w b``.
+        """
+        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
+        whitened, total = self._projections(z)
+        scales, offsets = (values[:, None] for values in self._hyperparameters(whitened, total, n_trials))
+        precision = n * self.eigenvalues + 1 / scales
+        gamma = n ** 2 * offsets / (1 + n * offsets * self.offset_precision)
+        v = self.offset_loading / precision
+        beta = gamma / (1 - gamma * (v @ self.offset_loading)[:, None])
+        return n, scales, precision, v, beta, n * whitened - gamma * total[:, None] * self.offset_loading
 
     @in_task_threads
     def noise_variance(self, z, n_trials):
-        """How much of :meth:`decode`'s output measurement noise alone would put there: its variance.
+        """How much of :meth:`decode`'s output measurement noise and the offset alone would put there: its variance.
 
-        A sample that is the mean of ``n`` trials carries noise of covariance ``N / n``, so its
-        whitened, rotated form ``c`` has covariance ``diag(e) / n`` and the decoded ``r_k = n c_k /
-        (n e_k + 1/s)`` the variance ``n e_k / (n e_k + 1/s)²``; the channels ``x = x̄ + L U r``
-        then have the variance ``Σ_k (L U)_ik² n e_k / (n e_k + 1/s)²`` at each value ``i``.
+        A sample that is the mean of ``n`` trials carries noise and offset of covariance ``M``, under
+        which the posterior mean ``r = P⁻¹ g`` in the whitened, rotated pixels (``P`` the posterior
+        precision, ``g`` its right-hand side) has covariance ``P⁻¹ (P − I / s) P⁻¹ = P⁻¹ − P⁻¹ P⁻¹ / s``;
+        the channels ``x = x̄ + L U r`` then have the diagonal of ``(L U) (P⁻¹ − P⁻¹ P⁻¹ / s) (L U)ᵀ``.
+        Without an offset that is ``Σ_k (L U)_ik² n e_k / (n e_k + 1/s)²`` at each value ``i``.
 
         Parameters
         ----------
         z, n_trials :
-            As for :meth:`decode` (the prior scale of each sample depends on it).
+            As for :meth:`decode` (the prior scale and offset of each sample depend on them).
 
         Returns
         -------
         ndarray, shape (n_items, 3, side * side)
             Per channel (luminance, red-green, blue-yellow) and pixel, as :func:`to_channels` has them.
         """
-        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
-        scales = self._scales(self._whitened(z), n_trials)[:, None]
-        rotated = n * self.eigenvalues / (n * self.eigenvalues + 1 / scales) ** 2
-        loadings = (self.prior_factor @ self.eigenvectors) ** 2
-        return (rotated @ loadings.T).reshape(len(n), 3, -1)
+        n, scales, precision, v, beta, _ = self._posterior(z, n_trials)
+        loading = self.prior_factor @ self.eigenvectors
+        diagonal = (n * self.eigenvalues / precision ** 2) @ (loading ** 2).T
+        along, along_scaled = v @ loading.T, (v / precision) @ loading.T
+        rank_one = ((beta - beta ** 2 * (v ** 2).sum(axis=1, keepdims=True) / scales) * along ** 2
+                    - 2 * beta / scales * along * along_scaled)
+        return (diagonal + rank_one).reshape(len(n), 3, -1)
 
     @in_task_threads
     def decode(self, z, n_trials):
-        """Posterior-mean small images of test samples, each under its own prior scale.
+        """Posterior-mean small images of test samples, each under its own prior scale and offset variance.
 
         Parameters
         ----------
@@ -215,11 +261,8 @@ class PrfDecoder:
         -------
         ndarray, shape (n_items, 3, side, side), float32 RGB (not clipped)
         """
-        n = np.asarray(n_trials, dtype=np.float64).ravel()[:, None]
-        whitened = self._whitened(z)
-        scales = self._scales(whitened, n_trials)[:, None]
-        # In the whitened, rotated pixels the posterior precision is diagonal: n e + 1 / s.
-        rotated = n * whitened / (n * self.eigenvalues + 1 / scales)
+        _, _, precision, v, beta, rhs = self._posterior(z, n_trials)
+        rotated = rhs / precision + beta * v * (v * rhs).sum(axis=1, keepdims=True)
         decoded = (rotated @ self.eigenvectors.T) @ self.prior_factor.T
         return from_channels(decoded + self.channel_mean, self.side).astype(np.float32)
 
@@ -293,7 +336,8 @@ def fit_prf_decoder(z, image_index, pixels, counts):
     return PrfDecoder(voxels=voxels, candidates=best[voxels], encoding=encoding, noise=noise,
                       response_mean=means[seen][:, voxels].mean(axis=0), channel_mean=channel_mean,
                       prior_factor=factor, eigenvalues=np.clip(eigenvalues, 0, None), eigenvectors=eigenvectors,
-                      side=side, r2=best_r2)
+                      offset_loading=(1 / noise) @ whitened_encoding @ eigenvectors,
+                      offset_precision=float(np.sum(1 / noise)), side=side, r2=best_r2)
 
 
 def _best_prfs(responses, total, channels, contrast, grid):

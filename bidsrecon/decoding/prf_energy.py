@@ -18,7 +18,8 @@ on the trial-averaged training responses (a small ridge, :data:`WEIGHT_RIDGE`), 
 voxel's single-trial residual variance under this model.
 
 Decoding is the maximum a posteriori image under this model with the linear decoder's Gaussian
-prior (at the item's own scale, chosen by its evidence under the linear model), found by L-BFGS
+prior and offset shared by the voxels (at the item's own prior scale and offset variance, chosen by
+its evidence under the linear model; the offset is found with the image), found by L-BFGS
 from the linear posterior mean: the energy term is not linear in the image, so the posterior has
 no closed form. The pooling by a Gaussian pRF of the grid is separable (``G_y M G_xᵀ``), which
 keeps each evaluation to a few small matrix products.
@@ -179,12 +180,12 @@ def refine(prf, model, z, n_trials):
     z = np.asarray(z, dtype=np.float64)
     n_trials = np.asarray(n_trials, dtype=np.float64).ravel()
     start = to_channels(prf.decode(z, n_trials)).reshape(len(z), -1)
-    scales = prf.prior_scales(z, n_trials)
+    scales, offsets = prf.hyperparameters(z, n_trials)
     blocks = [slice(begin, begin + ITEM_BLOCK) for begin in range(0, len(z), ITEM_BLOCK)]
     shared = _Shared(prf, model)
     with tqdm(total=len(z), unit="item", desc="small image (pRF)") as bar:
         def solve(block):
-            channels = shared.solve(z[block], n_trials[block], scales[block], start[block])
+            channels = shared.solve(z[block], n_trials[block], scales[block], offsets[block], start[block])
             bar.update(len(channels))
             return channels
 
@@ -208,23 +209,26 @@ class _Shared:
         self.response_mean = torch.from_numpy(model.response_mean)
         self.noise = torch.from_numpy(model.noise)
 
-    def solve(self, z, n_trials, scales, start):
-        """Minimise ``n/2 Σ_v (z_v − r_v(x))² / σ²_v + |L⁻¹(x − x̄)|² / 2s`` over ``w = L⁻¹(x − x̄)``."""
+    def solve(self, z, n_trials, scales, offsets, start):
+        """Minimise ``n/2 Σ_v (z_v − r_v(x) − τ u)² / σ²_v + |L⁻¹(x − x̄)|² / 2s + u² / 2`` over
+        ``w = L⁻¹(x − x̄)`` and the offset ``τ u`` (none where ``τ² = 0``)."""
         responses = torch.from_numpy(z[:, self.voxels]) - self.response_mean
         n = torch.from_numpy(n_trials)[:, None]
         inverse_scale = torch.from_numpy(1 / scales)[:, None]
         start = torch.from_numpy(start) - self.channel_mean
         whitened = torch.linalg.solve_triangular(self.factor, start.T, upper=False).T.contiguous()
         whitened.requires_grad_(True)
+        offset_sd = torch.from_numpy(np.sqrt(offsets))[:, None]
+        offset = torch.zeros_like(offset_sd, requires_grad=True)
 
         def energy():
             channels = self.channel_mean + whitened @ self.factor.T
             regressors = design(channels, self.side, self.factors, self.pairs, self.candidates) - self.design_mean
-            predicted = torch.einsum("nkv,vk->nv", regressors, self.weights)
+            predicted = torch.einsum("nkv,vk->nv", regressors, self.weights) + offset_sd * offset
             return (0.5 * (n * (responses - predicted) ** 2 / self.noise).sum()
-                    + 0.5 * (inverse_scale * whitened ** 2).sum())
+                    + 0.5 * (inverse_scale * whitened ** 2).sum() + 0.5 * (offset ** 2).sum())
 
-        optimiser = torch.optim.LBFGS([whitened], max_iter=ITERATIONS, history_size=20, line_search_fn="strong_wolfe",
+        optimiser = torch.optim.LBFGS([whitened, offset], max_iter=ITERATIONS, history_size=20, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-9, tolerance_change=1e-12)
 
         def closure():
