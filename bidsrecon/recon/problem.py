@@ -46,8 +46,13 @@ class _Problem:
         self.n_items = len(next(iter(targets.values())))
         self.mixed_precision = mixed_precision
 
-    def objective(self, render):
+    def objective(self, render, coarse=None):
         """``objective(variable, items)`` → (loss per item, gradient), images = render(variable).
+
+        The pixel term reads ``coarse(variable)`` pooled to the decoded small image's size, where
+        ``coarse`` is given (an image optimised at a smaller size, before its upsampling), else the
+        rendered image: pooling an upsampled image blurs it, and matching a blurred image to the
+        small image asks for a sharpened one.
 
         On the CPU each item is evaluated alone, as one task of :mod:`bidsrecon.parallel` (one
         thread each, the items in parallel): its loss and gradient then depend neither on the
@@ -81,7 +86,8 @@ class _Problem:
                     features = self.encoder.features(image, layers)
                 features = {name: value.float() for name, value in features.items()}
                 if self.pixel_size:
-                    features[PIXEL_LAYER] = torch.nn.functional.adaptive_avg_pool2d(image.float(), self.pixel_size)
+                    seen = image if coarse is None else coarse(variable)
+                    features[PIXEL_LAYER] = torch.nn.functional.adaptive_avg_pool2d(seen.float(), self.pixel_size)
                 loss, output_gradients = feature_loss_and_output_gradients(features, offsets, weights)
                 extra_outputs, extra_gradients = [], []
                 if self.tv_weights is not None:

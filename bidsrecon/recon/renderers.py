@@ -2,7 +2,7 @@
 an image.
 
 ``lbfgs`` (:class:`_PixelLbfgs`): L-BFGS over the logits of the pixels, optionally of a smaller
-image upsampled before the encoder. ``gd`` (:class:`_PixelDescent`): momentum descent over the
+image upsampled before the encoder (the pixel term then reads the smaller image). ``gd`` (:class:`_PixelDescent`): momentum descent over the
 pixels, with decay towards the mean colour and blur. ``generator`` (:class:`_GeneratorDescent`):
 momentum descent over a DGN generator's latent. Each takes a :class:`bidsrecon.recon.problem._Problem`
 and its settings (:mod:`bidsrecon.recon.settings`), optimises from the start logits and gives the
@@ -38,7 +38,8 @@ class _PixelLbfgs:
         if self.settings.scale > 1:
             start = torch.logit(torch.nn.functional.adaptive_avg_pool2d(
                 torch.sigmoid(start), self.image_size // self.settings.scale))
-        variable, _ = minimise_lbfgs(self.problem.objective(self.render), start, self.settings.n_iter,
+        coarse = torch.sigmoid if self.settings.scale > 1 else None
+        variable, _ = minimise_lbfgs(self.problem.objective(self.render, coarse), start, self.settings.n_iter,
                                      on_iteration)
         return variable
 
