@@ -160,13 +160,12 @@ def run_seed(root, seed, preset, app_args, tag):
 
 
 def draw_figure(path, rows):
-    """Truth / baseline / app triplets of a few items per set, one row each, as a PNG."""
+    """A few items per set as a PNG: each row a tuple of image stacks (truths first), drawn as columns."""
     from PIL import Image
 
     tiles = []
-    for truths, baseline, app in rows:
-        tiles.append(np.concatenate([np.concatenate([t, b, a], axis=0) for t, b, a in zip(truths, baseline, app)],
-                                    axis=1))
+    for stacks in rows:
+        tiles.append(np.concatenate([np.concatenate(column, axis=0) for column in zip(*stacks)], axis=1))
     width = max(tile.shape[1] for tile in tiles)
     canvas = np.ones((sum(tile.shape[0] + 4 for tile in tiles), width, 3), np.float32)
     top = 0
@@ -174,7 +173,6 @@ def draw_figure(path, rows):
         canvas[top:top + tile.shape[0], :tile.shape[1]] = tile
         top += tile.shape[0] + 4
     Image.fromarray(np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)).save(path)
-    print(f"figure (per set: truths, baseline, app): {path}")
 
 
 def main(argv=None):
@@ -203,6 +201,7 @@ def main(argv=None):
             figure_rows.append((truths[pick], baseline[pick], images[pick]))
         if args.figure and seed == args.seeds[0]:
             draw_figure(args.figure, figure_rows)
+            print(f"figure (per set: truths, baseline, app): {args.figure}")
 
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_rows", 500):
