@@ -103,9 +103,7 @@ def small_images(seed_dir):
     truths = load_images([data["stimuli"][name] for name in items["stimulus"]], EVALUATION_SIZE)
     prf = fit_prf_decoder(X, image_index, pixels, counts)
     model = fit_energy_model(prf, X, image_index, pixels, counts)
-    voxels = prf.voxels
-
-    side = prf.side
+    voxels, side = prf.voxels, prf.side
     true_small = pixel_targets(load_images([data["stimuli"][name] for name in items["stimulus"]], size,
                                            dtype=np.uint8), size)
     with torch.no_grad():
@@ -116,6 +114,8 @@ def small_images(seed_dir):
 
     train_means = image_means(X, image_index, len(names))[:, voxels]
     noise_free = noise_free_responses(seed_dir / "bids", "01")
+    if noise_free is None:
+        raise SystemExit(f"{seed_dir / 'bids'} was not written by the simulator: no noise-free responses to compare")
     true_train, true_items, match = true_responses_in_app_units(train_means, names, items["stimulus"], noise_free)
     print(f"{seed_dir.name}: {len(voxels)} voxels kept; correlation with their simulated voxel over the training "
           f"images' trial means, median {np.median(match):.2f}", flush=True)
