@@ -8,6 +8,7 @@ from test_pixel_prf import _shapes
 from bidsrecon.decoding.pixel_denoise import suppress_noise
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder, prf_grid, to_channels
 from bidsrecon.decoding.prf_energy import (
+    _population_shrunk_weights,
     design,
     fit_energy_model,
     gabor_pairs,
@@ -122,7 +123,8 @@ def test_suppressing_noise_greys_the_background_and_keeps_the_shapes(brain):
     assert residue[1] < 0.7 * residue[0], residue
     flat = shapes.reshape(len(shapes), -1)
     scores = [pairwise_identification(images.reshape(len(shapes), -1), flat).mean() for images in (refined, cleaned)]
-    assert scores[1] > 0.85 and scores[1] >= scores[0] - 0.02, scores
+    one_judgement = 2 / (len(shapes) * (len(shapes) - 1))  # one pair of shapes told apart or not
+    assert scores[1] > 0.85 and scores[1] >= scores[0] - one_judgement - 1e-9, scores
 
 
 def test_the_refined_bits_do_not_depend_on_the_thread_count(brain):
@@ -134,3 +136,31 @@ def test_the_refined_bits_do_not_depend_on_the_thread_count(brain):
         with task_threads(threads):
             results.append(refine(prf, brain["model"], z, np.full(len(shapes), 1)))
     assert np.array_equal(results[0], results[1])
+
+
+def _voxel_population(n_images, noise_sd, spread, rng, n_voxels=400, n_regressors=11):
+    """Regressors and responses of voxels whose weights scatter around a shared mean."""
+    regressors = rng.standard_normal((n_images, n_regressors, n_voxels)) * rng.uniform(0.5, 2, n_voxels)
+    # Orientation-like regressors that the images rarely vary alone: strongly correlated columns.
+    regressors[:, 4:] = regressors[:, 3:4] + 0.2 * regressors[:, 4:]
+    weights = rng.standard_normal(n_regressors) + spread * rng.standard_normal((n_voxels, n_regressors))
+    centred = regressors - regressors.mean(axis=0)
+    responses = np.einsum("nkv,vk->nv", centred, weights) + noise_sd * rng.standard_normal((n_images, n_voxels))
+    return centred, responses - responses.mean(axis=0), weights
+
+
+def test_shrinking_towards_the_population_brings_noisy_weights_closer_to_the_true_ones():
+    rng = np.random.default_rng(3)
+    centred, responses, weights = _voxel_population(60, noise_sd=3.0, spread=0.3, rng=rng)
+    shrunk = _population_shrunk_weights(centred, responses)
+    alone = np.stack([np.linalg.lstsq(centred[:, :, v], responses[:, v], rcond=None)[0] for v in range(len(weights))])
+    errors = [np.sqrt(((estimate - weights) ** 2).mean()) for estimate in (alone, shrunk)]
+    assert errors[1] < 0.6 * errors[0], errors
+
+
+def test_weights_measured_well_are_left_at_their_least_squares_estimates():
+    rng = np.random.default_rng(4)
+    centred, responses, weights = _voxel_population(400, noise_sd=0.05, spread=1.0, rng=rng)
+    shrunk = _population_shrunk_weights(centred, responses)
+    alone = np.stack([np.linalg.lstsq(centred[:, :, v], responses[:, v], rcond=None)[0] for v in range(len(weights))])
+    np.testing.assert_allclose(shrunk, alone, atol=0.01)
