@@ -149,18 +149,24 @@ def _voxel_population(n_images, noise_sd, spread, rng, n_voxels=400, n_regressor
     return centred, responses - responses.mean(axis=0), weights
 
 
+def _least_squares_per_voxel(centred, responses):
+    """Each voxel's weights fitted alone: (n_voxels, n_regressors)."""
+    return np.stack([np.linalg.lstsq(centred[:, :, v], responses[:, v], rcond=None)[0]
+                     for v in range(responses.shape[1])])
+
+
 def test_shrinking_towards_the_population_brings_noisy_weights_closer_to_the_true_ones():
     rng = np.random.default_rng(3)
     centred, responses, weights = _voxel_population(60, noise_sd=3.0, spread=0.3, rng=rng)
     shrunk = _population_shrunk_weights(centred, responses)
-    alone = np.stack([np.linalg.lstsq(centred[:, :, v], responses[:, v], rcond=None)[0] for v in range(len(weights))])
+    alone = _least_squares_per_voxel(centred, responses)
     errors = [np.sqrt(((estimate - weights) ** 2).mean()) for estimate in (alone, shrunk)]
     assert errors[1] < 0.6 * errors[0], errors
 
 
 def test_weights_measured_well_are_left_at_their_least_squares_estimates():
     rng = np.random.default_rng(4)
-    centred, responses, weights = _voxel_population(400, noise_sd=0.05, spread=1.0, rng=rng)
+    centred, responses, _ = _voxel_population(400, noise_sd=0.05, spread=1.0, rng=rng)
     shrunk = _population_shrunk_weights(centred, responses)
-    alone = np.stack([np.linalg.lstsq(centred[:, :, v], responses[:, v], rcond=None)[0] for v in range(len(weights))])
+    alone = _least_squares_per_voxel(centred, responses)
     np.testing.assert_allclose(shrunk, alone, atol=0.01)
