@@ -63,6 +63,7 @@ from bidsrecon.evaluation import (  # noqa: E402
 from bidsrecon.evaluation.metrics import luma  # noqa: E402
 from bidsrecon.images import load_images  # noqa: E402
 from bidsrecon.simulate import simulate_dataset  # noqa: E402
+from bidsrecon.workflow_control import stamp_work_version  # noqa: E402
 
 BASELINE_SIZE = 32
 BASELINE_ALPHAS = np.logspace(-1, 6, 15)
@@ -138,9 +139,12 @@ def run_seed(root, seed, preset, app_args, tag):
         print(f"simulating the {preset} preset, seed {seed}, into {bids}", flush=True)
         simulate_dataset(bids, n_subjects=1, preset=preset, seed=seed)
     # Nipype reuses a cached step whose inputs are unchanged, whatever code computed it: the decoding
-    # and reconstruction, the code this bench measures, run again every time (preprocessing stays cached).
+    # and reconstruction, the code this bench measures, run again every time (preprocessing stays cached,
+    # so the work dir is stamped as this code's: the app would refuse a checkout's edited code otherwise).
     for stale in [*work.glob("sub_*_wf/decode_wf/decode"), *work.glob("sub_*_wf/recon_wf")]:
         shutil.rmtree(stale)
+    for folder in work.glob("sub_*_wf"):
+        stamp_work_version(work, folder.name.removeprefix("sub_").removesuffix("_wf"))
     argv = [str(bids), str(out), "participant", "-w", str(work), "--skip-bids-validation", *app_args]
     print("running: bidsrecon " + " ".join(argv), flush=True)
     # A child process per run: Nipype's MultiProc forks its workers, and a fork of a process whose

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bidsrecon._version import __version__
+from bidsrecon._version import cached_results_version
 from bidsrecon.bids.derivatives import atomic_write_text, set_metrics_file
 from bidsrecon.errors import EXIT_BAD_ARGUMENTS, EXIT_INPUT_MISSING, BidsReconError
 from bidsrecon.reports import write_participant_report
@@ -56,18 +56,20 @@ def check_work_version(work_dir, subjects):
     Nipype reuses a step's cached result whenever the step's inputs are unchanged, whatever code
     computed it: after an upgrade, a rerun in the same work dir would take the old version's
     decoded features or images as this version's, without a word. A folder that holds results but
-    no stamp was written before stamps were.
+    no stamp was written before stamps were. In a source checkout the stamp holds a hash of the
+    source too (:func:`bidsrecon._version.cached_results_version`), so an edit counts as a new version.
     """
+    version = cached_results_version()
     for subject in subjects:
         folder = Path(work_dir) / f"sub_{subject}_wf"
         if not folder.is_dir() or not any(folder.iterdir()):
             continue
         stamp = folder / VERSION_STAMP
         found = stamp.read_text().strip() if stamp.is_file() else None
-        if found != __version__:
+        if found != version:
             raise BidsReconError(
                 f"{folder} holds results cached by {'bidsrecon ' + found if found else 'an earlier bidsrecon'}, "
-                f"and this is bidsrecon {__version__}, whose steps may compute them differently; rerun with "
+                f"and this is bidsrecon {version}, whose steps may compute them differently; rerun with "
                 "--clean-workdir (it removes this participant's cached results) or give a new --work-dir",
                 EXIT_BAD_ARGUMENTS)
 
@@ -84,7 +86,7 @@ def stamp_work_version(work_dir, subject):
     """Mark the participant's workflow folder as caching this version's results."""
     folder = Path(work_dir) / f"sub_{subject}_wf"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / VERSION_STAMP, __version__ + "\n")
+    atomic_write_text(folder / VERSION_STAMP, cached_results_version() + "\n")
 
 
 def describe_plans(plans, config):

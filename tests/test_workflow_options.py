@@ -70,6 +70,29 @@ def test_cached_results_of_another_version_are_refused_until_cleaned(tiny_datase
     check_work_version(work, ["01", "02"])  # this version's results, and a participant with none
 
 
+def test_an_edit_to_a_checkouts_source_makes_its_cached_results_another_versions(tmp_path, monkeypatch):
+    """A checkout's version stays the same through edits: the stamp carries the source's hash, so a
+    rerun after an edit is refused (and `make demo` starts afresh) instead of reusing the old code's results."""
+    from bidsrecon import _version
+    from bidsrecon.errors import BidsReconError
+    from bidsrecon.workflow_control import check_work_version, stamp_work_version
+
+    package = tmp_path / "package"
+    (package / "decoding").mkdir(parents=True)
+    (package / "decoding" / "stage.py").write_text("STEP = 1\n")
+    monkeypatch.setattr(_version, "_PACKAGE", package)
+    work = tmp_path / "work"
+    stamp_work_version(work, "01")
+    (work / "sub_01_wf" / "result").write_text("computed by STEP = 1")
+    check_work_version(work, ["01"])  # unchanged source: reused
+    assert _version.cached_results_version().startswith(_version.__version__ + "+src.")
+
+    (package / "decoding" / "stage.py").write_text("STEP = 2\n")
+    with pytest.raises(BidsReconError, match="--clean-workdir"):
+        check_work_version(work, ["01"])
+    monkeypatch.setattr(_version, "_VERSION_FILE", tmp_path / "no-version-file")  # an installed release
+    assert _version.cached_results_version() == _version.__version__
+
 def test_write_graph(tmp_path):
     from test_stages import _plan
 
