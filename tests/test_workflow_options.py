@@ -93,6 +93,7 @@ def test_an_edit_to_a_checkouts_source_makes_its_cached_results_another_versions
     monkeypatch.setattr(_version, "_VERSION_FILE", tmp_path / "no-version-file")  # an installed release
     assert _version.cached_results_version() == _version.__version__
 
+
 def test_write_graph(tmp_path):
     from test_stages import _plan
 
