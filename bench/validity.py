@@ -19,6 +19,10 @@ averaged over their trials, as the app does):
 * ``effnet_id``: two-way identification in EfficientNet-Lite0's features
   (``bidsrecon.evaluation.feature_identification_table``).
 
+Yardstick: each seed also scores the true images area-averaged to :data:`YARDSTICK_SIZES` pixels
+(and resized back), as ``truth at N px``; a method's row can then be read as about as informative
+as the true image at some resolution. They are not methods and do not enter the ``SUMMARY``.
+
 Both methods are scored by the same functions on the same items. The samples are the app's own:
 read from its work dir through Nipype's JSON record of the decode node's inputs (never the
 pickles), as ``bench/decoder_agreement.py`` does.
@@ -68,6 +72,8 @@ from bidsrecon.workflow_control import stamp_work_version  # noqa: E402
 BASELINE_SIZE = 32
 BASELINE_ALPHAS = np.logspace(-1, 6, 15)
 MEASURES = ("pixel_id", "ssim", "shape_id", "effnet_id")
+#: Sides, in pixels, of the true images scored as the yardstick.
+YARDSTICK_SIZES = (4, 8)
 #: Mean over seeds each set must reach (set: (measure, at least)).
 TARGETS = {"letters": ("pixel_id", 0.80), "shapes": ("shape_id", 0.80), "natural": ("pixel_id", 0.92),
            "imagery": ("pixel_id", 0.85)}
@@ -201,6 +207,10 @@ def main(argv=None):
             for method, recons in (("baseline", baseline), ("bidsrecon", images)):
                 rows.append({"seed": seed, "set": set_name, "method": method,
                              **score_set(recons[index], truths[index], names)})
+            for size in YARDSTICK_SIZES:
+                coarse = resize(resize(truths[index], size), truths.shape[1])
+                rows.append({"seed": seed, "set": set_name, "method": f"truth at {size} px",
+                             **score_set(coarse, truths[index], names)})
             pick = index[:: max(1, len(index) // 10)][:10]
             figure_rows.append((truths[pick], baseline[pick], images[pick]))
         if args.figure and seed == args.seeds[0]:
