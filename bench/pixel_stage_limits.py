@@ -4,7 +4,7 @@ What it measures
 ----------------
 On the subjects ``bench/validity.py`` simulated and ran (its ``--root``), the pRF stage
 (:mod:`bidsrecon.decoding.pixel_prf`, :mod:`bidsrecon.decoding.prf_energy`,
-:mod:`bidsrecon.decoding.pixel_denoise`) decodes the test items' small images four times, from:
+:mod:`bidsrecon.decoding.pixel_denoise`) decodes the test items' small images six times, from:
 
 * ``measured``: the app's own samples (what the app does);
 * ``model's own prediction``: each kept voxel's response as the fitted energy model predicts it
@@ -18,12 +18,18 @@ On the subjects ``bench/validity.py`` simulated and ran (its ``--root``), the pR
 * ``true responses, model fitted to true``: the same, with the energy model's weights fitted to
   the noise-free training responses as well (its noise variances kept): no training noise either,
   so what is left is the model family's own error.
+* ``model's own prediction + test noise``: the model's own prediction plus each item's measured
+  test noise (its measured sample less its noise-free response, both in the app's units): a model
+  without error, seen through the noise of the item's own trials. What the trial count alone allows;
+* ``model's own prediction + test noise / 2``: the same with half that noise, as if each item had
+  been seen in four times as many trials (the decoder is told so).
 
 For imagery the noise-free response is the one to seeing the image (the simulator scales it by a
-per-voxel imagery gain and each trial's vividness), so its last three rows are perception's
-ceiling, not imagery's. The models see the same number of trials per item in all four. Each is scored as
-``bench/validity.py`` scores (the decoded 32-px image upsampled to 64 px, no reconstruction stage)
-and printed per set; ``--figure`` draws the truths over the four.
+per-voxel imagery gain and each trial's vividness), so its last five rows are perception's
+ceiling, not imagery's, and its "test noise" holds how imagining differs from seeing as well.
+The models see the same number of trials per item in all but the last. Each is scored as
+``bench/validity.py`` scores (the decoded 32-px image upsampled to 64 px, no reconstruction
+stage) and printed per set; ``--figure`` draws the truths over the six.
 
 Usage::
 
@@ -89,7 +95,7 @@ def true_responses_in_app_units(train_means, train_names, item_names, noise_free
 
 
 def small_images(seed_dir):
-    """The four decodings of one seed's items; returns (items, truths, {label: images})."""
+    """The six decodings of one seed's items; returns (items, truths, {label: images})."""
     inputs = decode_node_inputs(seed_dir / "work")
     data = app_decoding_data(inputs)
     mean, std = _voxel_statistics(data["train_samples"])
@@ -126,12 +132,20 @@ def small_images(seed_dir):
     model_of_true = replace(fit_energy_model(prf, noise_free_training, image_index, pixels, counts),
                             noise=model.noise)
 
+    test_noise = z[:, voxels] - true_items
+    own_noisy, own_less_noisy = own.copy(), own.copy()
+    own_noisy[:, voxels] += test_noise
+    own_less_noisy[:, voxels] += test_noise / 2
+
     decodings = {}
-    for label, energy, samples in (("measured", model, z), ("model's own prediction", model, own),
-                                   ("true responses", model, true),
-                                   ("true responses, model fitted to true", model_of_true, true)):
-        refined = refine(prf, energy, samples, n_trials)
-        decoded = suppress_noise(refined, prf.noise_variance(samples, n_trials), prf.channel_mean)
+    for label, energy, samples, trials in (
+            ("measured", model, z, n_trials), ("model's own prediction", model, own, n_trials),
+            ("true responses", model, true, n_trials),
+            ("true responses, model fitted to true", model_of_true, true, n_trials),
+            ("model's own prediction + test noise", model, own_noisy, n_trials),
+            ("model's own prediction + test noise / 2", model, own_less_noisy, 4 * n_trials)):
+        refined = refine(prf, energy, samples, trials)
+        decoded = suppress_noise(refined, prf.noise_variance(samples, trials), prf.channel_mean)
         decodings[label] = resize(np.clip(decoded, 0, 1).transpose(0, 2, 3, 1), EVALUATION_SIZE)
     return items, truths, decodings
 
