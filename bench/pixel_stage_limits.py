@@ -4,7 +4,7 @@ What it measures
 ----------------
 On the subjects ``bench/validity.py`` simulated and ran (its ``--root``), the pRF stage
 (:mod:`bidsrecon.decoding.pixel_prf`, :mod:`bidsrecon.decoding.prf_energy`,
-:mod:`bidsrecon.decoding.pixel_denoise`) decodes the test items' small images six times, from:
+:mod:`bidsrecon.decoding.pixel_denoise`) decodes the test items' small images eight times, from:
 
 * ``measured``: the app's own samples (what the app does);
 * ``model's own prediction``: each kept voxel's response as the fitted energy model predicts it
@@ -23,13 +23,19 @@ On the subjects ``bench/validity.py`` simulated and ran (its ``--root``), the pR
   without error, seen through the noise of the item's own trials. What the trial count alone allows;
 * ``model's own prediction + test noise / 2``: the same with half that noise, as if each item had
   been seen in four times as many trials (the decoder is told so).
+* ``measured, simulator's pRFs`` and ``true responses + test noise / 2, simulator's pRFs``: the
+  energy model fitted, as the app fits it, to the measured training samples, but at each kept
+  voxel's simulated pRF instead of the one the search found; decoded from the measured samples and
+  from the noise-free responses plus half the test noise (4x the trials). What exact pRF placement
+  would give.
 
 For imagery the noise-free response is the one to seeing the image (the simulator scales it by a
-per-voxel imagery gain and each trial's vividness), so its last five rows are perception's
+per-voxel imagery gain and each trial's vividness), so all its rows but the first two
+are perception's
 ceiling, not imagery's, and its "test noise" holds how imagining differs from seeing as well.
-The models see the same number of trials per item in all but the last. Each is scored as
+The models see the same number of trials per item except where 4x is said. Each is scored as
 ``bench/validity.py`` scores (the decoded 32-px image upsampled to 64 px, no reconstruction
-stage) and printed per set; ``--figure`` draws the truths over the six.
+stage) and printed per set; ``--figure`` draws the truths over the eight.
 
 Usage::
 
@@ -40,6 +46,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -49,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_agreement import app_decoding_data, decode_node_inputs  # noqa: E402
 from validity import draw_figure, resize, score_set  # noqa: E402
 
+import bidsrecon.decoding.prf_energy as prf_energy  # noqa: E402
 from bidsrecon.decoding.cross_validation import image_means  # noqa: E402
 from bidsrecon.decoding.kernel_ridge import _voxel_statistics  # noqa: E402
 from bidsrecon.decoding.pixel_denoise import suppress_noise  # noqa: E402
@@ -57,6 +65,7 @@ from bidsrecon.decoding.pixels import pixel_targets  # noqa: E402
 from bidsrecon.decoding.prf_energy import design, fit_energy_model, gabor_pairs, pooling_factors, refine  # noqa: E402
 from bidsrecon.images import load_images  # noqa: E402
 from bidsrecon.simulate.ceiling import noise_free_responses  # noqa: E402
+from bidsrecon.simulate.features import MODEL_SIZE  # noqa: E402
 
 EVALUATION_SIZE = 64
 
@@ -76,6 +85,8 @@ def true_responses_in_app_units(train_means, train_names, item_names, noise_free
     train, items : ndarrays, (n_train_images, n_voxels) and (n_items, n_voxels)
     match : ndarray, shape (n_voxels,)
         Correlation of each app voxel with its simulated voxel over the training images.
+    source : ndarray of int, shape (n_voxels,)
+        Each app voxel's simulated voxel (a column of ``noise_free.responses``).
     """
     row = {name: index for index, name in enumerate(noise_free.stimuli)}
     true_train = noise_free.responses[[row[name] for name in train_names]]
@@ -91,11 +102,41 @@ def true_responses_in_app_units(train_means, train_names, item_names, noise_free
     centred = source - source.mean(axis=0)
     slope = (centred * (train_means - train_means.mean(axis=0))).sum(axis=0) / (centred ** 2).sum(axis=0)
     intercept = train_means.mean(axis=0) - slope * source.mean(axis=0)
-    return slope * source + intercept, slope * true_items[:, best] + intercept, correlation.max(axis=1)
+    return slope * source + intercept, slope * true_items[:, best] + intercept, correlation.max(axis=1), best
+
+
+def simulator_pooling(prfs, side):
+    """Pooling factors and candidates that put each voxel's field at its simulated pRF.
+
+    :func:`bidsrecon.decoding.prf_energy.pool` pools through the outer product of a row factor and a
+    column factor of one width slot. Here voxel ``v`` is width slot ``v``, with its row (vertical)
+    Gaussian as centre 0 and its column Gaussian as centre 1: its field is candidate ``4 v + 1``.
+
+    Parameters
+    ----------
+    prfs : ndarray, shape (n_voxels, 3)
+        Centre x, centre y and SD in image units (the image spans [-1, 1], y up), as
+        :attr:`bidsrecon.simulate.ceiling.NoiseFreeResponses.prfs`.
+    side : int
+        Side of the small image.
+
+    Returns
+    -------
+    factors : torch.Tensor, shape (n_voxels, 2, side)
+    candidates : ndarray of int, shape (n_voxels,)
+    """
+    coords = np.arange(side) + 0.5
+    column = (prfs[:, 0] + 1) / 2 * side
+    row = (1 - prfs[:, 1]) / 2 * side
+    # The simulator pools at MODEL_SIZE px and keeps every pRF at least a pixel wide there.
+    sd = np.maximum(prfs[:, 2], 1 / MODEL_SIZE) / 2 * side
+    factors = np.exp(-(coords[None, None] - np.stack([row, column], axis=1)[:, :, None]) ** 2
+                     / (2 * sd[:, None, None] ** 2))
+    return torch.from_numpy(factors / factors.sum(axis=2, keepdims=True)), 4 * np.arange(len(prfs)) + 1
 
 
 def small_images(seed_dir):
-    """The six decodings of one seed's items; returns (items, truths, {label: images})."""
+    """The eight decodings of one seed's items; returns (items, truths, {label: images})."""
     inputs = decode_node_inputs(seed_dir / "work")
     data = app_decoding_data(inputs)
     mean, std = _voxel_statistics(data["train_samples"])
@@ -122,7 +163,8 @@ def small_images(seed_dir):
     noise_free = noise_free_responses(seed_dir / "bids", "01")
     if noise_free is None:
         raise SystemExit(f"{seed_dir / 'bids'} was not written by the simulator: no noise-free responses to compare")
-    true_train, true_items, match = true_responses_in_app_units(train_means, names, items["stimulus"], noise_free)
+    true_train, true_items, match, source = true_responses_in_app_units(train_means, names, items["stimulus"],
+                                                                        noise_free)
     print(f"{seed_dir.name}: {len(voxels)} voxels kept; correlation with their simulated voxel over the training "
           f"images' trial means, median {np.median(match):.2f}", flush=True)
     true = z.copy()
@@ -144,10 +186,28 @@ def small_images(seed_dir):
             ("true responses, model fitted to true", model_of_true, true, n_trials),
             ("model's own prediction + test noise", model, own_noisy, n_trials),
             ("model's own prediction + test noise / 2", model, own_less_noisy, 4 * n_trials)):
-        refined = refine(prf, energy, samples, trials)
-        decoded = suppress_noise(refined, prf.noise_variance(samples, trials), prf.channel_mean)
-        decodings[label] = resize(np.clip(decoded, 0, 1).transpose(0, 2, 3, 1), EVALUATION_SIZE)
+        decodings[label] = decode(prf, energy, samples, trials)
+
+    # The same fit and inversion with each kept voxel's field at its simulated pRF: the energy model
+    # reads its pooling factors from prf_energy.pooling_factors, swapped here for the fit and both
+    # decodings, and the voxels' candidates renumbered to match.
+    factors, candidates = simulator_pooling(noise_free.prfs[source], side)
+    at_simulated = replace(prf, candidates=candidates)
+    true_less_noisy = z.copy()
+    true_less_noisy[:, voxels] = true_items + test_noise / 2
+    with mock.patch.object(prf_energy, "pooling_factors", lambda _side: factors):
+        model_at_simulated = fit_energy_model(at_simulated, X, image_index, pixels, counts)
+        decodings["measured, simulator's pRFs"] = decode(at_simulated, model_at_simulated, z, n_trials)
+        decodings["true responses + test noise / 2, simulator's pRFs"] = decode(
+            at_simulated, model_at_simulated, true_less_noisy, 4 * n_trials)
     return items, truths, decodings
+
+
+def decode(prf, energy, samples, trials):
+    """The pRF stage's small images (steps 1-3), upsampled to the evaluation size."""
+    refined = refine(prf, energy, samples, trials)
+    decoded = suppress_noise(refined, prf.noise_variance(samples, trials), prf.channel_mean)
+    return resize(np.clip(decoded, 0, 1).transpose(0, 2, 3, 1), EVALUATION_SIZE)
 
 
 def main(argv=None):

@@ -50,12 +50,16 @@ class NoiseFreeResponses:
         How strongly each voxel responds when the image is imagined rather than seen.
     visual_mask : ndarray of bool, shape (x, y, z)
         The visual voxels; columns of ``responses`` are its voxels in C order.
+    prfs : ndarray, shape (n_visual_voxels, 3), or None
+        Each visual voxel's pRF: centre x and y and Gaussian SD, in image units (the image spans
+        [-1, 1], y up).
     """
 
     stimuli: tuple
     responses: np.ndarray
     imagery_gain: np.ndarray
     visual_mask: np.ndarray
+    prfs: np.ndarray = None
 
 
 def simulation_record(bids_dir):
@@ -137,8 +141,9 @@ def noise_free_responses(bids_dir, subject):
         raise BidsReconError(f"The ROI masks of sub-{subject} in {root}/sourcedata differ from "
                              "the regenerated anatomy; cannot regenerate its responses.")
     # The last two rows are the imagery cue and rating screens, not stimuli.
-    return NoiseFreeResponses(names, simulation.responses[:len(names)],
-                              simulation.model.imagery_gain, visual_mask)
+    model = simulation.model
+    return NoiseFreeResponses(names, simulation.responses[:len(names)], model.imagery_gain, visual_mask,
+                              np.stack([model.prf_x, model.prf_y, model.prf_sigma], axis=1))
 
 
 def ceiling_identification(measured, noise_free):
