@@ -30,9 +30,9 @@ On the subjects ``bench/validity.py`` simulated and ran (its ``--root``), the pR
   would give.
 
 For imagery the noise-free response is the one to seeing the image (the simulator scales it by a
-per-voxel imagery gain and each trial's vividness), so all its rows but the first two
-are perception's
-ceiling, not imagery's, and its "test noise" holds how imagining differs from seeing as well.
+per-voxel imagery gain and each trial's vividness), so every row but the two decoded from the
+measured samples is perception's ceiling, not imagery's, and its "test noise" holds how imagining
+differs from seeing as well.
 The models see the same number of trials per item except where 4x is said. Each is scored as
 ``bench/validity.py`` scores (the decoded 32-px image upsampled to 64 px, no reconstruction
 stage) and printed per set; ``--figure`` draws the truths over the eight.
