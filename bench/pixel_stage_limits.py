@@ -46,7 +46,6 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -56,13 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_agreement import app_decoding_data, decode_node_inputs  # noqa: E402
 from validity import draw_figure, resize, score_set  # noqa: E402
 
-import bidsrecon.decoding.prf_energy as prf_energy  # noqa: E402
 from bidsrecon.decoding.cross_validation import image_means  # noqa: E402
 from bidsrecon.decoding.kernel_ridge import _voxel_statistics  # noqa: E402
 from bidsrecon.decoding.pixel_denoise import suppress_noise  # noqa: E402
 from bidsrecon.decoding.pixel_prf import fit_prf_decoder, to_channels  # noqa: E402
 from bidsrecon.decoding.pixels import pixel_targets  # noqa: E402
-from bidsrecon.decoding.prf_energy import design, fit_energy_model, gabor_pairs, pooling_factors, refine  # noqa: E402
+from bidsrecon.decoding.prf_energy import design, fit_energy_model, gabor_pairs, refine  # noqa: E402
 from bidsrecon.images import load_images  # noqa: E402
 from bidsrecon.simulate.ceiling import noise_free_responses  # noqa: E402
 from bidsrecon.simulate.features import MODEL_SIZE  # noqa: E402
@@ -154,7 +152,7 @@ def small_images(seed_dir):
     true_small = pixel_targets(load_images([data["stimuli"][name] for name in items["stimulus"]], size,
                                            dtype=np.uint8), size)
     with torch.no_grad():
-        regressors = design(torch.from_numpy(to_channels(true_small)), side, pooling_factors(side),
+        regressors = design(torch.from_numpy(to_channels(true_small)), side, torch.from_numpy(model.factors),
                             gabor_pairs(side), torch.from_numpy(prf.candidates)).numpy() - model.design_mean
     own = z.copy()
     own[:, voxels] = np.einsum("nkv,vk->nv", regressors, model.weights) + model.response_mean
@@ -188,18 +186,15 @@ def small_images(seed_dir):
             ("model's own prediction + test noise / 2", model, own_less_noisy, 4 * n_trials)):
         decodings[label] = decode(prf, energy, samples, trials)
 
-    # The same fit and inversion with each kept voxel's field at its simulated pRF: the energy model
-    # reads its pooling factors from prf_energy.pooling_factors, swapped here for the fit and both
-    # decodings, and the voxels' candidates renumbered to match.
+    # The same fit and inversion with each kept voxel's field at its simulated pRF.
     factors, candidates = simulator_pooling(noise_free.prfs[source], side)
     at_simulated = replace(prf, candidates=candidates)
     true_less_noisy = z.copy()
     true_less_noisy[:, voxels] = true_items + test_noise / 2
-    with mock.patch.object(prf_energy, "pooling_factors", lambda _side: factors):
-        model_at_simulated = fit_energy_model(at_simulated, X, image_index, pixels, counts)
-        decodings["measured, simulator's pRFs"] = decode(at_simulated, model_at_simulated, z, n_trials)
-        decodings["true responses + test noise / 2, simulator's pRFs"] = decode(
-            at_simulated, model_at_simulated, true_less_noisy, 4 * n_trials)
+    model_at_simulated = fit_energy_model(at_simulated, X, image_index, pixels, counts, factors=factors)
+    decodings["measured, simulator's pRFs"] = decode(at_simulated, model_at_simulated, z, n_trials)
+    decodings["true responses + test noise / 2, simulator's pRFs"] = decode(
+        at_simulated, model_at_simulated, true_less_noisy, 4 * n_trials)
     return items, truths, decodings
 
 

@@ -127,6 +127,9 @@ class EnergyModel:
         Single-trial residual variance under this model.
     r2 : ndarray, shape (n_kept,)
         Share of the trial-averaged training variance explained.
+    factors : ndarray, shape (n_widths, n_centres, side)
+        The 1-D Gaussians whose outer products are the fields the voxels' candidates index
+        (:func:`pool`); :func:`refine` pools through the same.
     """
 
     weights: np.ndarray
@@ -134,20 +137,25 @@ class EnergyModel:
     response_mean: np.ndarray
     noise: np.ndarray
     r2: np.ndarray
+    factors: np.ndarray
 
 
 @in_task_threads
-def fit_energy_model(prf, z, image_index, pixels, counts):
+def fit_energy_model(prf, z, image_index, pixels, counts, factors=None):
     """Fit the weights of the voxels ``prf`` kept, at their pRFs (arguments as ``fit_prf_decoder``).
+
+    ``factors`` (a tensor, as :func:`pooling_factors` returns) are the fields ``prf.candidates``
+    index; by default the search grid's.
 
     Returns
     -------
     EnergyModel
     """
     side = prf.side
+    factors = pooling_factors(side) if factors is None else factors
     seen = np.asarray(counts) > 0
     with torch.no_grad():
-        regressors = design(torch.from_numpy(to_channels(pixels)[seen]), side, pooling_factors(side),
+        regressors = design(torch.from_numpy(to_channels(pixels)[seen]), side, factors,
                             gabor_pairs(side), torch.from_numpy(prf.candidates)).numpy()
     means = image_means(np.asarray(z, dtype=np.float64), image_index, len(pixels))[seen][:, prf.voxels]
     design_mean, response_mean = regressors.mean(axis=0), means.mean(axis=0)
@@ -160,7 +168,7 @@ def fit_energy_model(prf, z, image_index, pixels, counts):
     per_image[seen] = predicted + response_mean
     noise = (np.asarray(z, dtype=np.float64)[:, prf.voxels] - per_image[image_index]).var(axis=0)
     return EnergyModel(weights=weights, design_mean=design_mean, response_mean=response_mean,
-                       noise=np.maximum(noise, 1e-12), r2=r2)
+                       noise=np.maximum(noise, 1e-12), r2=r2, factors=factors.numpy())
 
 
 def _population_shrunk_weights(centred, responses):
@@ -253,7 +261,7 @@ class _Shared:
         self.channel_mean = torch.from_numpy(prf.channel_mean)
         self.voxels = prf.voxels
         self.candidates = torch.from_numpy(prf.candidates)
-        self.factors, self.pairs = pooling_factors(self.side), gabor_pairs(self.side)
+        self.factors, self.pairs = torch.from_numpy(model.factors), gabor_pairs(self.side)
         self.weights = torch.from_numpy(model.weights)
         self.design_mean = torch.from_numpy(model.design_mean)
         self.response_mean = torch.from_numpy(model.response_mean)
