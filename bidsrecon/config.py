@@ -231,7 +231,7 @@ class Config:
                 "prf, the whole small image by inverting each voxel's population receptive field and contrast "
                 "energy model fitted on the training images (default; the ridge's where no voxel's model beats "
                 "chance); ridge, as every layer; inversion, its luminance by inverting a voxel encoding model "
-                "fitted on the training images; both, the mean of the two (see the README's 'The pixel stage')")
+                "fitted on the training images; both, the mean of the two (measured in the repository's docs/validity.md)")
     iterations: int = option(200, '--iterations', group=DECODING,
                 type=positive_int,
                 help="iterations of the reconstruction's optimiser (default: 200, the paper's)")

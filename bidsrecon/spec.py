@@ -27,8 +27,8 @@ At the top level, ``baseline`` (optional): ``{"events": <filters>}``, the events
 rest, to which ``--normalise rest`` (the default when the key is there) expresses every voxel of a
 run in percent signal change (the volumes inside those events, after ``--discard-seconds``;
 REFERENCE.md §2). ds001506's is the 32-s rest that opens every run and the 12-s rests between
-letter blocks, ``"event_type in [-1, -3]"`` (the paper names the opening rest only; README,
-"Normalising to the rest"). A
+letter blocks, ``"event_type in [-1, -3]"`` (the paper names the opening rest only;
+``docs/validity.md``, "Normalising to the rest"). A
 specification without it normalises by z-scoring each run (``--normalise zscore``).
 
 Example::

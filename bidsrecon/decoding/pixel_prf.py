@@ -40,7 +40,7 @@ per item and prior scale in the prior's eigenbasis (Sherman-Morrison, the determ
 
 The model is fitted on the training samples only. It is not saved with the decoder: applying a
 saved decoder fits it again from the decoder's training samples, to the same bits. Measured on the
-demo preset by ``bench/validity.py`` (see the README's "Validity").
+demo preset by ``bench/validity.py`` (see ``docs/validity.md``).
 """
 from dataclasses import dataclass
 
@@ -67,11 +67,11 @@ PRIOR_SCALES = tuple(np.logspace(-2.5, 1, 15))
 #: on the whole image, so a shape on grey gets a compromise between its grey background (no
 #: signal) and the shape; once :mod:`bidsrecon.decoding.pixel_denoise` sets the background back to
 #: grey where it holds only noise, the shape's own, larger scale is what matters. Chosen by
-#: ``bench/validity.py`` among 1, 2 and 3 (see the README's "The pixel stage by inverting pRF models").
+#: ``bench/validity.py`` among 1, 2 and 3 (see ``docs/validity.md``, "The pixel stage by inverting pRF models").
 PRIOR_SCALE_FACTOR = 2.0
 #: Variances of the offset shared by all of a sample's voxels (z units), each sample choosing one with
-#: its prior scale by their joint evidence (0: none). Measured by ``bench/validity.py``: see the README's
-#: "The pixel stage by inverting pRF models".
+#: its prior scale by their joint evidence (0: none). Measured by ``bench/validity.py``: see
+#: ``docs/validity.md``, "The pixel stage by inverting pRF models".
 OFFSET_VARIANCES = (0.0, 0.003, 0.01, 0.03, 0.1)
 #: Candidates whose fits are computed at once (bounds the memory of the search).
 CANDIDATE_CHUNK = 128

@@ -1,8 +1,11 @@
-"""The simulated brain: an ellipsoid with a retinotopic visual cortex and its encoding model.
+"""The simulated brain: an ellipsoid with visual areas and their encoding model.
 
 Anatomy: the brain is an ellipsoid in a small RAS grid; its posterior part is visual
 cortex, split from back to front into V1, V2, V3 and then hV4, LOC, FFA and PPA. The left
 hemisphere sees the right visual field and dorsal areas the lower field, as in cortex.
+Within its quadrant a voxel's pRF centre is drawn independently of where the voxel lies
+(:func:`_prf_positions`): there is no finer retinotopic map, so neighbouring voxels do not
+see neighbouring places, and a decoder cannot borrow a pRF's position from its neighbours.
 
 Encoding model (one per voxel, drawn per subject): a Gaussian population receptive field
 (pRF) pools the feature maps of :mod:`bidsrecon.simulate.features`; the response is a
