@@ -11,6 +11,7 @@ from bidsrecon.evaluation.networks import (
     INCEPTION_V3_FILE,
     NETWORKS,
     SWAV_FILE,
+    efficientnet_identification,
     feature_identification_table,
     swav_state_dict,
 )
@@ -63,6 +64,16 @@ def test_shuffled_reconstructions_score_lower(photographs):
     shuffled = photographs[[1, 2, 3, 0]]
     row = by_network(feature_identification_table(shuffled, photographs))["EfficientNet-Lite0"]
     assert row["available"] and row["accuracy"] < 0.75
+
+
+def test_efficientnet_items_are_the_rows_parts(photographs):
+    # Two reconstructions swapped: they are judged on their own, and the row is the items' mean.
+    swapped = photographs[[1, 0, 2, 3]]
+    _, scores = efficientnet_identification(swapped, photographs)
+    assert scores.shape == (4,)
+    assert scores[2] == scores[3] == 1.0 and scores[0] < 1.0 and scores[1] < 1.0
+    row = by_network(feature_identification_table(swapped, photographs))["EfficientNet-Lite0"]
+    assert row["accuracy"] == scores.mean()
 
 
 def test_alexnet_file_in_weights_dir_makes_its_rows_available(photographs, tmp_path):

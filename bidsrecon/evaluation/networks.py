@@ -273,15 +273,32 @@ def _torchvision_rows(network, recons, truths, weights_dir, device):
             for name, (node, layer) in network["rows"].items()}
 
 
-def _efficientnet_row(recons, truths, device):
-    """EfficientNet-Lite0 (bidsrecon's encoder, packaged ImageNet weights)."""
+def efficientnet_identification(recons, truths, device="cpu"):
+    """Each reconstruction's two-way identification in EfficientNet-Lite0's features.
+
+    The items of the table's ``EfficientNet-Lite0`` row (its accuracy is their mean), for
+    comparisons item by item.
+
+    Parameters
+    ----------
+    recons, truths : ndarray, shape (n_items, H, W, 3)
+        RGB in [0, 1], at least 2 items.
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    encoder_description : str
+    scores : ndarray, shape (n_items,)
+        Chance 0.5; NaN for an item whose features are constant.
+
+    Raises
+    ------
+    BidsReconError
+        When the network's packaged weights cannot be loaded.
+    """
     from bidsrecon.encoders import get_encoder
 
-    name = "EfficientNet-Lite0"
-    try:
-        encoder = get_encoder("efficientnet-lite0", device=device)
-    except BidsReconError as error:
-        return _row(name, _EFFICIENTNET_LAYER, None, f"not available: {error}")
+    encoder = get_encoder("efficientnet-lite0", device=device)
 
     def forward(batch):
         with torch.no_grad():
@@ -290,10 +307,20 @@ def _efficientnet_row(recons, truths, device):
             return F.relu6(head).mean(dim=(2, 3)).cpu().numpy()
 
     encoder.prepare(["head"])  # traced here, before the batches share the encoder
-    accuracy = _identification(np.concatenate(_each_batch(forward, recons, device)),
-                               np.concatenate(_each_batch(forward, truths, device)))
-    return _row(name, _EFFICIENTNET_LAYER, accuracy,
-                f"{encoder.description}; the literature's row is EfficientNet-B1 as a distance")
+    scores = pairwise_identification(np.concatenate(_each_batch(forward, recons, device)),
+                                     np.concatenate(_each_batch(forward, truths, device)))
+    return encoder.description, scores
+
+
+def _efficientnet_row(recons, truths, device):
+    """EfficientNet-Lite0 (bidsrecon's encoder, packaged ImageNet weights)."""
+    name = "EfficientNet-Lite0"
+    try:
+        description, scores = efficientnet_identification(recons, truths, device)
+    except BidsReconError as error:
+        return _row(name, _EFFICIENTNET_LAYER, None, f"not available: {error}")
+    return _row(name, _EFFICIENTNET_LAYER, float(scores.mean()),
+                f"{description}; the literature's row is EfficientNet-B1 as a distance")
 
 
 def _clip_note():
